@@ -1,0 +1,200 @@
+"""What every model role shares: typed config, locating the checkpoint, device/dtype choice, load-once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlparse
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..kit.builders import MARKER
+from .errors import ModelNotFound
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+BUILD_HINT = "build the offline stand-ins with `python -m deployments.kit build --size tiny models/tiny`"
+
+
+class ModelConfig(BaseModel):
+    """Where a role's checkpoint comes from and how it runs."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(..., description="Hub id (org/name) or local folder of a Hugging Face-format checkpoint.")
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch) to pin; ignored for folders.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda when present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is bfloat16 on a GPU and float32 on the CPU."
+    )
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads for this process; set it to the replica's num_cpus share."
+    )
+
+
+class ModelRole:
+    """A model with a fixed life cycle: configure -> load() once -> warmup() -> typed calls."""
+
+    role: ClassVar[str] = "model"
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._random_weights = False
+        self._device = torch.device("cpu")
+        self._dtype = torch.float32
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the checkpoint; safe to call twice and from several threads."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            if self.config.num_threads:
+                torch.set_num_threads(self.config.num_threads)
+            self._device, self._dtype = _resolve_device(self.config)
+            source = self._locate()
+            try:
+                self._load(source)
+            except ModelNotFound:
+                raise
+            except (OSError, ValueError) as exc:
+                raise ModelNotFound(
+                    f"{self.role}: could not load {self.config.model!r} ({exc}); {BUILD_HINT} "
+                    f"and point the {self.role}'s `model` at models/tiny/{self.role}"
+                ) from exc
+            self._random_weights = self._detect_random_weights(source)
+            self._loaded = True
+
+    def warmup(self) -> None:
+        """One small real call, so the first user request does not pay for lazy initialisation."""
+        self.load()
+        self._warmup()
+
+    def check_health(self) -> None:
+        """Raise when the role cannot serve (used by Serve's health check)."""
+        if not self._loaded:
+            from .errors import ModelUnavailable
+
+            raise ModelUnavailable(f"{self.role} is not loaded")
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the checkpoint is an offline random-weight stand-in: its outputs are noise."""
+        return self._random_weights
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    def _load(self, source: str) -> None:
+        raise NotImplementedError
+
+    def _warmup(self) -> None:
+        raise NotImplementedError
+
+    def _pretrained_kwargs(self) -> dict[str, Any]:
+        """Arguments every from_pretrained call of a role shares: provenance rules live here."""
+        kw: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+        if self.config.revision and not Path(self.config.model).is_dir():
+            kw["revision"] = self.config.revision
+        return kw
+
+    def _locate(self) -> str:
+        """Return what to hand to from_pretrained, or fail fast naming what was tried."""
+        model = self.config.model
+        if Path(model).expanduser().is_dir():
+            return str(Path(model).expanduser())
+        if not _HUB_ID.match(model):
+            raise ModelNotFound(
+                f"{self.role}: no folder at {model!r} and it is not a hub id (org/name); {BUILD_HINT} "
+                f"and point the {self.role}'s `model` at models/tiny/{self.role}"
+            )
+        if _in_hf_cache(model, self.config.revision):
+            return model
+        if _hub_offline():
+            raise ModelNotFound(
+                f"{self.role}: {model!r} is not in the Hugging Face cache ({_hf_cache_dir()}) and HF_HUB_OFFLINE "
+                f"is set; download it on a connected host, or {BUILD_HINT}"
+            )
+        if not _hub_reachable():
+            raise ModelNotFound(
+                f"{self.role}: {model!r} is not in the Hugging Face cache ({_hf_cache_dir()}) and the hub "
+                f"({_hub_endpoint()}) cannot be reached from here; {BUILD_HINT}"
+            )
+        return model
+
+    def _detect_random_weights(self, source: str) -> bool:
+        marker = Path(source) / MARKER
+        if marker.is_file():
+            try:
+                return bool(json.loads(marker.read_text()).get("random_weights", True))
+            except ValueError:
+                return True
+        return False
+
+
+def _resolve_device(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise ModelNotFound("device 'cuda' was asked for, but torch sees no GPU here; use device 'auto' or 'cpu'")
+    device = torch.device("cuda" if (config.device == "cuda" or (config.device == "auto" and cuda)) else "cpu")
+    if config.dtype == "auto":
+        # bf16 halves memory and is the GPUs' fast path; on CPUs float32 is both faster and exact.
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, config.dtype)
+    return device, dtype
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "model_index.json"):
+        hit = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(hit, str):
+            return True
+    return False
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    # huggingface_hub retries an unreachable hub for ~30 s; one short connect answers the same question.
+    url = urlparse(_hub_endpoint())
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,150 @@
+"""Painter: FLUX text-to-image through diffusers' FluxPipeline, with inputs checked before any work."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from PIL import Image
+from pydantic import Field, field_validator
+
+from .base import ModelConfig, ModelRole
+from .errors import PainterInputError
+
+_WXH = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+
+class PainterConfig(ModelConfig):
+    model: str = Field("black-forest-labs/FLUX.1-schnell", description="FLUX checkpoint in diffusers format.")
+    sizes: dict[str, str] = Field(
+        default_factory=lambda: {"small": "512x512", "medium": "768x768", "large": "1024x1024"},
+        description="Size presets, name -> WxH; each side a multiple of 16.",
+    )
+    default_size: str = Field("small", description="Preset used when a caller names none.")
+    min_side: int = Field(64, ge=16, description="Smallest side accepted, in pixels.")
+    max_side: int = Field(2048, ge=16, description="Largest side accepted, in pixels.")
+    default_steps: int = Field(4, ge=1, description="Denoising steps by default (schnell is distilled for 1-4).")
+    max_steps: int = Field(50, ge=1, description="Most denoising steps a caller may ask for.")
+    default_guidance: float = Field(0.0, ge=0.0, description="Guidance scale by default (schnell ignores it).")
+    max_guidance: float = Field(20.0, ge=0.0, description="Largest guidance scale accepted.")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt accepted, in characters.")
+    max_sequence_length: int = Field(256, ge=16, le=512, description="T5 tokens the prompt is encoded to.")
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_valid(cls, sizes: dict[str, str]) -> dict[str, str]:
+        for name, value in sizes.items():
+            m = _WXH.match(value)
+            if not m or int(m[1]) % 16 or int(m[2]) % 16:
+                raise ValueError(f"size preset {name}={value!r} must be WxH with both sides multiples of 16")
+        return sizes
+
+
+@dataclass(frozen=True)
+class PaintResult:
+    image: Image.Image
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+class Painter(ModelRole):
+    role: ClassVar[str] = "painter"
+
+    def __init__(self, config: PainterConfig):
+        super().__init__(config)
+        self.config: PainterConfig = config
+        self._pipe = None
+        self._paint_lock = threading.Lock()
+
+    def _load(self, source: str) -> None:
+        from diffusers import FluxPipeline
+
+        kw = self._pretrained_kwargs()
+        kw.pop("trust_remote_code")  # diffusers pipelines have no such switch; custom code is never loaded
+        self._pipe = FluxPipeline.from_pretrained(source, dtype=self._dtype, **kw).to(self._device)
+        self._pipe.set_progress_bar_config(disable=True)
+
+    def _warmup(self) -> None:
+        self.paint("warm-up", size=f"{self.config.min_side}x{self.config.min_side}", steps=1, seed=0)
+
+    def parse_size(self, size: str | None) -> tuple[int, int]:
+        """A preset name or 'WxH' -> (width, height), checked against the bounds and the 16-pixel grid."""
+        size = self.config.default_size if size is None else size
+        if not isinstance(size, str):
+            raise PainterInputError("size must be a preset name or 'WxH'", field="size")
+        spec = self.config.sizes.get(size, size)
+        m = _WXH.match(spec)
+        if not m:
+            raise PainterInputError(
+                f"size {size!r} is neither a preset ({', '.join(self.config.sizes)}) nor WxH like 512x768",
+                field="size",
+            )
+        w, h = int(m[1]), int(m[2])
+        lo, hi = self.config.min_side, self.config.max_side
+        for name, v in (("width", w), ("height", h)):
+            if not lo <= v <= hi:
+                raise PainterInputError(f"{name} {v} is out of range; use {lo}..{hi} pixels", field="size")
+            if v % 16:
+                down, up = v - v % 16, v - v % 16 + 16
+                raise PainterInputError(
+                    f"{name} {v} is not a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE); use {down} or {up}",
+                    field="size",
+                )
+        return w, h
+
+    def check(self, prompt: str, size: str | None, steps: int | None, guidance: float | None,
+              seed: int | None) -> tuple[int, int, int, float]:
+        """Validate everything a paint() call needs, cheaply, before any model work."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PainterInputError("prompt is empty; describe the picture in a few words", field="prompt")
+        if len(prompt) > self.config.max_prompt_chars:
+            raise PainterInputError(
+                f"prompt has {len(prompt)} characters; the limit is {self.config.max_prompt_chars}", field="prompt"
+            )
+        w, h = self.parse_size(size)
+        steps = self.config.default_steps if steps is None else steps
+        if not isinstance(steps, int) or not 1 <= steps <= self.config.max_steps:
+            raise PainterInputError(f"steps={steps} is out of range; use 1..{self.config.max_steps}", field="steps")
+        guidance = self.config.default_guidance if guidance is None else guidance
+        if not 0.0 <= float(guidance) <= self.config.max_guidance:
+            raise PainterInputError(
+                f"guidance={guidance} is out of range; use 0..{self.config.max_guidance}", field="guidance"
+            )
+        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise PainterInputError("seed must be an integer in 0..2**63-1", field="seed")
+        return w, h, steps, float(guidance)
+
+    def paint(self, prompt: str, *, size: str | None = None, steps: int | None = None,
+              guidance: float | None = None, seed: int | None = None) -> PaintResult:
+        """One image for a prompt; the same prompt, size, steps and seed give the same pixels."""
+        w, h, steps, guidance = self.check(prompt, size, steps, guidance, seed)
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        self.load()
+        pipe = self._pipe
+        with self._paint_lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            prompt_embeds, pooled, _ = pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, device=self._device, max_sequence_length=self.config.max_sequence_length
+            )
+            t1 = time.perf_counter()
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            image = pipe(
+                prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, height=h, width=w,
+                num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pil",
+            ).images[0]
+            t2 = time.perf_counter()
+        return PaintResult(image=image, seed=seed, width=w, height=h, steps=steps, guidance=guidance,
+                           timings={"encode_s": t1 - t0, "denoise_decode_s": t2 - t1, "total_s": t2 - t0})

@@ -1,0 +1,41 @@
+"""Where the storage layer keeps things and the limits it enforces; one settings class, env prefix ATELIER_."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore")
+
+    lancedb_uri: str = Field(
+        "data/lancedb",
+        description="LanceDB location: a local folder (embedded, the default) or an object-store URI such as s3://bucket/prefix.",
+    )
+    gallery_table: str = Field("gallery", description="Name of the gallery table.")
+
+    blob_backend: Literal["local", "s3"] = Field("local", description="Where image bytes live.")
+    blob_root: str = Field("data/blobs", description="Folder of the local blob backend.")
+    s3_bucket: str | None = Field(None, description="Bucket of the S3 blob backend.")
+    s3_prefix: str = Field("blobs", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        None, description="Custom endpoint of an S3-compatible store (MinIO, moto, R2...); None means AWS."
+    )
+    s3_region: str = Field("us-east-1", description="Region of the S3 blob backend.")
+    # Credentials come from the environment only (ATELIER_S3_ACCESS_KEY_ID ...), never a file in the repo.
+    s3_access_key_id: str | None = Field(None, description="S3 access key id (secret: environment only).")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret key (secret: environment only).")
+
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes.")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="Largest accepted width*height; beyond it an image is a decompression bomb."
+    )
+    display_max_side: int = Field(1600, ge=64, description="Longest side of the stored display copy, in pixels.")
+    display_quality: int = Field(85, ge=30, le=100, description="JPEG/WebP quality of the display copy.")
+
+    ann_min_rows: int = Field(
+        50_000, ge=256, description="Build the ANN index once the table holds this many rows; below it search is exact."
+    )
