@@ -152,10 +152,10 @@ def _qwen2_text_config(size: Size, vocab_size: int, *, vlm: bool) -> dict:
                     num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
                     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
     if size == "full":
-        # The language half of OpenGVLab/InternVL3-1B-hf (Qwen2.5-0.5B)
+        # The language half of OpenGVLab/InternVL3-1B-hf (Qwen2.5-0.5B, its lm_head untied by the fine-tune)
         return dict(vocab_size=151674, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                     num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+                    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
     return dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 rms_norm_eps=1e-6, tie_word_embeddings=True)
