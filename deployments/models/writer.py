@@ -17,6 +17,10 @@ ENHANCE_SYSTEM = (
     "model. Keep the idea's subject; add setting, lighting, composition, style and camera details. "
     "Answer with the prompt only, in English, in one paragraph."
 )
+TRANSLATE_SYSTEM = (
+    "Translate the user's search query into short, plain English for an image search engine. "
+    "Keep every object, place and colour it names. Answer with the English query only."
+)
 POST_SYSTEM = (
     "你是社交媒体文案助手。根据用户给出的图片描述，用简体中文写一段适合发朋友圈或小红书的文案："
     "语气自然亲切，可以加一两个表情符号和话题标签，不超过120字。只输出文案本身。"
@@ -30,6 +34,7 @@ class WriterConfig(ModelConfig):
     max_new_tokens: int = Field(256, ge=1, description="Default answer length, in tokens.")
     max_new_tokens_limit: int = Field(1024, ge=1, description="Most tokens a caller may ask for.")
     enhance_max_new_tokens: int = Field(120, ge=1, description="Answer length for prompt enhancement.")
+    translate_max_new_tokens: int = Field(48, ge=1, description="Answer length for a translated search query.")
     post_max_new_tokens: int = Field(160, ge=1, description="Answer length for a Chinese post text.")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature; 0 is greedy.")
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Default nucleus sampling mass.")
@@ -81,6 +86,15 @@ class Writer(ModelRole):
         result = self.chat(
             [{"role": "system", "content": ENHANCE_SYSTEM}, {"role": "user", "content": text}],
             max_new_tokens=self.config.enhance_max_new_tokens, seed=seed,
+        )
+        return self._usable(result.text)
+
+    def to_english(self, text: str, *, seed: int | None = None) -> str:
+        """A search query in any language -> short English, as CLIP understands it."""
+        self._check_text(text, "text")
+        result = self.chat(
+            [{"role": "system", "content": TRANSLATE_SYSTEM}, {"role": "user", "content": text}],
+            max_new_tokens=self.config.translate_max_new_tokens, temperature=0.0, seed=seed,
         )
         return self._usable(result.text)
 

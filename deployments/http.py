@@ -1,0 +1,198 @@
+"""The HTTP edge shared by every route: the FastAPI app, the one error map, request ids, body limits, stats.
+
+Only this layer knows HTTP; inner layers raise typed `AtelierError`s and this maps them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+import uuid
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from storage.errors import AtelierError, Unavailable
+
+from .state import STATS_ACTOR
+
+log = logging.getLogger("atelier.http")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+
+def current_request_id() -> str:
+    """The id of the request being served (module function, so route code never captures the ContextVar)."""
+    return request_id.get()
+
+
+app = FastAPI(
+    title="atelier",
+    version="0.1.0",
+    description="Gallery search, prompt enhancement, FLUX generation and photo descriptions, served by Ray Serve.",
+)
+
+
+class RequestTimeout(AtelierError):
+    code = "timeout"
+    status = 504
+
+
+def error_response(status: int, code: str, message: str, *, headers: dict | None = None,
+                   field: str | None = None) -> JSONResponse:
+    body = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    headers = dict(headers or {})
+    headers["X-Request-ID"] = request_id.get()
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _retry_after(exc: BaseException, default: float) -> dict:
+    return {"Retry-After": str(max(1, int(round(getattr(exc, "retry_after", None) or default))))}
+
+
+@app.exception_handler(AtelierError)
+async def _atelier_error(request: Request, exc: AtelierError):
+    headers = _retry_after(exc, 2) if isinstance(exc, Unavailable) or exc.status in (429, 503) else None
+    if exc.status >= 500 and not isinstance(exc, Unavailable) and exc.status != 504:
+        log.error("request %s failed: %s", request_id.get(), exc, exc_info=exc)
+    return error_response(exc.status, exc.code, exc.message, headers=headers, field=exc.field)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+    msg = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
+    return error_response(422, "invalid_request", msg, field=where or None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+@app.exception_handler(Exception)
+async def _bug(request: Request, exc: Exception):
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    cause = _unwrap(exc)
+    if isinstance(cause, AtelierError):
+        return await _atelier_error(request, cause)
+    if isinstance(cause, BackPressureError):
+        return error_response(503, "overloaded", "the service is at capacity; retry shortly",
+                              headers=_retry_after(cause, getattr(cause, "retry_after_s", None) or 2))
+    if isinstance(cause, (DeploymentUnavailableError, ray.exceptions.ActorDiedError,
+                          ray.exceptions.ActorUnavailableError)):
+        return error_response(503, "unavailable", "a model is restarting; retry shortly", headers={"Retry-After": "2"})
+    if isinstance(cause, (asyncio.TimeoutError, TimeoutError)):
+        return error_response(504, "timeout", "the request took longer than its deadline")
+    log.error("request %s hit a bug", request_id.get(), exc_info=exc)
+    return error_response(500, "internal_error", f"an internal error occurred (request id {request_id.get()})")
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """A model's typed error arrives wrapped in a RayTaskError; find the original."""
+    seen = 0
+    while seen < 5:
+        seen += 1
+        inner = getattr(exc, "cause", None) or (exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else None)
+        if isinstance(exc, AtelierError):
+            return exc
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    return exc
+
+
+class EdgeMiddleware:
+    """Request ids, body-size limits enforced while the body streams in, and per-route stats."""
+
+    def __init__(self, asgi):
+        self.asgi = asgi
+        self._stats = None
+
+    @staticmethod
+    def limit_for(path: str) -> int:
+        # Set by the ingress from its config: {path prefix: bytes}, longest prefix first.
+        for prefix, limit in getattr(app.state, "body_limits", {}).items():
+            if path.startswith(prefix):
+                return limit
+        return getattr(app.state, "default_body_limit", 1 << 20)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.asgi(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        rid = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        token = request_id.set(rid)
+        limit = self.limit_for(scope.get("path", ""))
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+                hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                hdrs.append((b"x-request-id", rid.encode("latin-1")))
+                message = {**message, "headers": hdrs}
+            await send(message)
+
+        try:
+            declared = headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                return await self._too_large(send_with_id, limit)
+            received = 0
+
+            async def counted_receive():
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise _BodyTooLarge()
+                return message
+
+            try:
+                await self.asgi(scope, counted_receive, send_with_id)
+            except _BodyTooLarge:
+                if not status["sent"]:
+                    await self._too_large(send_with_id, limit)
+        finally:
+            self._record(scope, status["code"], time.perf_counter() - started)
+            request_id.reset(token)
+
+    async def _too_large(self, send, limit: int):
+        body = json.dumps({"error": {"code": "too_large",
+                                     "message": f"the request body is over the limit of {limit} bytes"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, scope, code: int, seconds: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if path is None or path in ("/healthz", "/readyz", "/metrics"):
+            return
+        try:
+            if self._stats is None:
+                self._stats = ray.get_actor(STATS_ACTOR, namespace="atelier")
+            # Fire and forget: stats must never slow or fail a request.
+            self._stats.record.remote(f"{scope['method']} {path}", seconds, code < 500)
+        except Exception:  # noqa: BLE001 - the ledger restarting must not break serving
+            self._stats = None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+app.add_middleware(EdgeMiddleware)

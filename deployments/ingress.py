@@ -1,0 +1,276 @@
+"""The ingress: the product's HTTP API (shared/API.md), composing the model deployments and storage."""
+
+# No `from __future__ import annotations`: Serve pickles the route methods by value, and FastAPI must
+# resolve their annotations (Request, bodies) at runtime, not from strings.
+
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import re
+import time
+from typing import Any, Literal
+
+import numpy as np
+from cachetools import TTLCache
+from fastapi import File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from storage.errors import InvalidInput, NotFound, Unavailable
+
+from .auth import KeyRing, UrlSigner, load_secret
+from .config import IngressSpec
+from .http import RequestTimeout, app, current_request_id
+from .settings import ServiceSettings
+from .state import IDEMPOTENCY_ACTOR, STATS_ACTOR, IdempotencyLedger, StatsLedger, named
+
+log = logging.getLogger("atelier.ingress")
+_LATIN = re.compile(r"^[\x00-\x7F\u00C0-\u024F\u2018-\u201F]*$")
+
+
+class TextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=4000)
+    flag: Literal["prompt_enhancement", "description"] = "prompt_enhancement"
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=2000)
+    size: str = "medium"
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    steps: int | None = Field(None, ge=1, le=50)
+    enhance: bool = True
+    save_to_gallery: bool = True
+
+
+class DescribeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    img_id: str = Field(..., min_length=1, max_length=64)
+    instruction: str | None = Field(None, max_length=2000)
+
+
+def is_english(text: str) -> bool:
+    """Latin-script text goes to CLIP as it is; anything else is translated by the Writer first."""
+    return bool(_LATIN.match(text))
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
+                 painter: DeploymentHandle, spec: dict, storage: dict | None = None):
+        from storage.settings import StorageSettings
+
+        self.spec = IngressSpec.model_validate(spec)
+        self.embedder, self.writer, self.describer, self.painter = embedder, writer, describer, painter
+        self.models = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter}
+        settings = ServiceSettings()
+        self.keys = KeyRing.load(settings.keys_file)
+        secret = load_secret(settings.url_secret.get_secret_value() if settings.url_secret else None,
+                             settings.url_secret_file)
+        self.signer = UrlSigner(secret, self.spec.signed_url_ttl_s)
+        self.storage_settings = StorageSettings(**(storage or {}))
+        self.stats = named(StatsLedger, STATS_ACTOR)
+        self.idempotency = named(IdempotencyLedger, IDEMPOTENCY_ACTOR)
+        self._info: dict[str, dict] = {}
+        self._library = None
+        self._lru: TTLCache | None = (
+            TTLCache(maxsize=self.spec.caches.lru_size, ttl=self.spec.caches.ttl_s) if self.spec.caches.lru_size else None
+        )
+        self._redis = None
+        if self.spec.caches.redis_url:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.from_url(self.spec.caches.redis_url)
+        upload = self.storage_settings.max_upload_bytes + 256 * 1024  # multipart framing on top of the file
+        app.state.body_limits = {"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
+                                 "/v1/chat/completions": 4 * upload}
+        app.state.default_body_limit = 1 << 20
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _user(self, request: Request) -> str:
+        return self.keys.user_for(request.headers.get("authorization"))
+
+    async def _model_info(self, role: str) -> dict:
+        if role not in self._info:
+            self._info[role] = await self.models[role].info.remote()
+        return self._info[role]
+
+    async def library(self):
+        """Storage composed for this replica, opened once the embedder's dimension is known."""
+        if self._library is None:
+            from .library import Library
+
+            info = await self._model_info("embedder")
+            dim = await self.embedder.dim.remote()
+            self._library = Library(self.storage_settings, dim=dim, embed_model=info["model_id"])
+        return self._library
+
+    def _url(self, request: Request, user_id: str, img_id: str) -> str:
+        token = self.signer.sign(user_id, img_id)
+        root = request.scope.get("root_path", "")
+        return f"{root}/api/images/{img_id}/file?sig={token}"
+
+    def _record_out(self, request: Request, user_id: str, row: dict) -> dict:
+        out = {k: row.get(k) for k in ("img_id", "width", "height", "content_hash", "caption", "description",
+                                       "source")}
+        created = row.get("created_at")
+        out["created_at"] = created.isoformat() if hasattr(created, "isoformat") else created
+        out["image_url"] = self._url(request, user_id, row["img_id"])
+        return out
+
+    async def _deadline(self, coro, seconds: float, what: str):
+        try:
+            return await asyncio.wait_for(coro, timeout=seconds)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"{what} took longer than {seconds:g} s") from None
+
+    async def _english(self, text: str) -> tuple[str, bool]:
+        """Search text as CLIP should see it: (english, degraded). A failing Writer degrades, never fails."""
+        if is_english(text) or not self.spec.enhance_search:
+            return text, False
+        try:
+            return await self._cached("translate", text, lambda: self.writer.to_english.remote(text),
+                                      timeout=self.spec.timeouts.writer_s), False
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any Writer trouble means: search with the original text
+            log.warning("request %s: writer unavailable for search (%s); using the original text", current_request_id(), exc)
+            return text, True
+
+    async def _enhanced(self, text: str, seed: int | None) -> tuple[str, bool]:
+        try:
+            used = await self._cached("enhance", text, lambda: self.writer.enhance_prompt.remote(text),
+                                      timeout=self.spec.timeouts.writer_s)
+            return used, False
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the original text is the fallback
+            log.warning("request %s: prompt enhancement failed (%s); painting the original", current_request_id(), exc)
+            return text, True
+
+    async def _cached(self, kind: str, text: str, compute, *, timeout: float):
+        """Per-replica LRU, then Redis (shared by replicas), then the model; keyed by model id + input."""
+        info = await self._model_info("writer" if kind in ("enhance", "translate") else "embedder")
+        key = f"atelier:{kind}:{info['model_id']}:" + hashlib.sha256(text.encode()).hexdigest()
+        if self._lru is not None and key in self._lru:
+            return self._lru[key]
+        if self._redis is not None:
+            try:
+                hit = await self._redis.get(key)
+                if hit is not None:
+                    value = _decode_cached(hit)
+                    if self._lru is not None:
+                        self._lru[key] = value
+                    return value
+            except Exception as exc:  # noqa: BLE001 - the shared cache is an optimisation, never a dependency
+                log.warning("redis cache unavailable: %s", exc)
+        value = await asyncio.wait_for(compute(), timeout=timeout)
+        if self._lru is not None:
+            self._lru[key] = value
+        if self._redis is not None:
+            try:
+                await self._redis.set(key, _encode_cached(value), ex=int(self.spec.caches.ttl_s))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("redis cache unavailable: %s", exc)
+        return value
+
+    async def _text_vector(self, text: str) -> np.ndarray:
+        return await self._cached("embed_text", text, lambda: self.embedder.embed_text.remote(text),
+                                  timeout=self.spec.timeouts.search_s)
+
+    # -- health and operations ----------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self):
+        async def probe(name, handle):
+            try:
+                await asyncio.wait_for(handle.ready.remote(), timeout=2.0)
+                return name, True
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return name, False
+
+        results = dict(await asyncio.gather(*(probe(n, h) for n, h in self.models.items())))
+        not_ready = sorted(n for n, ok in results.items() if not ok)
+        body = {"status": "ready" if not not_ready else "not_ready", "models": results, "not_ready": not_ready}
+        return JSONResponse(body, status_code=200 if not not_ready else 503)
+
+    @app.get("/api/stats")
+    async def stats(self, request: Request):
+        self._user(request)
+        return {"operations": await self.stats.summary.remote()}
+
+    @app.delete("/api/me", status_code=204)
+    async def delete_me(self, request: Request):
+        user = self._user(request)
+        lib = await self.library()
+        await lib.delete_user(user)
+        await self.idempotency.forget_user.remote(user)
+        return Response(status_code=204)
+
+    # -- text and images ------------------------------------------------------------------------------
+    @app.post("/api/text")
+    async def text(self, request: Request, body: TextRequest):
+        self._user(request)
+        info = await self._model_info("writer")
+        call = self.writer.enhance_prompt if body.flag == "prompt_enhancement" else self.writer.post_text
+        out = await self._deadline(call.remote(body.text), self.spec.timeouts.writer_s, "the writer")
+        return {"text": out, "flag": body.flag, "degraded": False, "random_weights": info["random_weights"]}
+
+    @app.post("/api/generate/image")
+    async def generate_image(self, request: Request, body: GenerateRequest,
+                             idempotency_key: str | None = Header(None, max_length=200)):
+        user = self._user(request)
+        # Bad sizes and steps are refused before the Writer or the Painter does any work.
+        size = await self.painter.check.remote(body.text, body.size, body.steps, None, body.seed)
+        if idempotency_key:
+            fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+            state = await self.idempotency.begin.remote(user, idempotency_key, fingerprint)
+            if state["state"] == "done":
+                return state["answer"]
+            if state["state"] == "conflict":
+                raise InvalidInput("this Idempotency-Key was used with a different request body", code="idempotency_conflict")
+            if state["state"] == "running":
+                raise Unavailable("the same request is still running; retry shortly", code="in_progress", retry_after=2)
+        answer = None
+        try:
+            answer = await self._deadline(self._generate(request, user, body, size), self.spec.timeouts.generate_s,
+                                          "image generation")
+            return answer
+        finally:
+            if idempotency_key:
+                await self.idempotency.finish.remote(user, idempotency_key, fingerprint, answer)
+
+    async def _generate(self, request: Request, user: str, body: GenerateRequest, size: str) -> dict:
+        used, degraded = (await self._enhanced(body.text, body.seed)) if body.enhance else (body.text, False)
+        painted = await self.painter.paint.remote(used, size=size, steps=body.steps, seed=body.seed)
+        writer_info = await self._model_info("writer")
+        answer: dict[str, Any] = {
+            "image_url": None, "img_id": None, "generation_time": painted["timings"]["total_s"],
+            "size": painted["size"], "prompt": {"original": body.text, "used": used}, "seed": painted["seed"],
+            "degraded": degraded,
+            "random_weights": bool(painted["random_weights"] or (body.enhance and writer_info["random_weights"])),
+        }
+        if body.save_to_gallery:
+            lib = await self.library()
+            img = Image.open(__import__("io").BytesIO(painted["png"]))
+            vector = await self.embedder.embed_image.remote(img.convert("RGB"))
+            row, _ = await lib.store(user, painted["png"], source="generated", vector=vector, caption=body.text,
+                                     meta={"prompt_original": body.text, "prompt_used": used, "seed": painted["seed"],
+                                           "size": painted["size"], "model": painted["model_id"],
+                                           "steps": painted["steps"]})
+            answer["img_id"] = row["img_id"]
+            answer["image_url"] = self._url(request, user, row["img_id"])
+        else:
+            answer["image_url"] = "data:image/png;base64," + base64.b64encode(painted["png"]).decode()
+        return answer

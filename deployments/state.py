@@ -1,0 +1,86 @@
+"""Service state every ingress replica shares: per-operation stats and idempotency records.
+
+Both live in named Ray actors, not in a replica, so all replicas see one view and a replica
+restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+import ray
+from cachetools import TTLCache
+
+STATS_ACTOR = "atelier_stats"
+IDEMPOTENCY_ACTOR = "atelier_idempotency"
+
+
+@ray.remote(num_cpus=0.01, max_restarts=-1)
+class StatsLedger:
+    """count/errors/avg/min/max/p50/p95 per operation over the whole service (a window of recent calls)."""
+
+    def __init__(self, window: int = 10_000):
+        self._durations: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
+        self._count: dict[str, int] = defaultdict(int)
+        self._errors: dict[str, int] = defaultdict(int)
+        self._min: dict[str, float] = {}
+        self._max: dict[str, float] = {}
+        self._sum: dict[str, float] = defaultdict(float)
+
+    def record(self, op: str, seconds: float, ok: bool) -> None:
+        self._count[op] += 1
+        self._errors[op] += 0 if ok else 1
+        self._sum[op] += seconds
+        self._durations[op].append(seconds)
+        self._min[op] = min(self._min.get(op, seconds), seconds)
+        self._max[op] = max(self._max.get(op, seconds), seconds)
+
+    def summary(self) -> dict[str, dict]:
+        out = {}
+        for op, n in sorted(self._count.items()):
+            window = np.fromiter(self._durations[op], dtype=float)
+            out[op] = {
+                "count": n, "errors": self._errors[op], "avg_s": self._sum[op] / n,
+                "min_s": self._min[op], "max_s": self._max[op],
+                "p50_s": float(np.percentile(window, 50)), "p95_s": float(np.percentile(window, 95)),
+            }
+        return out
+
+    def forget_user(self, user_id: str) -> None:  # stats are never keyed by user; nothing to forget
+        return None
+
+
+@ray.remote(num_cpus=0.01, max_restarts=-1)
+class IdempotencyLedger:
+    """(user, Idempotency-Key) -> the first answer, for a day; a retry in flight is told to wait."""
+
+    def __init__(self, ttl_s: float = 86_400, size: int = 100_000):
+        self._done: TTLCache = TTLCache(maxsize=size, ttl=ttl_s)
+        self._running: dict[tuple[str, str], float] = {}
+
+    def begin(self, user_id: str, key: str, fingerprint: str) -> dict:
+        k = (user_id, key)
+        if k in self._done:
+            fp, answer = self._done[k]
+            return {"state": "done" if fp == fingerprint else "conflict", "answer": answer}
+        started = self._running.get(k)
+        if started is not None and time.monotonic() - started < 600:
+            return {"state": "running"}
+        self._running[k] = time.monotonic()
+        return {"state": "new"}
+
+    def finish(self, user_id: str, key: str, fingerprint: str, answer: dict | None) -> None:
+        self._running.pop((user_id, key), None)
+        if answer is not None:
+            self._done[(user_id, key)] = (fingerprint, answer)
+
+    def forget_user(self, user_id: str) -> None:
+        for k in [k for k in self._done.keys() if k[0] == user_id]:
+            self._done.pop(k, None)
+
+
+def named(actor_cls, name: str):
+    """The cluster's one instance of a state actor, created by whoever asks first."""
+    return actor_cls.options(name=name, namespace="atelier", get_if_exists=True, lifetime="detached").remote()
