@@ -24,3 +24,99 @@ def tiny_kit(tmp_path_factory) -> Path:
     for role in ROLES:
         build(role, "tiny", out, seed=0)
     return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One small real Ray cluster for the whole run; explicit CPUs, no dashboard."""
+    import ray
+
+    secrets_dir = tmp_path_factory.mktemp("secrets")
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "ATELIER_KEYS_FILE": str(secrets_dir / "keys.json"),
+        "ATELIER_URL_SECRET_FILE": str(secrets_dir / "url_secret"),
+    }
+    os.environ.update(env)
+    # Logical CPUs, not cores: every replica, actor and task asks for a fraction of one.
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, namespace="atelier",
+             runtime_env={"env_vars": env}, log_to_driver=False)
+    yield {"secrets": secrets_dir, "env": env}
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def local_args(kit: Path, data: Path, **overrides):
+    """serve_config.local.yaml's args, pointed at a test kit and a test data folder."""
+    import yaml
+
+    from deployments.config import AppArgs
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "serve_config.local.yaml").read_text())["applications"][0]["args"]
+    for role in ("embedder", "writer", "describer", "painter"):
+        spec[role]["model"]["model"] = str(kit / role)
+    spec["storage"] = {"lancedb_uri": str(data / "lancedb"), "blob_root": str(data / "blobs")}
+    spec["painter"]["model"]["sizes"] = {"small": "64x64", "medium": "96x96", "large": "128x128"}
+    for path, value in overrides.items():
+        node = spec
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return AppArgs.model_validate(spec)
+
+
+class Service:
+    """A deployed application and the keys of two users, for tests over real HTTP."""
+
+    def __init__(self, base_url: str, keys: dict[str, str], data: Path):
+        self.base_url, self.keys, self.data = base_url, keys, data
+
+    def client(self, user: str | None = "alice", **kw):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.keys[user]}"} if user else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=120, **kw)
+
+
+@pytest.fixture(scope="session")
+def service(ray_cluster, tiny_kit, tmp_path_factory) -> Service:
+    """The local graph (tiny models, real LanceDB and blobs in a temp folder) served over HTTP."""
+    import httpx
+    from ray import serve
+
+    from deployments.app import build_app
+    from deployments.auth import add_key
+
+    keys_file = ray_cluster["env"]["ATELIER_KEYS_FILE"]
+    keys = {user: add_key(keys_file, user) for user in ("alice", "bob")}
+    data = tmp_path_factory.mktemp("data")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(local_args(tiny_kit, data)), name="atelier", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    import time
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        raise RuntimeError("the local graph did not become ready")
+    return Service(base, keys, data)
