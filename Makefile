@@ -20,6 +20,10 @@ venv install: $(STAMP)
 kit: $(STAMP)
 	$(BIN)/python -m deployments.kit build --size tiny models/tiny
 
+# Builds the tiny kit if missing, prints a demo API key, serves serve_config.local.yaml on 127.0.0.1:8000.
+serve: $(STAMP)
+	$(BIN)/python -m deployments.local
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
