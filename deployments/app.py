@@ -15,16 +15,23 @@ from .writer import WriterDeployment
 
 def build_app(args: AppArgs) -> Application:
     """One deployment per model, composed by the ingress; every option comes from the typed args."""
+    return compose(args)
+
+
+def compose(args: AppArgs, model_classes: dict[str, type] | None = None) -> Application:
+    """build_app with the model classes open: fault tests bind a stand-in that fails on purpose."""
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
-    embedder = EmbedderDeployment.options(
-        user_config=args.embedder.batching.model_dump(), **args.embedder.deployment.serve_options()
-    ).bind(args.embedder.model.model_dump())
-    writer = WriterDeployment.options(**args.writer.deployment.serve_options()).bind(args.writer.model.model_dump())
-    describer = DescriberDeployment.options(**args.describer.deployment.serve_options()).bind(
-        args.describer.model.model_dump()
-    )
-    painter = PainterDeployment.options(**args.painter.deployment.serve_options()).bind(args.painter.model.model_dump())
+    classes = model_classes or {}
+
+    def bind(deployment, spec, role, **extra):
+        bound_args = (spec.model.model_dump(),) + ((classes[role],) if role in classes else ())
+        return deployment.options(**spec.deployment.serve_options(), **extra).bind(*bound_args)
+
+    embedder = bind(EmbedderDeployment, args.embedder, "embedder", user_config=args.embedder.batching.model_dump())
+    writer = bind(WriterDeployment, args.writer, "writer")
+    describer = bind(DescriberDeployment, args.describer, "describer")
+    painter = bind(PainterDeployment, args.painter, "painter")
     return Ingress.options(**args.ingress.deployment.serve_options()).bind(
         embedder, writer, describer, painter, args.ingress.model_dump(), args.storage
     )

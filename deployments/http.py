@@ -49,8 +49,6 @@ def error_response(status: int, code: str, message: str, *, headers: dict | None
     body = {"code": code, "message": message}
     if field:
         body["field"] = field
-    headers = dict(headers or {})
-    headers["X-Request-ID"] = request_id.get()
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -114,7 +112,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 class EdgeMiddleware:
-    """Request ids, body-size limits enforced while the body streams in, and per-route stats."""
+    """Request ids for logs, body-size limits enforced while the body streams in, and per-route stats."""
 
     def __init__(self, asgi):
         self.asgi = asgi
@@ -139,11 +137,10 @@ class EdgeMiddleware:
         status = {"code": 500, "sent": False}
 
         async def send_with_id(message):
+            # Serve's proxy puts the request id on the request (echoing the client's) and on the
+            # response; this layer adopts it for logs and stats and never adds a second header.
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                hdrs.append((b"x-request-id", rid.encode("latin-1")))
-                message = {**message, "headers": hdrs}
             await send(message)
 
         try:
