@@ -35,6 +35,17 @@ class StorageSettings(BaseSettings):
     )
     display_max_side: int = Field(1600, ge=64, description="Longest side of the stored display copy, in pixels.")
     display_quality: int = Field(85, ge=30, le=100, description="JPEG/WebP quality of the display copy.")
+    display_format: Literal["jpeg", "webp"] = Field(
+        "jpeg", description="Encoding of the display copy: JPEG encodes fastest, WebP is smaller."
+    )
+    original_quality: int = Field(
+        95,
+        ge=70,
+        le=100,
+        description="JPEG quality used when an EXIF-rotated original must be re-encoded upright "
+        "(the only lossy step; unrotated originals are stripped byte-for-byte).",
+    )
+    blob_timeout_s: float = Field(30.0, gt=0, description="Timeout of one blob-store request, in seconds.")
 
     ann_min_rows: int = Field(
         50_000, ge=256, description="Build the ANN index once the table holds this many rows; below it search is exact."
