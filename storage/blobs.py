@@ -119,6 +119,7 @@ class LocalBlobStore(BlobStore):
         return path
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
+        # A file carries no Content-Type; the key's extension does (see media_type).
         path = self._path(key)
         for attempt in range(3):
             path.parent.mkdir(parents=True, exist_ok=True)
