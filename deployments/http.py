@@ -78,37 +78,36 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
 
-@app.exception_handler(Exception)
-async def _bug(request: Request, exc: Exception):
+class Overloaded(Unavailable):
+    code = "overloaded"
+
+
+async def settle(response, *, retry_after: float = 2.0):
+    """Await a deployment call, turning Serve's capacity errors into our typed 503s.
+
+    Serve installs its own plain-text handlers for BackPressureError and DeploymentUnavailableError
+    on the ingress app (overriding any of ours), so they must become AtelierErrors before they
+    leave the route.
+    """
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    cause = _unwrap(exc)
-    if isinstance(cause, AtelierError):
-        return await _atelier_error(request, cause)
-    if isinstance(cause, BackPressureError):
-        return error_response(503, "overloaded", "the service is at capacity; retry shortly",
-                              headers=_retry_after(cause, getattr(cause, "retry_after_s", None) or 2))
-    if isinstance(cause, (DeploymentUnavailableError, ray.exceptions.ActorDiedError,
-                          ray.exceptions.ActorUnavailableError)):
-        return error_response(503, "unavailable", "a model is restarting; retry shortly", headers={"Retry-After": "2"})
-    if isinstance(cause, (asyncio.TimeoutError, TimeoutError)):
-        return error_response(504, "timeout", "the request took longer than its deadline")
+    try:
+        return await response
+    except BackPressureError as exc:
+        raise Overloaded("the service is at capacity; retry shortly",
+                         retry_after=exc.retry_after_s or retry_after) from None
+    except (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError) as exc:
+        raise Unavailable(f"a model is restarting; retry shortly ({type(exc).__name__})",
+                          retry_after=retry_after) from None
+    except asyncio.TimeoutError:
+        raise RequestTimeout("a model took longer than the request's deadline") from None
+
+
+@app.exception_handler(Exception)
+async def _bug(request: Request, exc: Exception):
     log.error("request %s hit a bug", request_id.get(), exc_info=exc)
     return error_response(500, "internal_error", f"an internal error occurred (request id {request_id.get()})")
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """A model's typed error arrives wrapped in a RayTaskError; find the original."""
-    seen = 0
-    while seen < 5:
-        seen += 1
-        inner = getattr(exc, "cause", None) or (exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else None)
-        if isinstance(exc, AtelierError):
-            return exc
-        if inner is None or inner is exc:
-            break
-        exc = inner
-    return exc
 
 
 class EdgeMiddleware:

@@ -26,7 +26,7 @@ from storage.errors import InvalidInput, NotFound, Unavailable
 
 from .auth import KeyRing, UrlSigner, load_secret
 from .config import IngressSpec
-from .http import RequestTimeout, app, current_request_id
+from .http import RequestTimeout, app, current_request_id, settle
 from .settings import ServiceSettings
 from .state import IDEMPOTENCY_ACTOR, STATS_ACTOR, IdempotencyLedger, StatsLedger, named
 
@@ -100,7 +100,7 @@ class Ingress:
 
     async def _model_info(self, role: str) -> dict:
         if role not in self._info:
-            self._info[role] = await self.models[role].info.remote()
+            self._info[role] = await settle(self.models[role].info.remote())
         return self._info[role]
 
     async def library(self):
@@ -109,7 +109,7 @@ class Ingress:
             from .library import Library
 
             info = await self._model_info("embedder")
-            dim = await self.embedder.dim.remote()
+            dim = await settle(self.embedder.dim.remote())
             self._library = Library(self.storage_settings, dim=dim, embed_model=info["model_id"])
         return self._library
 
@@ -137,7 +137,7 @@ class Ingress:
         if is_english(text) or not self.spec.enhance_search:
             return text, False
         try:
-            return await self._cached("translate", text, lambda: self.writer.to_english.remote(text),
+            return await self._cached("translate", text, lambda: settle(self.writer.to_english.remote(text)),
                                       timeout=self.spec.timeouts.writer_s), False
         except InvalidInput:
             raise
@@ -147,7 +147,7 @@ class Ingress:
 
     async def _enhanced(self, text: str, seed: int | None) -> tuple[str, bool]:
         try:
-            used = await self._cached("enhance", text, lambda: self.writer.enhance_prompt.remote(text),
+            used = await self._cached("enhance", text, lambda: settle(self.writer.enhance_prompt.remote(text)),
                                       timeout=self.spec.timeouts.writer_s)
             return used, False
         except InvalidInput:
@@ -183,7 +183,7 @@ class Ingress:
         return value
 
     async def _text_vector(self, text: str) -> np.ndarray:
-        return await self._cached("embed_text", text, lambda: self.embedder.embed_text.remote(text),
+        return await self._cached("embed_text", text, lambda: settle(self.embedder.embed_text.remote(text)),
                                   timeout=self.spec.timeouts.search_s)
 
     # -- health and operations ----------------------------------------------------------------------
@@ -224,7 +224,7 @@ class Ingress:
         self._user(request)
         info = await self._model_info("writer")
         call = self.writer.enhance_prompt if body.flag == "prompt_enhancement" else self.writer.post_text
-        out = await self._deadline(call.remote(body.text), self.spec.timeouts.writer_s, "the writer")
+        out = await self._deadline(settle(call.remote(body.text)), self.spec.timeouts.writer_s, "the writer")
         return {"text": out, "flag": body.flag, "degraded": False, "random_weights": info["random_weights"]}
 
     @app.post("/api/generate/image")
@@ -232,7 +232,7 @@ class Ingress:
                              idempotency_key: str | None = Header(None, max_length=200)):
         user = self._user(request)
         # Bad sizes and steps are refused before the Writer or the Painter does any work.
-        size = await self.painter.check.remote(body.text, body.size, body.steps, None, body.seed)
+        size = await settle(self.painter.check.remote(body.text, body.size, body.steps, None, body.seed))
         if idempotency_key:
             fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
             state = await self.idempotency.begin.remote(user, idempotency_key, fingerprint)
@@ -253,7 +253,7 @@ class Ingress:
 
     async def _generate(self, request: Request, user: str, body: GenerateRequest, size: str) -> dict:
         used, degraded = (await self._enhanced(body.text, body.seed)) if body.enhance else (body.text, False)
-        painted = await self.painter.paint.remote(used, size=size, steps=body.steps, seed=body.seed)
+        painted = await settle(self.painter.paint.remote(used, size=size, steps=body.steps, seed=body.seed))
         writer_info = await self._model_info("writer")
         answer: dict[str, Any] = {
             "image_url": None, "img_id": None, "generation_time": painted["timings"]["total_s"],
@@ -264,7 +264,7 @@ class Ingress:
         if body.save_to_gallery:
             lib = await self.library()
             img = Image.open(__import__("io").BytesIO(painted["png"]))
-            vector = await self.embedder.embed_image.remote(img.convert("RGB"))
+            vector = await settle(self.embedder.embed_image.remote(img.convert("RGB")))
             row, _ = await lib.store(user, painted["png"], source="generated", vector=vector, caption=body.text,
                                      meta={"prompt_original": body.text, "prompt_used": used, "seed": painted["seed"],
                                            "size": painted["size"], "model": painted["model_id"],

@@ -1,0 +1,84 @@
+"""Faults over real HTTP: back-pressure, a Writer that is down, and (with search) a lost Embedder replica.
+
+A second application, `/faults`, runs the same graph with a Painter limited to one request in
+flight and one queued, two Embedder replicas, and a Writer stand-in that fails on purpose.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import time
+
+import pytest
+import ray.cloudpickle
+
+from deployments.models import ModelUnavailable, Writer
+
+pytestmark = pytest.mark.e2e
+# Replicas cannot import this test module by name: ship its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class UnavailableWriter(Writer):
+    """Fault stand-in: loads like the real Writer, then fails every call, as when its GPU is gone."""
+
+    def _warmup(self) -> None:
+        return None
+
+    def chat(self, *args, **kwargs):
+        raise ModelUnavailable("the writer is down (fault test)")
+
+
+@pytest.fixture(scope="module")
+def faults(service, tiny_kit, tmp_path_factory):
+    from ray import serve
+
+    from deployments.app import compose
+    from tests.conftest import local_args
+
+    args = local_args(
+        tiny_kit, tmp_path_factory.mktemp("faults"),
+        **{"painter.deployment.max_ongoing_requests": 1, "painter.deployment.max_queued_requests": 1,
+           "embedder.deployment.num_replicas": 2},
+    )
+    serve.run(compose(args, {"writer": UnavailableWriter}), name="faults", route_prefix="/faults", blocking=False)
+    with service.client() as c:
+        deadline = time.monotonic() + 300
+        while c.get("/faults/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the faults app did not become ready"
+            time.sleep(1)
+    yield service
+    serve.delete("faults")
+
+
+def test_painter_overload_answers_503_with_retry_after_never_500(faults):
+    body = {"text": "a storm over the sea", "size": "512x512", "save_to_gallery": False, "enhance": False}
+
+    def generate(i):
+        with faults.client() as c:
+            return c.post("/faults/api/generate/image", json={**body, "seed": i})
+
+    with cf.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(generate, range(10)))
+    codes = [r.status_code for r in answers]
+    assert 500 not in codes
+    refused = [r for r in answers if r.status_code in (429, 503)]
+    assert refused, f"10 concurrent generations against 1 slot + 1 queue were all served: {codes}"
+    assert all(int(r.headers.get("retry-after", 0)) >= 1 for r in refused), [(r.status_code, r.headers, r.text) for r in refused]
+    assert all(r.json()["error"]["code"] for r in refused)
+    assert set(codes) <= {200, 429, 503}
+    with faults.client() as c:  # and it serves normally afterwards
+        r = c.post("/faults/api/generate/image", json={**body, "size": "small"})
+        assert r.status_code == 200, r.text
+
+
+def test_generation_degrades_when_the_writer_is_down(faults):
+    with faults.client() as c:
+        r = c.post("/faults/api/generate/image",
+                   json={"text": "海边的日落", "size": "small", "save_to_gallery": False, "seed": 1})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["degraded"] is True
+        assert body["prompt"] == {"original": "海边的日落", "used": "海边的日落"}
+        assert body["size"] == "64x64"
