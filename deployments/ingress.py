@@ -27,6 +27,7 @@ from storage.errors import InvalidInput, NotFound, Unavailable
 from .auth import KeyRing, UrlSigner, load_secret
 from .config import IngressSpec
 from .http import RequestTimeout, app, current_request_id, settle
+from .openai_api import OpenAIRoutes
 from .settings import ServiceSettings
 from .state import IDEMPOTENCY_ACTOR, STATS_ACTOR, IdempotencyLedger, StatsLedger, named
 
@@ -63,7 +64,7 @@ def is_english(text: str) -> bool:
 
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
-class Ingress:
+class Ingress(OpenAIRoutes):
     def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
                  painter: DeploymentHandle, spec: dict, storage: dict | None = None):
         from storage.settings import StorageSettings
@@ -263,9 +264,9 @@ class Ingress:
         }
         if body.save_to_gallery:
             lib = await self.library()
-            img = Image.open(__import__("io").BytesIO(painted["png"]))
-            vector = await settle(self.embedder.embed_image.remote(img.convert("RGB")))
-            row, _ = await lib.store(user, painted["png"], source="generated", vector=vector, caption=body.text,
+            image = await lib.admit(painted["png"], content_type="image/png")
+            vector = await settle(self.embedder.embed_image.remote(image.model_image))
+            row, _ = await lib.store(user, image, source="generated", vector=vector, caption=body.text,
                                      meta={"prompt_original": body.text, "prompt_used": used, "seed": painted["seed"],
                                            "size": painted["size"], "model": painted["model_id"],
                                            "steps": painted["steps"]})
@@ -274,3 +275,161 @@ class Ingress:
         else:
             answer["image_url"] = "data:image/png;base64," + base64.b64encode(painted["png"]).decode()
         return answer
+
+    # -- gallery ----------------------------------------------------------------------------------------
+    async def _read_upload(self, file: UploadFile) -> bytes:
+        return await file.read()
+
+    @app.post("/api/images", status_code=201)
+    async def upload_image(self, request: Request, file: UploadFile = File(...), caption: str | None = Form(None)):
+        user = self._user(request)
+        if caption is not None and len(caption) > 2000:
+            raise InvalidInput("caption has more than 2000 characters", field="caption")
+        lib = await self.library()
+        data = await self._read_upload(file)
+        image = await lib.admit(data, filename=file.filename, content_type=file.content_type)
+        existing = await lib.find(user, image.content_hash)
+        if existing is not None:
+            return JSONResponse(self._record_out(request, user, existing), status_code=200)
+        vector = await settle(self.embedder.embed_image.remote(image.model_image))
+        row, created = await lib.store(user, image, source="upload", vector=vector, caption=caption)
+        return JSONResponse(self._record_out(request, user, row), status_code=201 if created else 200)
+
+    @app.get("/api/images")
+    async def list_images(self, request: Request, limit: int = Query(20, ge=1, le=100),
+                          cursor: str | None = Query(None, max_length=500)):
+        user = self._user(request)
+        lib = await self.library()
+        rows, next_cursor = await lib.list(user, limit, cursor)
+        return {"items": [self._record_out(request, user, r) for r in rows], "next_cursor": next_cursor}
+
+    @app.get("/api/images/{img_id}")
+    async def get_image(self, request: Request, img_id: str):
+        user = self._user(request)
+        lib = await self.library()
+        return self._record_out(request, user, await lib.get(user, img_id))
+
+    @app.delete("/api/images/{img_id}", status_code=204)
+    async def delete_image(self, request: Request, img_id: str):
+        user = self._user(request)
+        lib = await self.library()
+        await lib.delete(user, img_id)
+        return Response(status_code=204)
+
+    @app.get("/api/images/{img_id}/file")
+    async def image_file(self, request: Request, img_id: str, sig: str | None = Query(None, max_length=2000)):
+        """The display copy: with a valid signature (an <img> tag), or with the owner's key."""
+        if sig is not None:
+            user = self.signer.verify(sig, img_id)
+        else:
+            user = self._user(request)
+        lib = await self.library()
+        data, mime = await lib.display(user, img_id)
+        return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=300",
+                                                        "X-Content-Type-Options": "nosniff"})
+
+    # -- search -----------------------------------------------------------------------------------------
+    def _check_k(self, k: int) -> int:
+        if not 1 <= k <= self.spec.max_search_k:
+            raise InvalidInput(f"k={k} is out of range; use 1..{self.spec.max_search_k}", field="k")
+        return k
+
+    async def _results(self, request: Request, user: str, hits: list[dict]) -> list[dict]:
+        return [{"img_id": h["img_id"], "image_url": self._url(request, user, h["img_id"]),
+                 "score": float(h["score"]), "caption": h.get("caption") or "",
+                 "description": h.get("description") or ""} for h in hits]
+
+    @app.get("/api/search")
+    async def search(self, request: Request, q: str = Query(..., min_length=1, max_length=1000),
+                     k: int = Query(10)):
+        user = self._user(request)
+        self._check_k(k)
+        if not q.strip():
+            raise InvalidInput("q is blank; send some words to search for", field="q")
+
+        async def run():
+            english, degraded = await self._english(q)
+            vector = await self._text_vector(english)
+            lib = await self.library()
+            hits = await lib.search(user, vector, k, text=q)
+            return {"query": {"text": q, "english": english}, "results": await self._results(request, user, hits),
+                    "degraded": degraded}
+
+        return await self._deadline(run(), self.spec.timeouts.search_s, "search")
+
+    @app.post("/api/search/by-image")
+    async def search_by_image(self, request: Request, file: UploadFile = File(...), k: int = Form(10)):
+        user = self._user(request)
+        self._check_k(k)
+        lib = await self.library()
+        decoded = await lib.decode(await self._read_upload(file), filename=file.filename,
+                                   content_type=file.content_type)
+        vector = await settle(self.embedder.embed_image.remote(decoded.model_image))
+        hits = await lib.search(user, vector, k)
+        return {"query": {"text": None, "english": None}, "results": await self._results(request, user, hits)}
+
+    # -- describe ---------------------------------------------------------------------------------------
+    @app.post("/api/describe")
+    async def describe(self, request: Request):
+        """multipart `file`, or JSON {"img_id"}: the vision model's description and a Chinese post text."""
+        user = self._user(request)
+        lib = await self.library()
+        img_id = None
+        instruction = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise InvalidInput("send the image as the multipart field `file`", field="file")
+            instruction = form.get("instruction") if isinstance(form.get("instruction"), str) else None
+            decoded = await lib.decode(await upload.read(), filename=upload.filename,
+                                       content_type=upload.content_type)
+            image = decoded.model_image
+        else:
+            try:
+                body = DescribeRequest.model_validate(json.loads(await request.body() or b"null"))
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput('send multipart `file` or JSON {"img_id": "..."}', field="img_id") from exc
+            img_id, instruction = body.img_id, body.instruction
+            data, _ = await lib.display(user, img_id)
+            image = (await lib.decode(data)).model_image
+
+        async def run():
+            try:
+                description = await settle(self.describer.describe.remote(image, instruction))
+            except InvalidInput:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503 of this route only
+                log.warning("request %s: describer failed (%s)", current_request_id(), exc)
+                raise Unavailable("the vision model cannot answer right now; retry shortly",
+                                  code="describer_unavailable", retry_after=self.spec.retry_after_s) from None
+            degraded = False
+            try:
+                caption_zh = await asyncio.wait_for(settle(self.writer.post_text.remote(description or "一张照片")),
+                                                    timeout=self.spec.timeouts.writer_s)
+            except InvalidInput:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the description alone is still an answer
+                log.warning("request %s: post text failed (%s)", current_request_id(), exc)
+                caption_zh, degraded = "", True
+            return description, caption_zh, degraded
+
+        description, caption_zh, degraded = await self._deadline(run(), self.spec.timeouts.describe_s,
+                                                                 "describing the image")
+        if img_id is not None:
+            await lib.update(user, img_id, description=description, caption=caption_zh)
+        info_d, info_w = await self._model_info("describer"), await self._model_info("writer")
+        return {"description": description, "caption_zh": caption_zh, "img_id": img_id, "degraded": degraded,
+                "random_weights": bool(info_d["random_weights"] or info_w["random_weights"])}
+
+
+def _encode_cached(value) -> bytes:
+    if isinstance(value, np.ndarray):
+        return b"v" + value.astype(np.float32).tobytes()
+    return b"s" + str(value).encode("utf-8")
+
+
+def _decode_cached(raw: bytes):
+    if raw[:1] == b"v":
+        return np.frombuffer(raw[1:], dtype=np.float32).copy()
+    return raw[1:].decode("utf-8")

@@ -1,0 +1,53 @@
+"""The one place gallery writes happen for the whole cluster: a named Ray actor per gallery table.
+
+Uploads, generation and ingestion all write through it, so two concurrent inserts of the same
+(user, content hash) can never both commit (lancedb issue 2463), whichever replica they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import ray
+
+from storage.settings import StorageSettings
+
+NAMESPACE = "atelier"
+
+
+@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1)
+class GalleryWriter:
+    """Serialises every write of one gallery (one LanceDB URI and embedding model)."""
+
+    def __init__(self, settings: dict, dim: int, embed_model: str):
+        from storage.gallery import Gallery
+
+        self.gallery = Gallery.open(StorageSettings(**settings), dim=dim, embed_model=embed_model)
+
+    def upsert(self, rows: list[dict]) -> Any:
+        return self.gallery.upsert(rows)
+
+    def update(self, user_id: str, img_id: str, **fields) -> Any:
+        return self.gallery.update(user_id, img_id, **fields)
+
+    def delete(self, user_id: str, img_id: str) -> Any:
+        return self.gallery.delete(user_id, img_id)
+
+    def delete_user(self, user_id: str) -> Any:
+        return self.gallery.delete_user(user_id)
+
+    def optimize(self) -> Any:
+        return self.gallery.optimize()
+
+
+def writer_name(settings: StorageSettings, embed_model: str) -> str:
+    key = f"{settings.lancedb_uri}|{settings.gallery_table}|{embed_model}"
+    return "gallery_writer_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def gallery_writer(settings: StorageSettings, dim: int, embed_model: str):
+    """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers)."""
+    return GalleryWriter.options(
+        name=writer_name(settings, embed_model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(settings.model_dump(), dim, embed_model)
