@@ -48,6 +48,10 @@ class EmbedderDeployment(RoleShell):
         """A caller's own list in one call (the OpenAI surface's list input)."""
         return await self._run("embed_texts", self.model.embed_texts, texts)
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text, for the OpenAI surface's usage report."""
+        return self.model.count_tokens(texts)
+
     def dim(self) -> int:
         return self.model.dim
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -25,6 +26,16 @@ class DescriberConfig(ModelConfig):
     min_new_tokens: int = Field(
         0, ge=0, description="Tokens to generate before end-of-text is allowed; random-weight tests need a few."
     )
+
+
+@dataclass(frozen=True)
+class Description:
+    """A vision answer with its token counts (the OpenAI surface reports them as usage)."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class Describer(ModelRole):
@@ -51,6 +62,11 @@ class Describer(ModelRole):
     def describe(self, image: Image.Image, instruction: str | None = None, *, max_new_tokens: int | None = None,
                  seed: int | None = None) -> str:
         """What the vision model says about one image; the same seed gives the same text."""
+        return self.answer(image, instruction, max_new_tokens=max_new_tokens, seed=seed).text
+
+    def answer(self, image: Image.Image, instruction: str | None = None, *, max_new_tokens: int | None = None,
+               seed: int | None = None) -> Description:
+        """describe(), with why generation stopped and how many tokens went in (image tokens included) and out."""
         if not isinstance(image, Image.Image):
             raise DescriberInputError(
                 f"image is a {type(image).__name__}, not a PIL image; decode it first (storage intake does)",
@@ -84,9 +100,25 @@ class Describer(ModelRole):
             out = self._model.generate(**inputs, max_new_tokens=max_new, **sampling,
                                        min_new_tokens=min(self.config.min_new_tokens, max_new),
                                        pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        n_prompt = int(inputs["input_ids"].shape[1])
+        new = out[0, n_prompt:]
+        hit_eos = bool(len(new)) and int(new[-1]) in _eos_ids(self._model, tok)
+        return Description(
+            text=tok.decode(new, skip_special_tokens=True).strip(),
+            finish_reason="length" if len(new) >= max_new and not hit_eos else "stop",
+            prompt_tokens=n_prompt, completion_tokens=int(len(new)),
+        )
 
     def check_health(self) -> None:
         super().check_health()
         if self._model is None:
             raise ModelUnavailable("describer has no model")
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    out = {int(i) for i in ids if i is not None}
+    if tokenizer.eos_token_id is not None:
+        out.add(int(tokenizer.eos_token_id))
+    return out

@@ -99,6 +99,14 @@ class Embedder(ModelRole):
             out = self._model.get_text_features(**{k: v.to(self._device) for k, v in enc.items()})
         return _normalised(out)
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """CLIP tokens each text is embedded from: start/end tokens included, cut at the model's context."""
+        self._check_batch(texts, "texts")
+        self.load()
+        tok = self._processor.tokenizer
+        enc = tok(list(texts), truncation=True, max_length=tok.model_max_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
     def _check_batch(self, items, name: str) -> None:
         if not isinstance(items, (list, tuple)) or not items:
             raise EmbedderInputError(f"{name} must be a non-empty list", field=name)

@@ -57,3 +57,12 @@ def test_bad_inputs_raise_typed_errors(describer, call, field):
 def test_missing_model_names_the_role(tmp_path):
     with pytest.raises(ModelNotFound, match="describer"):
         Describer(DescriberConfig(model=str(tmp_path / "absent"))).load()
+
+
+def test_answer_reports_tokens_and_why_it_stopped(describer):
+    answer = describer.answer(_photo(2), "What is here?", max_new_tokens=5, seed=1)
+    assert answer.text == describer.describe(_photo(2), "What is here?", max_new_tokens=5, seed=1)
+    assert 4 <= answer.completion_tokens <= 5
+    assert answer.finish_reason == ("length" if answer.completion_tokens == 5 else "stop")
+    # The prompt holds the image's tokens as well as the question's.
+    assert answer.prompt_tokens > 2 * len("What is here?".split()) + 16

@@ -92,3 +92,12 @@ def test_uncached_hub_id_fails_fast_offline(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFound, match="HF_HUB_OFFLINE"):
         e.load()
     assert not e.loaded
+
+
+def test_count_tokens_counts_what_the_model_reads(embedder):
+    short, longer, huge = embedder.count_tokens(["a cat", "a cat asleep on a red mat", "word " * 500])
+    assert short == 4  # start + "a" + "cat" + end
+    assert short < longer < huge
+    assert huge == embedder._processor.tokenizer.model_max_length  # cut at CLIP's context, as embedding does
+    with pytest.raises(EmbedderInputError):
+        embedder.count_tokens([])
