@@ -171,13 +171,14 @@ class OpenAIRoutes:
                 raise InvalidInput(f"dimensions={body.dimensions}: this model's vectors have {dim}; leave it out or "
                                    f"send {dim}", field="dimensions")
 
-        async def vectors() -> np.ndarray:
+        async def embed() -> tuple[list[int], np.ndarray]:
+            # Counting first also refuses an oversized list before any forward pass.
+            counts = await settle(self.embedder.count_tokens.remote(texts))
             if len(texts) == 1:  # batched with concurrent callers and cached, like a search text
-                return np.asarray([await self._text_vector(texts[0])])
-            return await settle(self.embedder.embed_texts.remote(texts))
+                return counts, np.asarray([await self._text_vector(texts[0])])
+            return counts, await settle(self.embedder.embed_texts.remote(texts))
 
-        counts, vecs = await self._deadline(asyncio.gather(settle(self.embedder.count_tokens.remote(texts)), vectors()),
-                                            self.spec.timeouts.search_s, "embedding")
+        counts, vecs = await self._deadline(embed(), self.spec.timeouts.search_s, "embedding")
         data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
                 for i, v in enumerate(vecs)]
         tokens = int(sum(counts))
@@ -214,14 +215,15 @@ class OpenAIRoutes:
                 "random_weights": bool(any(p["random_weights"] for p in painted) or writer_random)}
 
     async def _generated_url(self, request: Request, user: str, original: str, used: str, image: dict) -> str:
-        # TODO(library): store the PNG in the caller's gallery and answer a signed URL, once
-        # deployments/library.py lands:
-        #   vector = await self.embedder.embed_image.remote(<the PNG as an RGB PIL image>)
-        #   row, _ = await (await self.library()).store(user, image["png"], source="generated", vector=vector,
-        #                                               caption=original, meta={...as _generate records...})
-        #   return self._url(request, user, row["img_id"])
-        # Until then the image travels inline, which every client that fetches a URL can still read.
-        return "data:image/png;base64," + base64.b64encode(image["png"]).decode()
+        """Store one painted image in the caller's gallery (embedded, with its prompts) and sign its URL."""
+        lib = await self.library()
+        admitted = await lib.admit(image["png"], content_type="image/png")
+        vector = await settle(self.embedder.embed_image.remote(admitted.model_image))
+        row, _ = await lib.store(user, admitted, source="generated", vector=vector, caption=original,
+                                 meta={"prompt_original": original, "prompt_used": used, "seed": image["seed"],
+                                       "size": image["size"], "model": image["model_id"], "steps": image["steps"]})
+        # Absolute, as OpenAI's are: clients download `url` without knowing our base URL.
+        return f"{request.url.scheme}://{request.url.netloc}{self._url(request, user, row['img_id'])}"
 
     # -- chat -------------------------------------------------------------------------------------
     @app.post("/v1/chat/completions")
@@ -345,14 +347,8 @@ class OpenAIRoutes:
                                "service's gallery; other URLs are never fetched", code="url_not_allowed", field=where)
         if self.signer.verify(sig, match["img_id"]) != user:
             raise NotFound("no such image", field=where)  # another user's link: no existence oracle
-        # TODO(library): read the image's display copy through deployments/library.py once it lands.
-        raise _NotYetServed("gallery images in chat need the storage layer, which is not deployed yet; send the "
-                            "image as a data: URI", field=where)
-
-
-class _NotYetServed(AtelierError):
-    code = "not_implemented"
-    status = 501
+        data, _ = await (await self.library()).display(user, match["img_id"])
+        return data
 
 
 class _Chunks:
