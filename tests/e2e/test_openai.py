@@ -78,6 +78,8 @@ def test_embeddings_decode_from_the_default_base64(client, model_ids, tiny_kit):
     [
         ({"input": [[101, 2023, 102]]}, openai.BadRequestError, "invalid_input"),
         ({"input": []}, openai.BadRequestError, "invalid_input"),
+        ({"input": ["word"] * 257}, openai.BadRequestError, "invalid_embedder_input"),  # over the per-call limit
+        ({"input": ["fine", " "]}, openai.BadRequestError, "invalid_embedder_input"),
         ({"input": "hi", "model": "text-embedding-3-small"}, openai.NotFoundError, "model_not_found"),
         ({"input": "hi", "dimensions": 3}, openai.BadRequestError, "invalid_input"),
     ],
@@ -107,15 +109,24 @@ def test_images_as_b64_json_are_pngs_of_the_asked_size(client, model_ids):
                           np.asarray(Image.open(io.BytesIO(pngs[1]))))
 
 
-def test_images_as_url(client, service):
-    out = client.images.generate(prompt="a small boat", size="96x64", response_format="url")
-    url = out.data[0].url
-    if url.startswith("data:image/png;base64,"):
-        png = base64.b64decode(url.split(",", 1)[1])
-    else:  # a signed URL of the caller's gallery: readable without a key
-        assert "/api/images/" in url and "sig=" in url
-        png = httpx.get(url if url.startswith("http") else service.base_url + url, timeout=60).content
-    assert Image.open(io.BytesIO(png)).size == (96, 64)
+@pytest.fixture(scope="module")
+def generated_url(client) -> str:
+    """A url-format generation of alice's: stored in her gallery, answered as a signed absolute URL."""
+    out = client.images.generate(prompt="a small boat", size="96x64", response_format="url", extra_body={"seed": 4})
+    return out.data[0].url
+
+
+def test_images_as_url_are_stored_and_signed(service, generated_url):
+    assert generated_url.startswith(service.base_url + "/api/images/") and "sig=" in generated_url
+    r = httpx.get(generated_url, timeout=60)  # no key: the signature is the credential
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/")
+    assert Image.open(io.BytesIO(r.content)).size == (96, 64)
+    img_id = generated_url.split("/api/images/")[1].split("/")[0]
+    with service.client() as c:
+        row = c.get(f"/api/images/{img_id}").json()
+    assert row["source"] == "generated" and row["caption"] == "a small boat"
+    with service.client("bob") as c:
+        assert c.get(f"/api/images/{img_id}").status_code == 404
 
 
 @pytest.mark.parametrize("size", ["100x100", "32x32", "huge"])
@@ -206,14 +217,17 @@ def test_vision_refuses_other_urls_without_fetching(client, url, status, code):
     assert err.value.body["field"] == "messages[0].content[1].image_url"
 
 
-def test_vision_refuses_another_users_signed_url(client, ray_cluster):
-    from deployments.auth import UrlSigner, load_secret
-
-    signer = UrlSigner(load_secret(None, ray_cluster["secrets"] / "url_secret"), 3600)
-    url = f"/api/images/img123/file?sig={signer.sign('bob', 'img123')}"
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="describer", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}}]}])
+def test_vision_reads_the_callers_own_gallery_url_only(service, client, generated_url):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe it."},
+                                             {"type": "image_url", "image_url": {"url": generated_url}}]}]
+    out = client.chat.completions.create(model="describer", messages=messages, max_tokens=6, seed=1)
+    assert out.choices[0].message.content.strip()
+    relative = generated_url[len(service.base_url):]  # the path alone is this service's URL too
+    messages[0]["content"][1]["image_url"]["url"] = relative
+    assert client.chat.completions.create(model="describer", messages=messages, max_tokens=6, seed=1).choices
+    bob = openai.OpenAI(base_url=service.base_url + "/v1", api_key=service.keys["bob"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # alice's link, even validly signed, is not bob's image
+        bob.chat.completions.create(model="describer", messages=messages, max_tokens=6)
 
 
 def test_wrong_key_is_401(service, model_ids):
