@@ -22,7 +22,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
+from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 
 from .http import app, current_request_id, settle
 
@@ -297,11 +297,19 @@ class OpenAIRoutes:
         # The question is the latest user text; the Describer sees only the image and that question.
         questions = [m.text().strip() for m in body.messages if m.role == "user" and m.text().strip()]
         info = await self._model_info("describer")
-        answer = await self._deadline(
-            settle(self.describer.answer.remote(image, questions[-1] if questions else None,
-                                                max_new_tokens=body.max_new_tokens, seed=body.seed)),
-            self.spec.timeouts.describe_s, "the describer",
-        )
+
+        async def ask():
+            try:
+                return await settle(self.describer.answer.remote(image, questions[-1] if questions else None,
+                                                                 max_new_tokens=body.max_new_tokens, seed=body.seed))
+            except AtelierError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503, as on /api/describe
+                log.warning("request %s: describer failed (%s)", current_request_id(), exc)
+                raise Unavailable("the vision model cannot answer right now; retry shortly",
+                                  code="describer_unavailable", retry_after=self.spec.retry_after_s) from None
+
+        answer = await self._deadline(ask(), self.spec.timeouts.describe_s, "the describer")
         if not body.stream:
             return _completion(info, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens)
 
