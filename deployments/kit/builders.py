@@ -205,6 +205,7 @@ def _build_describer(size: Size, path: Path, dtype: torch.dtype) -> int:
     config = InternVLConfig(
         vision_config=vision, text_config=dict(model_type="qwen2", **text),
         image_token_id=tok.context_image_token_id, downsample_ratio=downsample,
+        tie_word_embeddings=text["tie_word_embeddings"],
         projector_hidden_act="gelu", vision_feature_layer=-1, vision_feature_select_strategy="default",
     )
     _mark(config)
