@@ -50,3 +50,14 @@ class StorageSettings(BaseSettings):
     ann_min_rows: int = Field(
         50_000, ge=256, description="Build the ANN index once the table holds this many rows; below it search is exact."
     )
+    ann_nprobes: int = Field(32, ge=1, description="IVF partitions probed per ANN query.")
+    ann_refine_factor: int = Field(10, ge=1, description="ANN candidates re-ranked exactly, as a multiple of k.")
+    flat_search_max_rows: int = Field(
+        20_000, ge=0, description="A user with at most this many rows is searched exactly, bypassing the ANN index."
+    )
+    optimize_every_rows: int = Field(
+        5_000, ge=1, description="Compact and re-index after this many inserted rows (also `Gallery.optimize()`)."
+    )
+    read_consistency_s: float = Field(
+        0.0, ge=0, description="How stale a reader's view of the gallery may be; 0 re-checks the latest version on every read."
+    )
