@@ -14,7 +14,6 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from cachetools import TTLCache
 from fastapi import File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
@@ -25,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from storage.errors import InvalidInput, NotFound, Unavailable
 
 from .auth import KeyRing, UrlSigner, load_secret
+from .cache import AnswerCache
 from .config import IngressSpec
 from .http import RequestTimeout, app, current_request_id, settle
 from .openai_api import OpenAIRoutes
@@ -82,14 +82,8 @@ class Ingress(OpenAIRoutes):
         self.idempotency = named(IdempotencyLedger, IDEMPOTENCY_ACTOR)
         self._info: dict[str, dict] = {}
         self._library = None
-        self._lru: TTLCache | None = (
-            TTLCache(maxsize=self.spec.caches.lru_size, ttl=self.spec.caches.ttl_s) if self.spec.caches.lru_size else None
-        )
-        self._redis = None
-        if self.spec.caches.redis_url:
-            import redis.asyncio as aioredis
-
-            self._redis = aioredis.from_url(self.spec.caches.redis_url)
+        caches = self.spec.caches
+        self.cache = AnswerCache(lru_size=caches.lru_size, ttl_s=caches.ttl_s, redis_url=caches.redis_url)
         upload = self.storage_settings.max_upload_bytes + 256 * 1024  # multipart framing on top of the file
         app.state.body_limits = {"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
                                  "/v1/chat/completions": 4 * upload}
@@ -158,30 +152,10 @@ class Ingress(OpenAIRoutes):
             return text, True
 
     async def _cached(self, kind: str, text: str, compute, *, timeout: float):
-        """Per-replica LRU, then Redis (shared by replicas), then the model; keyed by model id + input."""
+        """Model answers to text through the two-level cache, keyed by model id + input."""
         info = await self._model_info("writer" if kind in ("enhance", "translate") else "embedder")
-        key = f"atelier:{kind}:{info['model_id']}:" + hashlib.sha256(text.encode()).hexdigest()
-        if self._lru is not None and key in self._lru:
-            return self._lru[key]
-        if self._redis is not None:
-            try:
-                hit = await self._redis.get(key)
-                if hit is not None:
-                    value = _decode_cached(hit)
-                    if self._lru is not None:
-                        self._lru[key] = value
-                    return value
-            except Exception as exc:  # noqa: BLE001 - the shared cache is an optimisation, never a dependency
-                log.warning("redis cache unavailable: %s", exc)
-        value = await asyncio.wait_for(compute(), timeout=timeout)
-        if self._lru is not None:
-            self._lru[key] = value
-        if self._redis is not None:
-            try:
-                await self._redis.set(key, _encode_cached(value), ex=int(self.spec.caches.ttl_s))
-            except Exception as exc:  # noqa: BLE001
-                log.warning("redis cache unavailable: %s", exc)
-        return value
+        return await self.cache.get_or_compute(AnswerCache.key(kind, info["model_id"], text),
+                                               lambda: asyncio.wait_for(compute(), timeout=timeout))
 
     async def _text_vector(self, text: str) -> np.ndarray:
         return await self._cached("embed_text", text, lambda: settle(self.embedder.embed_text.remote(text)),
@@ -421,15 +395,3 @@ class Ingress(OpenAIRoutes):
         info_d, info_w = await self._model_info("describer"), await self._model_info("writer")
         return {"description": description, "caption_zh": caption_zh, "img_id": img_id, "degraded": degraded,
                 "random_weights": bool(info_d["random_weights"] or info_w["random_weights"])}
-
-
-def _encode_cached(value) -> bytes:
-    if isinstance(value, np.ndarray):
-        return b"v" + value.astype(np.float32).tobytes()
-    return b"s" + str(value).encode("utf-8")
-
-
-def _decode_cached(raw: bytes):
-    if raw[:1] == b"v":
-        return np.frombuffer(raw[1:], dtype=np.float32).copy()
-    return raw[1:].decode("utf-8")

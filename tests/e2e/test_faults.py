@@ -82,3 +82,57 @@ def test_generation_degrades_when_the_writer_is_down(faults):
         assert body["degraded"] is True
         assert body["prompt"] == {"original": "海边的日落", "used": "海边的日落"}
         assert body["size"] == "64x64"
+
+
+def _embedder_replicas(app: str) -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA::") and f"{app}#Embedder#" in a["name"])
+
+
+def test_losing_one_of_two_embedder_replicas_fails_at_most_the_requests_in_flight(faults):
+    import threading
+
+    import ray
+    from ray import serve
+
+    replicas = _embedder_replicas("faults")
+    assert len(replicas) == 2, replicas
+    clients, per_client = 6, 12
+    answers: list[int] = []
+    lock = threading.Lock()
+    started = threading.Barrier(clients + 1)
+
+    def searcher(n):
+        with faults.client() as c:
+            started.wait()
+            for i in range(per_client):
+                # A new text each time: the answer cache must not hide the embedder.
+                r = c.get("/faults/api/search", params={"q": f"street photo {n}-{i}", "k": 3})
+                with lock:
+                    answers.append(r.status_code)
+
+    threads = [threading.Thread(target=searcher, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.5)
+    ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+    for t in threads:
+        t.join(timeout=300)
+    failures = [code for code in answers if code != 200]
+    assert len(answers) == clients * per_client
+    # At most one request per client can have been in flight on the killed replica.
+    assert len(failures) <= clients, answers
+    assert 500 not in failures
+    deadline = time.monotonic() + 120
+    while True:
+        status = serve.status().applications["faults"].deployments["Embedder"]
+        running = status.replica_states.get("RUNNING", 0)
+        if status.status == "HEALTHY" and running == 2:
+            break
+        assert time.monotonic() < deadline, f"the embedder did not recover: {status}"
+        time.sleep(1)
+    with faults.client() as c:
+        assert c.get("/faults/api/search", params={"q": "after the storm", "k": 3}).status_code == 200

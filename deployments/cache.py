@@ -1,0 +1,67 @@
+"""Two-level cache of model answers to text: an LRU per replica, then Redis shared by all replicas.
+
+Keys are the model id plus a hash of the input, so a model swap never serves stale answers.
+Redis is an optimisation, never a dependency: when it fails, the model is asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Awaitable, Callable
+
+import numpy as np
+from cachetools import TTLCache
+
+log = logging.getLogger("atelier.cache")
+
+
+class AnswerCache:
+    def __init__(self, *, lru_size: int, ttl_s: float, redis_url: str | None = None):
+        self.ttl_s = ttl_s
+        self.lru: TTLCache | None = TTLCache(maxsize=lru_size, ttl=ttl_s) if lru_size else None
+        self.redis = None
+        if redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    @staticmethod
+    def key(kind: str, model_id: str, text: str) -> str:
+        return f"atelier:{kind}:{model_id}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable]):
+        if self.lru is not None and key in self.lru:
+            return self.lru[key]
+        if self.redis is not None:
+            try:
+                raw = await self.redis.get(key)
+            except Exception as exc:  # noqa: BLE001 - fall through to the model
+                log.warning("redis cache unavailable: %s", exc)
+                raw = None
+            if raw is not None:
+                value = decode(raw)
+                if self.lru is not None:
+                    self.lru[key] = value
+                return value
+        value = await compute()
+        if self.lru is not None:
+            self.lru[key] = value
+        if self.redis is not None:
+            try:
+                await self.redis.set(key, encode(value), ex=max(1, int(self.ttl_s)))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("redis cache unavailable: %s", exc)
+        return value
+
+
+def encode(value) -> bytes:
+    if isinstance(value, np.ndarray):
+        return b"v" + np.asarray(value, dtype=np.float32).tobytes()
+    return b"s" + str(value).encode("utf-8")
+
+
+def decode(raw: bytes):
+    if raw[:1] == b"v":
+        return np.frombuffer(raw[1:], dtype=np.float32).copy()
+    return raw[1:].decode("utf-8")

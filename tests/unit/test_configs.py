@@ -1,0 +1,60 @@
+"""Both Serve configs validate against the typed builder; the production one without loading a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.config import AppArgs
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.local.yaml"])
+def test_config_validates_and_builds(name):
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.app import build_app
+
+    config = yaml.safe_load((ROOT / name).read_text())
+    ServeDeploySchema.model_validate(config)  # Serve's own schema of the file
+    for app in config["applications"]:
+        assert app["import_path"] == "deployments.app:build_app"
+        args = AppArgs.model_validate(app["args"])
+        # Binding builds the graph; no replica starts and no model loads.
+        assert isinstance(build_app(args), Application)
+
+
+def test_production_uses_gpu_shares_and_real_models():
+    args = AppArgs.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+    shares = {role: getattr(args, role).deployment.ray_actor_options.num_gpus
+              for role in ("embedder", "writer", "describer", "painter")}
+    assert shares == {"embedder": 0.1, "writer": 0.25, "describer": 0.25, "painter": 1.0}
+    assert args.painter.model.model == "black-forest-labs/FLUX.1-schnell"
+    assert all(getattr(args, r).deployment.autoscaling for r in ("embedder", "writer", "describer", "painter"))
+
+
+def test_local_config_differs_only_in_models_and_resources():
+    prod = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    local = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())["applications"][0]
+    assert prod["import_path"] == local["import_path"] and prod["route_prefix"] == local["route_prefix"]
+    assert set(prod["args"]) == set(local["args"])
+
+
+@pytest.mark.parametrize(
+    "patch, where",
+    [
+        ({"embedder": {"batching": {"max_batch_size": 0}}}, "max_batch_size"),
+        ({"painter": {"model": {"sizes": {"small": "500x500"}}}}, "sizes"),
+        ({"writer": {"deployment": {"ray_actor_options": {"num_gpu": 1}}}}, "num_gpu"),
+        ({"typo_section": {}}, "typo_section"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_field_named(patch, where):
+    with pytest.raises(ValidationError, match=where):
+        AppArgs.model_validate(patch)
