@@ -44,7 +44,6 @@ def ensure_demo_key() -> str:
 
 def serve_config(path: Path, *, blocking: bool = True) -> None:
     """Deploy every application of a Serve config file the way `serve deploy` would, in this process."""
-    import ray
     from ray import serve
 
     from .app import build_app
@@ -56,7 +55,6 @@ def serve_config(path: Path, *, blocking: bool = True) -> None:
     for spec in config["applications"]:
         args = AppArgs.model_validate(spec.get("args", {}))
         serve.run(build_app(args), name=spec["name"], route_prefix=spec.get("route_prefix", "/"), blocking=False)
-    del ray
 
 
 def wait_ready(url: str, timeout_s: float = 600) -> None:
