@@ -61,3 +61,27 @@ class StorageSettings(BaseSettings):
     read_consistency_s: float = Field(
         0.0, ge=0, description="How stale a reader's view of the gallery may be; 0 re-checks the latest version on every read."
     )
+    lancedb_storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options for LanceDB (endpoint, region, credentials from the environment), "
+        "as JSON in ATELIER_LANCEDB_STORAGE_OPTIONS.",
+    )
+    ann_index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = Field(
+        "IVF_PQ", description="Vector index: IVF_PQ builds fastest on CPUs; IVF_HNSW_SQ needs fewer probes."
+    )
+    ann_num_partitions: int | None = Field(
+        None, ge=1, description="IVF partitions; None lets Lance pick (about one per 8192 rows)."
+    )
+    ann_num_sub_vectors: int | None = Field(
+        None, ge=1, description="PQ sub-vectors; None means dim/8 (must divide the dimension)."
+    )
+    ann_ef: int = Field(64, ge=1, description="HNSW candidate list per query (IVF_HNSW_SQ only).")
+    search_max_k: int = Field(100, ge=1, description="Largest k a search may ask for.")
+    list_max_limit: int = Field(200, ge=1, description="Largest page a gallery listing may ask for.")
+    write_retry_attempts: int = Field(8, ge=1, description="Tries of one gallery commit before a 503.")
+    version_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="optimize() removes table versions older than this; deleted rows survive in old versions "
+        "until then, and readers still on a removed version fail.",
+    )
