@@ -198,9 +198,18 @@ class Ingress(OpenAIRoutes):
     async def text(self, request: Request, body: TextRequest):
         self._user(request)
         info = await self._model_info("writer")
-        call = self.writer.enhance_prompt if body.flag == "prompt_enhancement" else self.writer.post_text
-        out = await self._deadline(settle(call.remote(body.text)), self.spec.timeouts.writer_s, "the writer")
-        return {"text": out, "flag": body.flag, "degraded": False, "random_weights": info["random_weights"]}
+        if body.flag == "prompt_enhancement":
+            out, degraded = await self._enhanced(body.text, None)
+        else:
+            try:
+                out, degraded = await asyncio.wait_for(settle(self.writer.post_text.remote(body.text)),
+                                                       timeout=self.spec.timeouts.writer_s), False
+            except InvalidInput:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the text itself is the fallback, flagged degraded
+                log.warning("request %s: post text failed (%s)", current_request_id(), exc)
+                out, degraded = body.text, True
+        return {"text": out, "flag": body.flag, "degraded": degraded, "random_weights": info["random_weights"]}
 
     @app.post("/api/generate/image")
     async def generate_image(self, request: Request, body: GenerateRequest,

@@ -1,7 +1,7 @@
 """Faults over real HTTP: back-pressure, a Writer that is down, and (with search) a lost Embedder replica.
 
 A second application, `/faults`, runs the same graph with a Painter limited to one request in
-flight and one queued, two Embedder replicas, and a Writer stand-in that fails on purpose.
+flight and one queued, two Embedder replicas, and Writer and Describer stand-ins that fail on purpose.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import pytest
 import ray.cloudpickle
 
-from deployments.models import ModelUnavailable, Writer
+from deployments.models import Describer, ModelUnavailable, Writer
 
 pytestmark = pytest.mark.e2e
 # Replicas cannot import this test module by name: ship its classes by value.
@@ -30,6 +30,16 @@ class UnavailableWriter(Writer):
         raise ModelUnavailable("the writer is down (fault test)")
 
 
+class BrokenDescriber(Describer):
+    """Fault stand-in: a vision model whose every call crashes (a bug, a dead GPU)."""
+
+    def _warmup(self) -> None:
+        return None
+
+    def describe(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (fault test)")
+
+
 @pytest.fixture(scope="module")
 def faults(service, tiny_kit, tmp_path_factory):
     from ray import serve
@@ -42,7 +52,7 @@ def faults(service, tiny_kit, tmp_path_factory):
         **{"painter.deployment.max_ongoing_requests": 1, "painter.deployment.max_queued_requests": 1,
            "embedder.deployment.num_replicas": 2},
     )
-    serve.run(compose(args, {"writer": UnavailableWriter}), name="faults", route_prefix="/faults", blocking=False)
+    serve.run(compose(args, {"writer": UnavailableWriter, "describer": BrokenDescriber}), name="faults", route_prefix="/faults", blocking=False)
     with service.client() as c:
         deadline = time.monotonic() + 300
         while c.get("/faults/readyz").status_code != 200:
@@ -136,3 +146,29 @@ def test_losing_one_of_two_embedder_replicas_fails_at_most_the_requests_in_fligh
         time.sleep(1)
     with faults.client() as c:
         assert c.get("/faults/api/search", params={"q": "after the storm", "k": 3}).status_code == 200
+
+
+def test_text_route_falls_back_to_the_original_when_the_writer_is_down(faults):
+    with faults.client() as c:
+        for flag in ("prompt_enhancement", "description"):
+            r = c.post("/faults/api/text", json={"text": "海边的日落", "flag": flag})
+            assert r.status_code == 200, r.text
+            assert r.json()["text"] == "海边的日落" and r.json()["degraded"] is True
+
+
+def test_a_failing_describer_is_a_503_of_describe_only(faults):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(buf, format="PNG")
+    with faults.client() as c:
+        r = c.post("/faults/api/describe", files={"file": ("p.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "describer_unavailable"
+        assert int(r.headers["retry-after"]) >= 1
+        # Everything else still answers.
+        assert c.get("/faults/api/search", params={"q": "beach", "k": 2}).status_code == 200
+        assert c.get("/faults/healthz").status_code == 200
