@@ -173,7 +173,13 @@ class Gallery:
             storage_options=settings.lancedb_storage_options or None,
         )
         name = table_name(settings.gallery_table, embed_model, dim)
-        table = db.create_table(name, schema=schema, exist_ok=True)
+        try:
+            table = db.open_table(name)
+        except ValueError:  # not there yet
+            try:
+                table = db.create_table(name, schema=schema)
+            except ValueError:  # created meanwhile by another process
+                table = db.open_table(name)
         missing = [f.name for f in schema if f.name not in table.schema.names]
         if missing or table.schema.field("vector").type != schema.field("vector").type:
             raise RuntimeError(
@@ -187,7 +193,7 @@ class Gallery:
     def _ensure_table_setup(self) -> None:
         """Primary key and the indexes every table has from its first row on (idempotent)."""
         field = self.table.schema.field(PRIMARY_KEY)
-        if not (field.metadata or {}).get(b"lance-schema:unenforced-primary-key"):
+        if not any(k.startswith(b"lance-schema:unenforced-primary-key") for k in (field.metadata or {})):
             self._write(lambda: self.table.set_unenforced_primary_key(PRIMARY_KEY))
         names = self._index_names(fresh=True)
         for column, index in _SCALAR_INDEXES.items():
