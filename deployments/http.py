@@ -116,6 +116,7 @@ class EdgeMiddleware:
     def __init__(self, asgi):
         self.asgi = asgi
         self._stats = None
+        self._metrics = None
 
     @staticmethod
     def limit_for(path: str) -> int:
@@ -178,11 +179,29 @@ class EdgeMiddleware:
         path = getattr(route, "path", None)
         if path is None or path in ("/healthz", "/readyz", "/metrics"):
             return
+        op = f"{scope['method']} {path}"
+        try:
+            if self._metrics is None:
+                from ray.serve import metrics
+
+                from .shell import LATENCY_BOUNDARIES_S
+
+                self._metrics = (
+                    metrics.Counter("atelier_http_requests", description="HTTP requests by route and status class",
+                                    tag_keys=("route", "status")),
+                    metrics.Histogram("atelier_http_latency_s", description="HTTP latency by route, seconds",
+                                      boundaries=LATENCY_BOUNDARIES_S, tag_keys=("route",)),
+                )
+            # Tagged by route template (never by user or id) so cardinality stays bounded.
+            self._metrics[0].inc(tags={"route": op, "status": f"{code // 100}xx"})
+            self._metrics[1].observe(seconds, tags={"route": op})
+        except Exception:  # noqa: BLE001 - metrics must never fail a request
+            pass
         try:
             if self._stats is None:
                 self._stats = ray.get_actor(STATS_ACTOR, namespace="atelier")
             # Fire and forget: stats must never slow or fail a request.
-            self._stats.record.remote(f"{scope['method']} {path}", seconds, code < 500)
+            self._stats.record.remote(op, seconds, code < 500)
         except Exception:  # noqa: BLE001 - the ledger restarting must not break serving
             self._stats = None
 

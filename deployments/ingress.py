@@ -378,21 +378,23 @@ class Ingress(OpenAIRoutes):
             image = (await lib.decode(data)).model_image
 
         async def run():
+            described = self.describer.describe.remote(image, instruction)
+            # Chained: Serve hands the description to the Writer directly, without a trip through here.
+            post = self.writer.post_text.remote(described)
             try:
-                description = await settle(self.describer.describe.remote(image, instruction))
+                description = await settle(described)
             except InvalidInput:
+                post.cancel()
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503 of this route only
+                post.cancel()
                 log.warning("request %s: describer failed (%s)", current_request_id(), exc)
                 raise Unavailable("the vision model cannot answer right now; retry shortly",
                                   code="describer_unavailable", retry_after=self.spec.retry_after_s) from None
             degraded = False
             try:
-                caption_zh = await asyncio.wait_for(settle(self.writer.post_text.remote(description or "一张照片")),
-                                                    timeout=self.spec.timeouts.writer_s)
-            except InvalidInput:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the description alone is still an answer
+                caption_zh = await asyncio.wait_for(settle(post), timeout=self.spec.timeouts.writer_s)
+            except Exception as exc:  # noqa: BLE001 - the Writer's input came from us; the description still stands
                 log.warning("request %s: post text failed (%s)", current_request_id(), exc)
                 caption_zh, degraded = "", True
             return description, caption_zh, degraded
