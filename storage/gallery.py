@@ -388,7 +388,9 @@ class Gallery:
             # A narrow filter may leave the probed partitions short of k rows: probe further then.
             query = query.maximum_nprobes(0)
             if self.settings.ann_index_type == "IVF_HNSW_SQ":
-                query = query.ef(max(self.settings.ann_ef, depth))
+                # The refine step asks the graph for depth * refine_factor candidates, and
+                # HNSW refuses an ef below what it is asked for.
+                query = query.ef(max(self.settings.ann_ef, depth * self.settings.ann_refine_factor))
         else:
             query = query.bypass_vector_index()
         hits = []
