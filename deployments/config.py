@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .embedder import BatchOptions
 from .models.describer import DescriberConfig
@@ -107,6 +107,71 @@ class Caches(_Strict):
     redis_url: str | None = Field(None, description="Optional shared second level, e.g. redis://127.0.0.1:6379/0.")
 
 
+class ZipLimits(_Strict):
+    """Bounds a .zip must meet before anything in it is read (zip bombs)."""
+
+    max_entries: int = Field(10_000, ge=1, description="Most entries (files and folders) one archive may list.")
+    max_total_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Most uncompressed bytes all entries together may declare."
+    )
+    max_ratio: float = Field(
+        100.0, ge=1, description="Largest uncompressed/compressed ratio of an entry over 1 MiB; photos are near 1."
+    )
+
+
+class IngestSpec(_Strict):
+    """Bulk ingestion jobs (pipelines.ingest): their resource caps keep interactive replicas served.
+
+    The whole job (read tasks + embedding actors) never holds more than `max_cpus`/`max_gpus` of the
+    cluster, and every task and actor asks for an explicit fraction: at Ray's default of one CPU
+    per actor, a 2-core machine starves the read tasks and the job hangs.
+    """
+
+    max_cpus: float = Field(1.0, gt=0, description="Logical CPUs one job may hold in all (Ray Data resource limit).")
+    max_gpus: float = Field(0.0, ge=0, description="GPU share one job may hold in all.")
+    read_tasks: int = Field(2, ge=1, description="Read/check/decode tasks running at once.")
+    read_num_cpus: float = Field(0.25, gt=0, description="Logical CPUs per read task.")
+    read_batch_size: int = Field(16, ge=1, description="Files per read task call.")
+    embed_actors: int = Field(1, ge=1, description="Size of the embedding actor pool; each loads the model once.")
+    embed_num_cpus: float = Field(0.5, gt=0, description="Logical CPUs per embedding actor.")
+    embed_num_gpus: float = Field(0.0, ge=0, description="GPU share per embedding actor, e.g. 0.1.")
+    embed_threads: int = Field(1, ge=1, description="torch CPU threads per embedding actor.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Images per forward pass of the image tower.")
+    write_batch_size: int = Field(64, ge=1, description="Rows per gallery commit (through the one GalleryWriter).")
+    display_max_side: int = Field(
+        480,
+        ge=64,
+        description="Long side of an ingested image's display copy. Small enough that JPEGs decode at 1/4 or "
+        "1/8 scale (Pillow draft); raise it toward storage.display_max_side for sharper copies at a higher cost.",
+    )
+    driver_num_cpus: float = Field(0.05, gt=0, description="Logical CPUs of the job's driver (an actor or a Ray job).")
+    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a driver's reports to the job ledger.")
+    stale_after_s: float = Field(
+        30.0, gt=0, description="A running job whose driver has not reported for this long is marked failed."
+    )
+    queue_timeout_s: float = Field(
+        300.0, gt=0, description="A job whose driver has not started after this long is marked failed."
+    )
+    submitter: Literal["actor", "jobs"] = Field(
+        "actor",
+        description="How the API starts a job: 'actor' runs the driver in a detached actor (no dashboard needed); "
+        "'jobs' submits `python -m pipelines.ingest --job ID` through the Ray Jobs API at `jobs_address`.",
+    )
+    jobs_address: str = Field("http://127.0.0.1:8265", description="Ray dashboard address for submitter 'jobs'.")
+    jobs_runtime_env: dict[str, Any] | None = Field(
+        None, description="runtime_env of jobs submitted through the Jobs API (working_dir, pip...)."
+    )
+    max_upload_bytes: int = Field(
+        256 * 1024**2, ge=1, description="Largest POST /api/init/upload body (all files, or the zip)."
+    )
+    max_files: int = Field(10_000, ge=1, description="Most files one job may hold (multipart files or zip entries).")
+    zip: ZipLimits = Field(default_factory=ZipLimits)
+    poll_s: float = Field(0.25, gt=0, description="How often the SSE stream re-reads a job's status.")
+    embedder: EmbedderConfig | None = Field(
+        None, description="The embedding model of the jobs; left empty, the app's `embedder.model` (same table)."
+    )
+
+
 class IngressSpec(_Strict):
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=256)
@@ -117,6 +182,9 @@ class IngressSpec(_Strict):
     signed_url_ttl_s: int = Field(3600, ge=10, description="Lifetime of a signed image URL.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
     enhance_search: bool = Field(True, description="Translate non-English search text with the Writer before CLIP.")
+    ingest: IngestSpec | None = Field(
+        None, description="Filled from the app's top-level `ingest` section when AppArgs validates; leave it out."
+    )
 
 
 class AppArgs(_Strict):
@@ -127,8 +195,17 @@ class AppArgs(_Strict):
     describer: DescriberSpec = Field(default_factory=DescriberSpec)
     painter: PainterSpec = Field(default_factory=PainterSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
+    ingest: IngestSpec = Field(default_factory=IngestSpec, description="Bulk ingestion jobs and their resource caps.")
     storage: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of storage.settings.StorageSettings (paths, limits); secrets stay in the environment.",
     )
     environment: Literal["production", "local"] = Field("production", description="Shown in /readyz and logs.")
+
+    @model_validator(mode="after")
+    def _ingest_follows_the_app(self) -> "AppArgs":
+        # Ingested vectors must land in the table search reads: same model id, ingestion's own threads.
+        if self.ingest.embedder is None:
+            self.ingest.embedder = self.embedder.model.model_copy(update={"num_threads": self.ingest.embed_threads})
+        self.ingress.ingest = self.ingest
+        return self

@@ -1,0 +1,299 @@
+"""Ingestion jobs' status where every ingress replica can read it, and how a job's driver is started.
+
+Status lives in one detached named actor (`JobLedger`), not in a replica. Drivers report progress
+and a heartbeat every few seconds; a job whose driver stops reporting is marked failed (or
+cancelled, when that was asked) the next time anyone reads it, so no job stays `running` forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Literal
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.config import IngestSpec
+
+NAMESPACE = "atelier"
+LEDGER_ACTOR = "atelier_ingest_jobs"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+COUNTERS = ("total", "done", "skipped_duplicates", "failed")
+
+
+class NamedFile(BaseModel):
+    """A file known by URL whose name the user gave (a staged multipart upload)."""
+
+    name: str
+    url: str
+
+
+class JobSpec(BaseModel):
+    """Everything a driver needs; kept with the job, so `python -m pipelines.ingest --job ID` runs it anywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    user_id: str = Field(min_length=1, max_length=256)
+    sources: list[str] = Field(default_factory=list, description="Folders, .zip files, s3:// prefixes, files.")
+    files: list[NamedFile] = Field(default_factory=list, description="Files with user-given names.")
+    storage: dict[str, Any] = Field(default_factory=dict, description="StorageSettings values (no secrets).")
+    ingest: IngestSpec
+    staged_prefix: str | None = Field(None, description="Blob prefix of a staged upload, removed when the job ends.")
+    fingerprint: str = Field("", description="What makes a retried request the same job (manifest or key).")
+
+
+class JobError(BaseModel):
+    name: str
+    code: str
+    message: str
+
+
+class JobStatus(BaseModel):
+    """The public shape of GET /api/init/upload/{job_id}; times are Unix seconds."""
+
+    job_id: str
+    state: State
+    total: int = 0
+    done: int = 0
+    skipped_duplicates: int = 0
+    failed: int = 0
+    errors: list[JobError] = Field(default_factory=list)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str | None = Field(None, description="Why a job failed as a whole (its driver died, a bad source).")
+
+
+def job_id_for(user_id: str, basis: str) -> str:
+    """Deterministic: the same user and the same basis (Idempotency-Key, manifest, sources) give the same job."""
+    return hashlib.sha256(f"{user_id}\x00{basis}".encode()).hexdigest()[:32]
+
+
+@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
+class JobLedger:
+    """Every ingestion job's record, plus the content hashes each running attempt has claimed.
+
+    Attempts: each driver start of a job is a new attempt; reports from an older attempt (a driver
+    thought dead) are refused and told to stop, so two drivers never count into one record.
+    """
+
+    def __init__(self):
+        self._jobs: dict[str, dict] = {}
+        self._claims: dict[tuple[str, int], dict[str, int]] = {}
+
+    # -- the API and the command line ------------------------------------------------------------
+    def open(self, spec: dict, rerun_finished: bool = False) -> dict:
+        """Create the job, or find it: {"action": created|restarted|exists|conflict, "status", "submission"}.
+
+        A failed or cancelled job is restarted under the same id (files already stored are skipped);
+        a succeeded one only when `rerun_finished` (the command line: a folder may have new files).
+        """
+        job_id = spec["job_id"]
+        rec = self._jobs.get(job_id)
+        if rec is not None:
+            self._settle(rec)
+            if rec["user_id"] != spec["user_id"] or rec["spec"]["fingerprint"] != spec["fingerprint"]:
+                return {"action": "conflict", "status": self._public(rec), "submission": rec["submission"]}
+            restart = rec["state"] in ("failed", "cancelled") or (rerun_finished and rec["state"] == "succeeded")
+            if not restart:
+                return {"action": "exists", "status": self._public(rec), "submission": rec["submission"]}
+            self._drop_claims(job_id)
+            submission = rec["submission"] + 1
+        else:
+            submission = 1
+        now = time.time()
+        rec = self._jobs[job_id] = {
+            "spec": spec, "user_id": spec["user_id"], "job_id": job_id, "state": "queued", "created_at": now,
+            "started_at": None, "finished_at": None, "message": None, "errors": [], "beat": now, "attempt": 0,
+            "cancel": False, "submission": submission, **{c: 0 for c in COUNTERS},
+        }
+        return {"action": "created" if submission == 1 else "restarted", "status": self._public(rec),
+                "submission": submission}
+
+    def status(self, job_id: str, user_id: str | None = None) -> dict | None:
+        """The job's public status; None when absent or another user's (callers answer 404 to both)."""
+        rec = self._jobs.get(job_id)
+        if rec is None or (user_id is not None and rec["user_id"] != user_id):
+            return None
+        self._settle(rec)
+        return self._public(rec)
+
+    def list(self, user_id: str) -> list[dict]:
+        recs = [r for r in self._jobs.values() if r["user_id"] == user_id]
+        for rec in recs:
+            self._settle(rec)
+        return [self._public(r) for r in sorted(recs, key=lambda r: -r["created_at"])]
+
+    def cancel(self, job_id: str, user_id: str) -> dict | None:
+        """Ask a job to stop: a queued one is cancelled now, a running one at its driver's next report."""
+        rec = self._jobs.get(job_id)
+        if rec is None or rec["user_id"] != user_id:
+            return None
+        self._settle(rec)
+        if rec["state"] == "queued":
+            self._end(rec, "cancelled")
+        elif rec["state"] == "running":
+            rec["cancel"] = True
+        return self._public(rec)
+
+    def fail(self, job_id: str, message: str) -> None:
+        """The job could not be started (staging or submission failed)."""
+        rec = self._jobs.get(job_id)
+        if rec is not None and rec["state"] not in TERMINAL:
+            rec["message"] = message
+            self._end(rec, "failed")
+
+    def forget_user(self, user_id: str) -> int:
+        doomed = [j for j, r in self._jobs.items() if r["user_id"] == user_id]
+        for job_id in doomed:
+            self._jobs[job_id]["cancel"] = True
+            self._drop_claims(job_id)
+            del self._jobs[job_id]
+        return len(doomed)
+
+    # -- drivers ----------------------------------------------------------------------------------
+    def spec(self, job_id: str) -> dict | None:
+        rec = self._jobs.get(job_id)
+        return None if rec is None else rec["spec"]
+
+    def begin(self, job_id: str) -> int | None:
+        """A driver starts: its attempt number, or None when it must not run (cancelled, gone, or
+        another driver is alive and reporting)."""
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            return None
+        self._settle(rec)
+        if rec["state"] == "cancelled" or rec["state"] == "succeeded":
+            return None
+        if rec["state"] == "running":
+            return None  # a live driver holds it; _settle would have ended a dead one
+        self._drop_claims(job_id)
+        rec.update(state="running", attempt=rec["attempt"] + 1, started_at=time.time(), finished_at=None,
+                   message=None, errors=[], beat=time.time(), cancel=False, **{c: 0 for c in COUNTERS})
+        self._claims[(job_id, rec["attempt"])] = {}
+        return rec["attempt"]
+
+    def claim(self, job_id: str, attempt: int, pairs: list[tuple[str, int]]) -> dict[str, int]:
+        """For each (content hash, entry index): the index that first claimed the hash in this attempt.
+
+        An entry whose hash another entry claimed is a duplicate within the job and is not decoded.
+        Claims are idempotent, so a retried read task gets the same answers.
+        """
+        claims = self._claims.get((job_id, attempt))
+        if claims is None:  # attempt over, or ledger restarted: claim nothing, the writer still dedupes
+            return {h: i for h, i in pairs}
+        return {h: claims.setdefault(h, i) for h, i in pairs}
+
+    def report(self, job_id: str, attempt: int, counters: dict, errors: list[dict]) -> str:
+        """Progress and heartbeat of a running attempt: "go" on, "stop" (cancelled, or a newer attempt
+        owns the job), or "unknown" (this ledger restarted and lost the record: `restore` it)."""
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            return "unknown"
+        if rec["attempt"] != attempt or rec["state"] != "running":
+            return "stop"
+        rec.update({c: int(counters[c]) for c in COUNTERS if c in counters})
+        rec["errors"].extend(errors)
+        rec["beat"] = time.time()
+        return "stop" if rec["cancel"] else "go"
+
+    def restore(self, spec: dict, attempt: int, started_at: float, counters: dict, errors: list[dict]) -> None:
+        """A running driver re-creates its record after a ledger restart (records live in memory)."""
+        if spec["job_id"] in self._jobs:
+            return
+        now = time.time()
+        self._jobs[spec["job_id"]] = {
+            "spec": spec, "user_id": spec["user_id"], "job_id": spec["job_id"], "state": "running",
+            "created_at": started_at, "started_at": started_at, "finished_at": None, "message": None,
+            "errors": list(errors), "beat": now, "attempt": attempt, "cancel": False, "submission": 1,
+            **{c: int(counters.get(c, 0)) for c in COUNTERS},
+        }
+        self._claims.setdefault((spec["job_id"], attempt), {})
+
+    def finish(self, job_id: str, attempt: int, state: str, counters: dict, errors: list[dict],
+               message: str | None = None) -> dict | None:
+        rec = self._jobs.get(job_id)
+        if rec is None or rec["attempt"] != attempt or rec["state"] != "running":
+            return None if rec is None else self._public(rec)
+        rec.update({c: int(counters[c]) for c in COUNTERS if c in counters})
+        rec["errors"].extend(errors)
+        rec["message"] = message
+        self._end(rec, state)
+        return self._public(rec)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _settle(self, rec: dict) -> None:
+        """End a job whose driver went silent: failed, or cancelled when a cancel was pending."""
+        ingest = rec["spec"]["ingest"]
+        silent = time.time() - rec["beat"]
+        if rec["state"] == "queued" and silent > ingest["queue_timeout_s"]:
+            rec["message"] = f"the job's driver did not start within {ingest['queue_timeout_s']:g} s; upload again"
+            self._end(rec, "failed")
+        elif rec["state"] == "running" and silent > ingest["stale_after_s"]:
+            if rec["cancel"]:
+                self._end(rec, "cancelled")
+            else:
+                rec["message"] = (f"the job's driver stopped reporting {silent:.0f} s ago (it crashed or was killed); "
+                                  "run the same upload or command again: files already stored are skipped")
+                self._end(rec, "failed")
+
+    def _end(self, rec: dict, state: str) -> None:
+        rec["state"] = state
+        rec["finished_at"] = time.time()
+        self._drop_claims(rec["job_id"])
+
+    def _drop_claims(self, job_id: str) -> None:
+        for key in [k for k in self._claims if k[0] == job_id]:
+            del self._claims[key]
+
+    @staticmethod
+    def _public(rec: dict) -> dict:
+        return JobStatus(**{k: rec[k] for k in JobStatus.model_fields}).model_dump()
+
+
+def ledger():
+    """The cluster's one JobLedger, created by whoever asks first (detached: it outlives callers)."""
+    return JobLedger.options(name=LEDGER_ACTOR, namespace=NAMESPACE, get_if_exists=True,
+                             lifetime="detached").remote()
+
+
+@ray.remote(max_restarts=0)
+class IngestDriver:
+    """A job's driver as a detached actor: it outlives the ingress replica that started it."""
+
+    def run(self, job_id: str) -> dict | None:
+        from pipelines.ingest import run_job
+
+        spec = ray.get(ledger().spec.remote(job_id))
+        try:
+            return None if spec is None else run_job(JobSpec.model_validate(spec), console=False)
+        finally:
+            ray.actor.exit_actor()
+
+
+def submission_id(job_id: str, submission: int) -> str:
+    return f"atelier-ingest-{job_id}-{submission}"
+
+
+def submit(spec: JobSpec, submission: int) -> str:
+    """Start the job's driver; the id is deterministic, so a retried request never starts a second one."""
+    sid = submission_id(spec.job_id, submission)
+    ingest = spec.ingest
+    if ingest.submitter == "jobs":
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(ingest.jobs_address)
+        try:
+            client.submit_job(entrypoint=f"python -m pipelines.ingest --job {spec.job_id}", submission_id=sid,
+                              entrypoint_num_cpus=ingest.driver_num_cpus, runtime_env=ingest.jobs_runtime_env)
+        except Exception as exc:  # the same id again means this submission already happened
+            if "already exists" not in str(exc):
+                raise
+        return sid
+    driver = IngestDriver.options(name=sid, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                                  num_cpus=ingest.driver_num_cpus).remote()
+    driver.run.remote(spec.job_id)
+    return sid
