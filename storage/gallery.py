@@ -299,10 +299,12 @@ class Gallery:
     def _build_ann_index(self) -> None:
         s = self.settings
         if s.ann_index_type == "IVF_HNSW_SQ":
-            config = HnswSq(distance_type="cosine", num_partitions=s.ann_num_partitions)
+            config = HnswSq(distance_type="cosine", num_partitions=s.ann_num_partitions,
+                            max_iterations=s.ann_max_iterations)
         else:
             sub = s.ann_num_sub_vectors or (self.dim // 8 if self.dim % 8 == 0 else None)
-            config = IvfPq(distance_type="cosine", num_partitions=s.ann_num_partitions, num_sub_vectors=sub)
+            config = IvfPq(distance_type="cosine", num_partitions=s.ann_num_partitions, num_sub_vectors=sub,
+                           max_iterations=s.ann_max_iterations)
         self._write(lambda: self.table.create_index("vector", config=config, name=VECTOR_INDEX, replace=True))
         self._index_names(fresh=True)
 

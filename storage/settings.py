@@ -75,6 +75,10 @@ class StorageSettings(BaseSettings):
     ann_num_sub_vectors: int | None = Field(
         None, ge=1, description="PQ sub-vectors; None means dim/8 (must divide the dimension)."
     )
+    ann_max_iterations: int = Field(
+        50, ge=1, description="k-means iterations when training the IVF centroids and PQ codebooks; "
+        "the build time grows with it."
+    )
     ann_ef: int = Field(64, ge=1, description="HNSW candidate list per query (IVF_HNSW_SQ only).")
     search_max_k: int = Field(100, ge=1, description="Largest k a search may ask for.")
     list_max_limit: int = Field(200, ge=1, description="Largest page a gallery listing may ask for.")
