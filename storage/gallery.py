@@ -308,6 +308,13 @@ class Gallery:
         self._write(lambda: self.table.create_index("vector", config=config, name=VECTOR_INDEX, replace=True))
         self._index_names(fresh=True)
 
+    def warm_up(self) -> None:
+        """Load what the first search would otherwise pay for: jieba's dictionary (1-4 s here) and
+        the table's indexes. Call once per replica at start."""
+        words_for_search("预热")
+        self._index_names(fresh=True)
+        self.table.count_rows()
+
     def optimize(self) -> dict:
         """Compact small fragments, fold new rows into every index, drop versions older than the
         retention (deleted rows linger in old versions until then), and build the ANN index once

@@ -123,6 +123,7 @@ def test_list_is_newest_first_with_an_opaque_cursor(gallery):
 
 
 def test_chinese_and_english_full_text(gallery):
+    gallery.warm_up()
     gallery.upsert([
         make_row("alice", 1, caption="海边的日落"),
         make_row("alice", 2, caption="城市夜景和霓虹灯"),
