@@ -30,6 +30,8 @@ class Library:
         self.intake = ImageIntake(settings)
         self.blobs = open_blob_store(settings)
         self.gallery = Gallery.open(settings, dim=dim, embed_model=embed_model)
+        # Loads jieba's dictionary and the indexes now, not on a user's first Chinese search.
+        self.gallery.warm_up()
         self.writer = gallery_writer(settings, dim, embed_model)
 
     # -- intake -----------------------------------------------------------------------------------
@@ -81,8 +83,7 @@ class Library:
             "vector": np.asarray(vector, dtype=np.float32), "meta": meta or {},
         }
         result = await self.writer.upsert.remote([row])
-        stored = _first_row(result)
-        return stored, stored["img_id"] == row["img_id"]
+        return result["rows"][0], bool(result["created"][0])
 
     async def update(self, user_id: str, img_id: str, **fields) -> dict:
         return await self.writer.update.remote(user_id, img_id, **fields)
@@ -98,12 +99,3 @@ class Library:
     async def delete_user(self, user_id: str) -> None:
         await self.writer.delete_user.remote(user_id)
         await asyncio.to_thread(self.blobs.delete_prefix, user_prefix(user_id))
-
-
-def _first_row(result) -> dict:
-    """The stored row of a one-row upsert, whichever shape the gallery reports it in."""
-    if isinstance(result, dict) and "rows" in result:
-        return result["rows"][0]
-    if isinstance(result, (list, tuple)):
-        return result[0]
-    return result
