@@ -36,6 +36,7 @@ REPLICA_CPUS = 0.5  # logical CPUs per replica; ray.init(num_cpus=4) on 2 cores,
 from benchmarks.serve_report import RESULTS, machine, render, summarise, write_section  # noqa: E402
 from benchmarks.texts import text_stats, varied_texts  # noqa: E402
 
+
 # -- shared plumbing ----------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -337,7 +338,8 @@ def part_hop(opts, haproxy: bool) -> dict:
 
 
 def haproxy_env(workdir: str) -> dict[str, str]:
-    """HAProxy mode, with its files and side ports moved off the shared defaults (/tmp/haproxy-serve, 8404, 9101)."""
+    """HAProxy mode, with its files and side ports moved off the shared defaults (/tmp/haproxy-serve, 8404, 9101,
+    the fallback proxy's 8500), so it neither collides with nor exposes anything of another Ray session here."""
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{workdir}/haproxy.cfg",
@@ -347,6 +349,7 @@ def haproxy_env(workdir: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{workdir}/metrics.sock",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
     }
 
 

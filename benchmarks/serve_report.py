@@ -74,7 +74,9 @@ def summarise(results: dict) -> dict:
             row[target]["connections"] = max(r[target]["connections"] for r in rs)
         row["added_p50_ms"] = med(r["serve"]["p50_ms"] - r["uvicorn"]["p50_ms"] for r in rs)
         row["added_p99_ms"] = med(r["serve"]["p99_ms"] - r["uvicorn"]["p99_ms"] for r in rs)
-        wild = [x for x in part.get("listeners", []) if x["ip"] in ("0.0.0.0", "::")]
+        # A Ray worker's title carries its current task (ray::ServeController.listen_for_change): keep the actor.
+        wild = [{**x, "process": x["process"].split(".")[0] if x["process"].startswith("ray::") else x["process"]}
+                for x in part.get("listeners", []) if x["ip"] in ("0.0.0.0", "::")]
         row["wildcard_haproxy"] = sorted({x["port"] for x in wild if x["process"].startswith("haproxy")})
         row["wildcard_ray"] = sorted({x["process"] for x in wild if not x["process"].startswith("haproxy")})
         row["wildcard_ray_count"] = len([x for x in wild if not x["process"].startswith("haproxy")])
@@ -86,7 +88,7 @@ def summarise(results: dict) -> dict:
 def render(results: dict, summary: dict, command: str) -> str:
     m = results["machine"]
     lines = [SECTION, "",
-             f"Measured {results['when']} by `{command}` (one run; every number is the median of "
+             f"Measured {results['when']} by `.venv/bin/{command}` (one run; every number is the median of "
              f"{results['rounds']} rounds, the modes alternating within each round).", "",
              f"Machine: {m['nproc']} CPUs (nproc), {m['cpu']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']}; "
              f"Python {m['python']}, Ray {m['ray']}, torch {m['torch']}, transformers {m['transformers']}, "
@@ -260,24 +262,27 @@ def interpret(results: dict, summary: dict) -> list[str]:
             "went to the replica and none to the fallback proxy), so only one Python process sits on the path, as "
             "with plain uvicorn.")
         out.append(
-            "Its exposure: with `http_options.host: 127.0.0.1` (as serve_config.local.yaml sets) the frontend and "
-            "the replica's HTTP port stayed on loopback, but HAProxy's stats page (no authentication) and "
-            "Prometheus exporter always bind every interface (their `bind` lines above have no host, and no "
-            "setting gives them one; only the ports move, via RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT). "
-            "Without an explicit host, HAProxy mode binds the frontend and every ingress replica's HTTP port on "
-            "all interfaces (ray/serve/_private/constants.py overrides the default host), and its admin socket is "
-            "created `mode 666 level admin` in /tmp/haproxy-serve, where any local user can reconfigure it "
-            "(this run moved it into a private temp folder). The flag is also new and off by default in Ray "
-            f"{results['machine']['ray']}. Adopting it needs an explicit host, a firewall on the stats and "
-            "metrics ports, and private RAY_SERVE_HAPROXY_* socket paths. Until that is done we would keep the "
-            "default proxy: its extra milliseconds matter for cheap calls such as a text search, not for "
-            "generation or description, which take seconds.")
-    loads = [v["load_before"] for v in results["parts"].values()] + [v["load_after"] for v in results["parts"].values()]
+            "Its exposure: here, with `http_options.host: 127.0.0.1` (as serve_config.local.yaml sets), the "
+            "frontend and the replica's HTTP port stayed on loopback, but HAProxy's stats page (no authentication) "
+            "and its Prometheus exporter bound every interface: their `bind` lines have no host, and no setting "
+            "gives them one (only the ports move, RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT). With no host, or "
+            "with serve_config.yaml's 0.0.0.0, every Ingress replica's own HTTP port (from 30000 up) also listens on "
+            "all interfaces, a way around HAProxy (Ray forces that default in ray/serve/_private/constants.py so "
+            "HAProxy on other nodes can reach replicas). Its admin socket is created `mode 666 level admin` under "
+            "/tmp/haproxy-serve by default, where any local user can reconfigure it (this run moved it to a private "
+            f"temp folder), and the flag is new and off by default in Ray {results['machine']['ray']}. Adopting it "
+            "needs a firewall or security group that admits only the frontend port, and private RAY_SERVE_HAPROXY_* "
+            "socket paths. Until then we would keep the default proxy: its extra milliseconds matter for cheap calls "
+            "such as a text search, not for generation or description, which take seconds.")
+    loads = [v[k] for v in results["parts"].values() for k in ("load_before", "load_after") if k in v]
+    loads += [x for r in summary["batching"] for x in r["load"]]
     if loads:
+        ratios = [x for r in summary["batching"] for x in r["round_ratios"]]
         out.append(
             f"Noise: other engineers' test suites shared the 2 cores (1-min load {min(loads):.1f} to "
-            f"{max(loads):.1f} around the parts), so single numbers move by tens of percent between rounds (see the "
-            "ranges and per-round ratios); the medians and the within-round ratios are the numbers to compare.")
+            f"{max(loads):.1f} during the run), so single numbers move a lot between rounds"
+            + (f" (per-round batching ratios from {min(ratios):.2f}x to {max(ratios):.2f}x)" if ratios else "")
+            + "; the medians over rounds, with the modes alternating inside each round, are the numbers to compare.")
     return out
 
 
