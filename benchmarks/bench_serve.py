@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -210,6 +211,7 @@ def part_batching(opts) -> dict:
                         "alone": alone[f"{size}/{threads}"]})
     finally:
         stop_ray()
+        shutil.rmtree(batch_log.parent, ignore_errors=True)
     return {"configs": out, "texts": text_stats(texts, KITS["full"])}
 
 
@@ -456,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
 
     latest = DATA / "bench_serve-latest.json"
     if opts.render_only:
+        if not latest.is_file():
+            p.error(f"{latest.relative_to(REPO)} is missing: run the benchmark once without --render-only")
         results = json.loads(latest.read_text())["results"]
         text = render(results, summarise(results), results["command"])
         if not opts.no_write:
@@ -482,23 +486,27 @@ def main(argv: list[str] | None = None) -> int:
         results["batching"] = run_part("batching", shared, {}, 1800, quiet)
         results["parts"]["batching"] = part_meta(results["batching"])
     if opts.only in (None, "hop"):
-        variants = [("hop_proxy", {})]
-        if not opts.no_haproxy:
-            variants.append(("hop_haproxy", haproxy_env(tempfile.mkdtemp(prefix="hap-"))))
-        for part, env in variants:
-            print(f"(b) {part} ...", file=sys.stderr)
-            results[part] = run_part(part, shared, env, 900, quiet)
-            results["parts"][part] = part_meta(results[part])
+        hap_dir = tempfile.mkdtemp(prefix="bench-haproxy-")
+        variants = [("hop_proxy", {})] + ([] if opts.no_haproxy else [("hop_haproxy", haproxy_env(hap_dir))])
+        try:
+            for part, env in variants:
+                print(f"(b) {part} ...", file=sys.stderr)
+                results[part] = run_part(part, shared, env, 900, quiet)
+                results["parts"][part] = part_meta(results[part])
+        finally:
+            shutil.rmtree(hap_dir, ignore_errors=True)
     summary = summarise(results)
     DATA.mkdir(parents=True, exist_ok=True)
-    latest.write_text(json.dumps({"results": results, "summary": summary}, indent=2))
+    # A --no-write trial keeps its numbers apart, so --render-only always rebuilds what RESULTS.md shows.
+    raw = DATA / "bench_serve-trial.json" if opts.no_write else latest
+    raw.write_text(json.dumps({"results": results, "summary": summary}, indent=2))
     text = render(results, summary, command)
     if opts.no_write:
         print(text)
     else:
         write_section(text)
         print(text)
-        print(f"\nwrote {RESULTS.relative_to(REPO)}; raw numbers in {latest.relative_to(REPO)}", file=sys.stderr)
+        print(f"\nwrote {RESULTS.relative_to(REPO)}; raw numbers in {raw.relative_to(REPO)}", file=sys.stderr)
     return 0
 
 
