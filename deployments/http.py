@@ -39,6 +39,17 @@ app = FastAPI(
 )
 
 
+def set_body_limits(limits: dict[str, int], default: int) -> None:
+    """Body limits by path prefix (longest first) for this process's EdgeMiddleware.
+
+    Call this, never assign `app.state` in a deployment: Serve pickles the deployment class by
+    value, so the `app` its methods see is a copy, not the app whose middleware checks bodies.
+    This function travels by reference and so reaches the real one.
+    """
+    app.state.body_limits = dict(sorted(limits.items(), key=lambda kv: -len(kv[0])))
+    app.state.default_body_limit = default
+
+
 class RequestTimeout(AtelierError):
     code = "timeout"
     status = 504

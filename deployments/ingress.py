@@ -26,7 +26,8 @@ from storage.errors import InvalidInput, NotFound, Unavailable
 from .auth import KeyRing, UrlSigner, load_secret
 from .cache import AnswerCache
 from .config import IngressSpec
-from .http import RequestTimeout, app, current_request_id, settle
+from .http import RequestTimeout, app, current_request_id, set_body_limits, settle
+from .ingest_api import IngestRoutes
 from .openai_api import OpenAIRoutes
 from .settings import ServiceSettings
 from .state import IDEMPOTENCY_ACTOR, STATS_ACTOR, IdempotencyLedger, StatsLedger, named
@@ -64,7 +65,7 @@ def is_english(text: str) -> bool:
 
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
-class Ingress(OpenAIRoutes):
+class Ingress(IngestRoutes, OpenAIRoutes):
     def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
                  painter: DeploymentHandle, spec: dict, storage: dict | None = None):
         from storage.settings import StorageSettings
@@ -82,12 +83,12 @@ class Ingress(OpenAIRoutes):
         self.idempotency = named(IdempotencyLedger, IDEMPOTENCY_ACTOR)
         self._info: dict[str, dict] = {}
         self._library = None
+        self._library_lock = asyncio.Lock()
         caches = self.spec.caches
         self.cache = AnswerCache(lru_size=caches.lru_size, ttl_s=caches.ttl_s, redis_url=caches.redis_url)
         upload = self.storage_settings.max_upload_bytes + 256 * 1024  # multipart framing on top of the file
-        app.state.body_limits = {"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
-                                 "/v1/chat/completions": 4 * upload}
-        app.state.default_body_limit = 1 << 20
+        set_body_limits({"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
+                         "/v1/chat/completions": 4 * upload, **self.ingest_body_limits()}, default=1 << 20)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _user(self, request: Request) -> str:
@@ -101,11 +102,15 @@ class Ingress(OpenAIRoutes):
     async def library(self):
         """Storage composed for this replica, opened once the embedder's dimension is known."""
         if self._library is None:
-            from .library import Library
+            async with self._library_lock:  # one Library per replica, however many first requests race
+                if self._library is None:
+                    from .library import Library
 
-            info = await self._model_info("embedder")
-            dim = await settle(self.embedder.dim.remote())
-            self._library = Library(self.storage_settings, dim=dim, embed_model=info["model_id"])
+                    info = await self._model_info("embedder")
+                    dim = await settle(self.embedder.dim.remote())
+                    # Opening warms the gallery (indexes, jieba's dictionary): off the event loop.
+                    self._library = await asyncio.to_thread(Library, self.storage_settings, dim=dim,
+                                                            embed_model=info["model_id"])
         return self._library
 
     def _url(self, request: Request, user_id: str, img_id: str) -> str:
@@ -188,6 +193,7 @@ class Ingress(OpenAIRoutes):
     @app.delete("/api/me", status_code=204)
     async def delete_me(self, request: Request):
         user = self._user(request)
+        await self.forget_ingest_jobs(user)
         lib = await self.library()
         await lib.delete_user(user)
         await self.idempotency.forget_user.remote(user)

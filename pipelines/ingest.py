@@ -244,14 +244,14 @@ class IngestRun:
         finally:
             self._over.set()
             beat.join(timeout=5)
-        with self._lock:
-            counters, errors, self._pending = dict(self.counters), self._pending, []
-        status = ray.get(self.ledger.finish.remote(self.spec.job_id, self.attempt, state, counters, errors, message))
         if state != "failed" and self.spec.staged_prefix:
+            # Before the job reads as ended: an upload retried after that re-stages the same keys.
             from storage.blobs import open_blob_store
 
             open_blob_store(self.settings).delete_prefix(self.spec.staged_prefix)
-        return status
+        with self._lock:
+            counters, errors, self._pending = dict(self.counters), self._pending, []
+        return ray.get(self.ledger.finish.remote(self.spec.job_id, self.attempt, state, counters, errors, message))
 
     def _process(self, entries: list[Entry]) -> None:
         from ray.data import ActorPoolStrategy, DataContext, ExecutionResources, TaskPoolStrategy

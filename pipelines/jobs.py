@@ -83,6 +83,7 @@ class JobLedger:
     def __init__(self):
         self._jobs: dict[str, dict] = {}
         self._claims: dict[tuple[str, int], dict[str, int]] = {}
+        self._forgotten: set[str] = set()  # jobs of deleted users: their drivers must not restore them
 
     # -- the API and the command line ------------------------------------------------------------
     def open(self, spec: dict, rerun_finished: bool = False) -> dict:
@@ -92,6 +93,7 @@ class JobLedger:
         a succeeded one only when `rerun_finished` (the command line: a folder may have new files).
         """
         job_id = spec["job_id"]
+        self._forgotten.discard(job_id)
         rec = self._jobs.get(job_id)
         if rec is not None:
             self._settle(rec)
@@ -101,13 +103,15 @@ class JobLedger:
             if not restart:
                 return {"action": "exists", "status": self._public(rec), "submission": rec["submission"]}
             self._drop_claims(job_id)
-            submission = rec["submission"] + 1
+            submission, attempt = rec["submission"] + 1, rec["attempt"]
         else:
-            submission = 1
+            submission, attempt = 1, 0
         now = time.time()
         rec = self._jobs[job_id] = {
             "spec": spec, "user_id": spec["user_id"], "job_id": job_id, "state": "queued", "created_at": now,
-            "started_at": None, "finished_at": None, "message": None, "errors": [], "beat": now, "attempt": 0,
+            "started_at": None, "finished_at": None, "message": None, "errors": [], "beat": now,
+            # Attempts keep counting across restarts, so an old driver can never report into a new run.
+            "attempt": attempt,
             "cancel": False, "submission": submission, **{c: 0 for c in COUNTERS},
         }
         return {"action": "created" if submission == 1 else "restarted", "status": self._public(rec),
@@ -152,6 +156,7 @@ class JobLedger:
             self._jobs[job_id]["cancel"] = True
             self._drop_claims(job_id)
             del self._jobs[job_id]
+            self._forgotten.add(job_id)
         return len(doomed)
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -192,7 +197,7 @@ class JobLedger:
         owns the job), or "unknown" (this ledger restarted and lost the record: `restore` it)."""
         rec = self._jobs.get(job_id)
         if rec is None:
-            return "unknown"
+            return "stop" if job_id in self._forgotten else "unknown"
         if rec["attempt"] != attempt or rec["state"] != "running":
             return "stop"
         rec.update({c: int(counters[c]) for c in COUNTERS if c in counters})
@@ -202,7 +207,7 @@ class JobLedger:
 
     def restore(self, spec: dict, attempt: int, started_at: float, counters: dict, errors: list[dict]) -> None:
         """A running driver re-creates its record after a ledger restart (records live in memory)."""
-        if spec["job_id"] in self._jobs:
+        if spec["job_id"] in self._jobs or spec["job_id"] in self._forgotten:
             return
         now = time.time()
         self._jobs[spec["job_id"]] = {

@@ -67,7 +67,8 @@ def filesystem(url: str, settings: StorageSettings):
 
 def _is_user_file(name: str) -> bool:
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    return not any(p in _NOT_USER_FILES or p.startswith(".") for p in parts)
+    # Hidden names are skipped; "." and ".." are not: such an entry is hostile and must show as an error.
+    return not any(p in _NOT_USER_FILES or (p.startswith(".") and p not in (".", "..")) for p in parts)
 
 
 def check_zip(archive: zipfile.ZipFile, limits) -> list[zipfile.ZipInfo]:

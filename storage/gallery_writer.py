@@ -7,6 +7,7 @@ Uploads, generation and ingestion all write through it, so two concurrent insert
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -42,7 +43,10 @@ class GalleryWriter:
 
 
 def writer_name(settings: StorageSettings, embed_model: str) -> str:
-    key = f"{settings.lancedb_uri}|{settings.gallery_table}|{embed_model}"
+    uri = settings.lancedb_uri
+    # One folder, one name: "data/lancedb" and its absolute path must not get two writers.
+    uri = uri if "://" in uri else str(Path(uri).resolve())
+    key = f"{uri}|{settings.gallery_table}|{embed_model}"
     return "gallery_writer_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,55 @@
+"""What ingestion tests share: small generated photos, a gallery reader, Serve-config files for the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def jpeg(seed: int, size=(64, 48)) -> bytes:
+    """A small distinct JPEG (smooth gradient + noise, like a tiny photo)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = np.linspace(0, 1, w)[None, :, None] * rng.uniform(40, 200, 3)[None, None, :]
+    noise = rng.normal(0, 25, (h, w, 3))
+    arr = np.clip(base + noise + rng.uniform(0, 55), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_gallery(kit: Path, lancedb_uri: Path | str, blob_root: Path | str):
+    """The gallery the service (or a job) writes for the tiny kit's embedder, opened read-side here."""
+    from pipelines.ingest import embedder_shape
+    from storage.gallery import Gallery
+    from storage.settings import StorageSettings
+
+    from deployments.models.embedder import EmbedderConfig
+
+    model = str(kit / "embedder")
+    dim, _ = embedder_shape(EmbedderConfig(model=model))
+    return Gallery.open(StorageSettings(lancedb_uri=str(lancedb_uri), blob_root=str(blob_root)), dim=dim,
+                        embed_model=model)
+
+
+def write_config(path: Path, kit: Path, data: Path, **ingest) -> Path:
+    """serve_config.local.yaml pointed at the test kit and data folder, with ingest overrides."""
+    doc = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
+    args = doc["applications"][0]["args"]
+    for role in ("embedder", "writer", "describer", "painter"):
+        args[role]["model"]["model"] = str(kit / role)
+    args["storage"] = {"lancedb_uri": str(data / "lancedb"), "blob_root": str(data / "blobs")}
+    args["ingest"].update(ingest)
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -1,0 +1,134 @@
+"""The ingestion job on the test cluster: the job ledger's heartbeats and attempts, and crash-and-rerun
+of the command line (SIGKILL of the driver at about half, then the same command again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+import ray
+
+from sample_photos import ROOT, jpeg, open_gallery, sha, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def spec(job_id: str, user: str, **ingest):
+    from deployments.config import IngestSpec
+    from pipelines.jobs import JobSpec
+
+    return JobSpec(job_id=job_id, user_id=user, ingest=IngestSpec(**ingest), fingerprint="test").model_dump()
+
+
+def test_the_ledger_fails_a_silent_driver_and_fences_its_attempt(ray_cluster):
+    from pipelines.jobs import ledger
+
+    jobs = ledger()
+    job_id = uuid.uuid4().hex
+    assert ray.get(jobs.open.remote(spec(job_id, "ledger-user", stale_after_s=1.0)))["action"] == "created"
+    assert ray.get(jobs.status.remote(job_id, "someone-else")) is None
+    first = ray.get(jobs.begin.remote(job_id))
+    assert ray.get(jobs.begin.remote(job_id)) is None  # a live driver holds the job
+    assert ray.get(jobs.claim.remote(job_id, first, [("a" * 64, 3), ("b" * 64, 4), ("a" * 64, 9)])) == \
+        {"a" * 64: 3, "b" * 64: 4}
+    assert ray.get(jobs.claim.remote(job_id, first, [("a" * 64, 9)])) == {"a" * 64: 3}  # a retried task
+    counters = {"total": 10, "done": 2, "skipped_duplicates": 1, "failed": 1}
+    err = {"name": "x.jpg", "code": "corrupt_image", "message": "bad"}
+    assert ray.get(jobs.report.remote(job_id, first, counters, [err])) == "go"
+    time.sleep(1.5)  # the driver goes silent
+    status = ray.get(jobs.status.remote(job_id, "ledger-user"))
+    assert status["state"] == "failed" and "stopped reporting" in status["message"]
+    assert (status["done"], status["errors"]) == (2, [err])
+    # Running it again is a new attempt; the old driver, should it wake up, is told to stop.
+    again = ray.get(jobs.open.remote(spec(job_id, "ledger-user", stale_after_s=1.0)))
+    assert again["action"] == "restarted" and again["submission"] == 2
+    second = ray.get(jobs.begin.remote(job_id))
+    assert second == first + 1
+    assert ray.get(jobs.report.remote(job_id, first, counters, [])) == "stop"
+    assert ray.get(jobs.cancel.remote(job_id, "ledger-user"))["state"] == "running"
+    assert ray.get(jobs.report.remote(job_id, second, counters, [])) == "stop"  # the cancel reaches the driver
+    done = ray.get(jobs.finish.remote(job_id, second, "cancelled", counters, []))
+    assert done["state"] == "cancelled" and done["finished_at"] >= done["started_at"]
+
+
+def run_cli(args: list[str], **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.ingest", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
+
+
+def test_crash_at_half_then_rerun_holds_exactly_the_distinct_set(ray_cluster, tiny_kit, gcs_address, tmp_path):
+    from deployments.models.embedder import Embedder, EmbedderConfig
+    from pipelines.ingest import spec_from_config
+    from pipelines.jobs import ledger
+    from storage.intake import ImageIntake
+
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    photos = {f"IMG_{i:04d}.jpg": jpeg(70_000 + i) for i in range(240)}
+    for name, data in photos.items():
+        (folder / name).write_bytes(data)
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", tiny_kit, data_dir, heartbeat_s=0.5, stale_after_s=3,
+                          read_batch_size=8, write_batch_size=16)
+    args = ["--address", gcs_address, "--config", str(config), "--user", "carol", str(folder)]
+    job_id = spec_from_config(config, "carol", [str(folder)]).job_id
+    jobs = ledger()
+
+    driver = run_cli(args)
+    try:
+        deadline = time.monotonic() + 240
+        status = None
+        while time.monotonic() < deadline:
+            status = ray.get(jobs.status.remote(job_id, "carol"))
+            if status and status["done"] >= 120 or driver.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the driver ended before the kill: {status}"
+        assert status and 120 <= status["done"] < 240, status
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    # The ledger notices the silent driver: the job is failed, not running forever.
+    deadline = time.monotonic() + 30
+    while (status := ray.get(jobs.status.remote(job_id, "carol")))["state"] == "running":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["state"] == "failed" and "stopped reporting" in status["message"]
+
+    rerun = run_cli(args)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out[-2000:]
+    final = json.loads(out[out.index("{"):])
+    assert final["state"] == "succeeded" and final["total"] == 240 and final["failed"] == 0
+    assert final["done"] + final["skipped_duplicates"] == 240 and final["skipped_duplicates"] >= 120
+
+    gallery = open_gallery(tiny_kit, data_dir / "lancedb", data_dir / "blobs")
+    rows, cursor = [], None
+    while True:
+        page, cursor = gallery.list("carol", limit=200, cursor=cursor)
+        rows += page
+        if not cursor:
+            break
+    hashes = [r["content_hash"] for r in rows]
+    assert len(hashes) == len(set(hashes)) == 240  # 0 duplicates
+    assert set(hashes) == {sha(d) for d in photos.values()}  # 0 missing
+    assert {r["meta"]["name"] for r in rows} == set(photos) and {r["source"] for r in rows} == {"ingest"}
+
+    # Vectors are the ones the interactive path makes: searching by one finds its own image.
+    embedder = Embedder(EmbedderConfig(model=str(tiny_kit / "embedder")))
+    intake = ImageIntake()
+    for name in ("IMG_0000.jpg", "IMG_0123.jpg", "IMG_0239.jpg"):
+        vector = embedder.embed_images([intake.decode(photos[name]).model_image])[0]
+        best = gallery.search("carol", vector, k=1)[0]
+        assert best["content_hash"] == sha(photos[name]) and best["score"] > 0.98, best
+    assert np.isfinite(vector).all()
