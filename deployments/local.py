@@ -18,6 +18,7 @@ from .auth import add_key
 from .settings import ServiceSettings
 
 LOCAL_KEY_FILE = Path("data/local_demo_key")
+LOCAL_ADDRESS_FILE = Path("data/local_ray_address")  # for `python -m pipelines.ingest --address ...`
 
 
 def ensure_kit(folder: Path) -> None:
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     key = ensure_demo_key()
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=8265,
              namespace="atelier", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    LOCAL_ADDRESS_FILE.write_text(ray.get_runtime_context().gcs_address + "\n")
     serve_config(args.config)
     http = yaml.safe_load(args.config.read_text()).get("http_options", {})
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         "The models are random-weight stand-ins: their text and images are noise, and answers say so "
         "(\"random_weights\": true).\n\n"
         f"  curl {base}/readyz\n"
-        f"  curl -H 'Authorization: Bearer {key}' '{base}/api/search?q=sunset&k=5'\n",
+        f"  curl -H 'Authorization: Bearer {key}' '{base}/api/search?q=sunset&k=5'\n"
+        f"  .venv/bin/python -m pipelines.ingest --address {LOCAL_ADDRESS_FILE.read_text().strip()} "
+        f"--config {args.config} --user demo FOLDER_OR_ZIP\n",
         flush=True,
     )
     if args.detach:
