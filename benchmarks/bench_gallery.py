@@ -32,6 +32,8 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/bench_gallery.py`
 
 import pyarrow as pa  # noqa: E402
 
+from benchmarks import results_md  # noqa: E402
+
 from storage.gallery import VECTOR_INDEX, Gallery  # noqa: E402
 from storage.schema import arrow_schema, dedup_key  # noqa: E402
 from storage.settings import StorageSettings  # noqa: E402
@@ -319,14 +321,7 @@ def render(results: list[dict], info: dict, command: str) -> str:
 
 
 def write_section(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (others write theirs): re-read right before writing."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current, count=1)
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    RESULTS.write_text(updated)
+    results_md.write_section(SECTION, text)
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/bench_ingest.py`
     sys.path.insert(0, str(REPO))
 
+from benchmarks import results_md  # noqa: E402
+
 DATA = REPO / "benchmarks" / "data"
 PHOTOS = DATA / "ingest-photos"
 KITS = {"full": DATA / "kit-full", "tiny": DATA / "kit-tiny"}
@@ -235,18 +237,7 @@ def render(results: dict, images: int, machine: dict, command: str) -> str:
 
 
 def write_section(text: str) -> None:
-    """Replace our section of RESULTS.md (or append it), leaving every other section as it is on disk now."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in current:
-        head, rest = current.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text.rstrip() + "\n" + ("\n" + tail if tail else "")
-    else:
-        new = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(RESULTS)
+    results_md.write_section(SECTION, text)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from benchmarks import results_md
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Serve: batching and the proxy hop (issue 5)"
 
@@ -287,15 +289,4 @@ def interpret(results: dict, summary: dict) -> list[str]:
 
 
 def write_section(text: str) -> None:
-    """Replace our section of RESULTS.md (or append it), leaving every other section as it is on disk now."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in current:
-        head, rest = current.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text.rstrip() + "\n" + ("\n" + tail if tail else "")
-    else:
-        new = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(RESULTS)
+    results_md.write_section(SECTION, text)

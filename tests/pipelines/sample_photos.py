@@ -53,3 +53,13 @@ def write_config(path: Path, kit: Path, data: Path, **ingest) -> Path:
     args["ingest"].update(ingest)
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def all_rows(gallery, user: str) -> list[dict]:
+    """Every row of a user, page by page through the gallery's cursor."""
+    rows, cursor = [], None
+    while True:
+        page, cursor = gallery.list(user, limit=200, cursor=cursor)
+        rows += page
+        if not cursor:
+            return rows

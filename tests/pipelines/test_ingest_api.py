@@ -10,7 +10,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from sample_photos import jpeg, open_gallery, sha
+from sample_photos import all_rows, jpeg, open_gallery, sha
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -116,12 +116,7 @@ def test_cancel_leaves_a_consistent_table_and_a_rerun_completes_it(service, tiny
         assert r.status_code == 202
         status = wait_for(c, job_id)
     assert status["state"] == "cancelled" and status["done"] < 600, status
-    rows, cursor = [], None
-    while True:
-        page, cursor = gallery.list("bob", limit=200, cursor=cursor)
-        rows += page
-        if not cursor:
-            break
+    rows = all_rows(gallery, "bob")
     ours = [r for r in rows if r["meta"].get("ingest_job") == job_id]
     # Consistent: exactly the rows the job counted, no duplicate, each with both of its blobs.
     assert len(ours) == status["done"] == gallery.count("bob") - before

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import ray
 
-from sample_photos import ROOT, jpeg, open_gallery, sha, write_config
+from sample_photos import ROOT, all_rows, jpeg, open_gallery, sha, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -113,12 +113,7 @@ def test_crash_at_half_then_rerun_holds_exactly_the_distinct_set(ray_cluster, ti
     assert final["done"] + final["skipped_duplicates"] == 240 and final["skipped_duplicates"] >= 120
 
     gallery = open_gallery(tiny_kit, data_dir / "lancedb", data_dir / "blobs")
-    rows, cursor = [], None
-    while True:
-        page, cursor = gallery.list("carol", limit=200, cursor=cursor)
-        rows += page
-        if not cursor:
-            break
+    rows = all_rows(gallery, "carol")
     hashes = [r["content_hash"] for r in rows]
     assert len(hashes) == len(set(hashes)) == 240  # 0 duplicates
     assert set(hashes) == {sha(d) for d in photos.values()}  # 0 missing
