@@ -45,8 +45,13 @@ def job_server():
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     temp = tempfile.mkdtemp(prefix="rjs", dir="/tmp")  # short: Ray's socket paths live under it
     dashboard = free_port()
+    # Every port its own: the session's cluster (and any other Ray on the machine) already holds the
+    # defaults, and a job agent that cannot bind 52365 never registers ("No available agent").
+    ports = [f"--{name}={free_port()}" for name in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port", "ray-client-server-port")]
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2", "--num-gpus=0",
+        [str(BIN / "ray"), "start", "--head", "--block", *ports, "--num-cpus=2", "--num-gpus=0",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
