@@ -154,6 +154,7 @@ class Gallery:
         self.name = table.name
         self._lock = _table_lock(f"{settings.lancedb_uri}|{self.name}")
         self._since_optimize = 0
+        self._commits_since_optimize = 0
         # Per-user row counts decide exact vs ANN search; a few seconds of staleness only moves
         # a user across the threshold a little late.
         self._user_rows: TTLCache = TTLCache(maxsize=10_000, ttl=10)
@@ -322,7 +323,7 @@ class Gallery:
         with self._lock:
             self._write(lambda: self.table.optimize(
                 cleanup_older_than=timedelta(seconds=self.settings.version_retention_s)))
-            self._since_optimize = 0
+            self._since_optimize = self._commits_since_optimize = 0
             rows = self.table.count_rows()
             if VECTOR_INDEX not in self._index_names(fresh=True) and rows >= self.settings.ann_min_rows:
                 self._build_ann_index()
@@ -496,13 +497,15 @@ class Gallery:
         if not inserted:
             return
         self._since_optimize += inserted
+        self._commits_since_optimize += 1
         if VECTOR_INDEX not in self._index_names() and self.table.count_rows() >= self.settings.ann_min_rows:
             self._build_ann_index()
-        elif self._since_optimize >= self.settings.optimize_every_rows:
+        elif (self._since_optimize >= self.settings.optimize_every_rows
+              or self._commits_since_optimize >= self.settings.optimize_every_commits):
             # Folds new rows into the indexes and compacts the small fragments many upserts leave.
             self._write(lambda: self.table.optimize(
                 cleanup_older_than=timedelta(seconds=self.settings.version_retention_s)))
-            self._since_optimize = 0
+            self._since_optimize = self._commits_since_optimize = 0
 
     def _write(self, op):
         """Run one commit, retrying commit conflicts; a conflict that persists is a 503."""

@@ -58,6 +58,12 @@ class StorageSettings(BaseSettings):
     optimize_every_rows: int = Field(
         5_000, ge=1, description="Compact and re-index after this many inserted rows (also `Gallery.optimize()`)."
     )
+    optimize_every_commits: int = Field(
+        50,
+        ge=1,
+        description="...or after this many inserting commits, whichever comes first: every commit leaves a fragment "
+        "that each later upsert's key lookup scans, so one-row uploads slow down linearly until the next compaction.",
+    )
     read_consistency_s: float = Field(
         0.0, ge=0, description="How stale a reader's view of the gallery may be; 0 re-checks the latest version on every read."
     )

@@ -97,6 +97,18 @@ def test_bad_rows_are_refused_naming_the_field(gallery, change, field):
     assert gallery.count() == 0  # nothing half-written
 
 
+def test_one_row_uploads_keep_the_table_compacted(tmp_path):
+    # Each commit leaves a fragment that every later upsert's key lookup scans: without compaction
+    # by commit count, one-row uploads slow down linearly until optimize_every_rows is reached.
+    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), optimize_every_commits=5)
+    gallery = Gallery.open(settings, dim=DIM, embed_model=MODEL)
+    for n in range(12):
+        assert gallery.upsert([make_row("alice", n)])["created"] == [True]
+    assert len(gallery.table.to_lance().get_fragments()) <= 5
+    assert gallery.count("alice") == 12
+    assert gallery.upsert([make_row("alice", 3)])["created"] == [False]  # still deduplicated after compaction
+
+
 def test_list_is_newest_first_with_an_opaque_cursor(gallery):
     base = datetime(2026, 1, 1, tzinfo=timezone.utc)
     # Three rows share one timestamp: img_id breaks the tie, so no page repeats or skips one.

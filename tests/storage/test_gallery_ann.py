@@ -28,7 +28,7 @@ def test_each_index_type_answers_every_k(tmp_path, index_type):
     alice = (centers[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, DIM))).astype(np.float32)
     bob = rng.standard_normal((1000, DIM)).astype(np.float32)
     settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), ann_index_type=index_type, ann_num_partitions=4,
-                               optimize_every_rows=1_000_000)
+                               optimize_every_rows=1_000_000, optimize_every_commits=1_000_000)
     gallery = Gallery.open(settings, dim=DIM, embed_model="test/embedder")
     stored = gallery.upsert(rows("alice", alice) + rows("bob", bob))["rows"]
     ids = np.array([r["img_id"] for r in stored[:3000]])
