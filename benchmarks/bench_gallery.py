@@ -3,6 +3,7 @@ ANN index against a flat scan, recall@10 against numpy, and upsert rows/s; never
 
     .venv/bin/python -m benchmarks.bench_gallery                     # 100k then 1M; writes a section of RESULTS.md
     .venv/bin/python -m benchmarks.bench_gallery --rows 100000 --no-write
+    .venv/bin/python -m benchmarks.bench_gallery --rows 1000000 --run 64 --no-write   # users' rows in runs of 64
 
 Tables are kept under benchmarks/data/gallery/ (git-ignored) and reused when complete (--rebuild to
 start again). Vectors are clustered unit vectors (1000 clusters, a 32-d spread per cluster, small
@@ -87,8 +88,11 @@ def _unit(x) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+RUN = 1  # rows a user gets in a row before the next user's (--run): 1 interleaves users row by row
+
+
 def user_of(i: int, users: int) -> str:
-    return f"user{i % users:03d}"
+    return f"user{(i // RUN) % users:03d}"
 
 
 def content_hash(i: int, user: str | None = None) -> str:
@@ -181,7 +185,7 @@ def truth_for(corpus: Corpus, rows: int, users: int, user_ids: list[str]) -> dic
         vecs = corpus.chunk(c)[: rows - c * CHUNK]
         idx = np.arange(c * CHUNK, c * CHUNK + len(vecs))
         for u in user_ids:
-            m = (idx % users) == int(u[4:])
+            m = ((idx // RUN) % users) == int(u[4:])
             wanted[u][0].append(vecs[m])
             wanted[u][1].append(idx[m])
     return {u: (np.concatenate(v), np.concatenate(i)) for u, (v, i) in wanted.items()}
@@ -209,12 +213,12 @@ def measure(gallery: Gallery, truth, queries: np.ndarray, exact: bool | None) ->
 
 def run_size(args, rows: int) -> dict:
     corpus = Corpus(args.dim)
-    path = DATA / f"{rows}x{args.dim}"
+    path = DATA / (f"{rows}x{args.dim}" + (f"-run{RUN}" if RUN > 1 else ""))
     base = StorageSettings(lancedb_uri=str(path), ann_max_iterations=args.max_iterations,
                            ann_num_partitions=args.partitions, ann_num_sub_vectors=args.sub_vectors,
                            optimize_every_rows=args.optimize_every)
     marker = path / "complete.json"
-    result: dict = {"rows": rows, "dim": args.dim, "users": args.users}
+    result: dict = {"rows": rows, "dim": args.dim, "users": args.users, "run": RUN}
     if args.rebuild or not marker.exists():
         shutil.rmtree(path, ignore_errors=True)
         # The index is trained once on every row (ann_min_rows out of reach while loading).
@@ -247,7 +251,7 @@ def run_size(args, rows: int) -> dict:
     gallery = Gallery.open(base, dim=args.dim, embed_model=MODEL)
     assert gallery.count() == rows and VECTOR_INDEX in {ix.name for ix in gallery.table.list_indices()}
 
-    user_ids = [user_of(i, args.users) for i in range(args.probe_users)]
+    user_ids = [user_of(i * RUN, args.users) for i in range(args.probe_users)]  # distinct users
     truth = truth_for(corpus, rows, args.users, user_ids)
     result["rows_per_user"] = int(np.mean([len(v[1]) for v in truth.values()]))
     sets = {"image": corpus.image_queries(args.queries), "text": corpus.text_queries(args.queries)}
@@ -291,7 +295,10 @@ def render(results: list[dict], info: dict, command: str) -> str:
     for r in results:
         ix = r["index"]
         load = r.get("load", {})
-        lines += [f"### {r['rows']:,} rows x {r['dim']}-d, {r['users']} users ({r['rows_per_user']:,} rows per user)", "",
+        layout = (f"rows stored in runs of {r['run']} per user, as ingestion commits them" if r.get("run", 1) > 1
+                  else "users interleaved row by row")
+        lines += [f"### {r['rows']:,} rows x {r['dim']}-d, {r['users']} users ({r['rows_per_user']:,} rows per user; "
+                  f"{layout})", "",
                   f"- Load through `Gallery.upsert`, {load.get('batch')} rows a call: {load.get('rows_per_s'):,} rows/s "
                   f"({load.get('seconds')} s for {load.get('rows'):,} rows; slowest call {load.get('batch_max_s')} s)"
                   + (f", then {load['bulk_rows']:,} rows appended as Arrow in {load['bulk_s']} s and optimized in "
@@ -340,9 +347,14 @@ def main() -> None:
     p.add_argument("--sub-vectors", type=int, default=None)
     p.add_argument("--grid", type=lambda s: tuple(int(x) for x in s.split(",")), nargs="+",
                    default=[(10, 10), (20, 10), (20, 30), (40, 30)], help="nprobes,refine_factor pairs to time")
+    p.add_argument("--run", type=int, default=1,
+                   help="rows per user in a row: 1 interleaves users row by row (the worst case for a user's "
+                        "scan); 64 is how ingestion commits them")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     args = p.parse_args()
+    global RUN
+    RUN = args.run
     DATA.mkdir(parents=True, exist_ok=True)
     info = machine()
     results = []
