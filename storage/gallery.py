@@ -321,9 +321,7 @@ class Gallery:
         retention (deleted rows linger in old versions until then), and build the ANN index once
         the table is large enough."""
         with self._lock:
-            self._write(lambda: self.table.optimize(
-                cleanup_older_than=timedelta(seconds=self.settings.version_retention_s)))
-            self._since_optimize = self._commits_since_optimize = 0
+            self._compact()
             rows = self.table.count_rows()
             if VECTOR_INDEX not in self._index_names(fresh=True) and rows >= self.settings.ann_min_rows:
                 self._build_ann_index()
@@ -502,10 +500,14 @@ class Gallery:
             self._build_ann_index()
         elif (self._since_optimize >= self.settings.optimize_every_rows
               or self._commits_since_optimize >= self.settings.optimize_every_commits):
-            # Folds new rows into the indexes and compacts the small fragments many upserts leave.
-            self._write(lambda: self.table.optimize(
-                cleanup_older_than=timedelta(seconds=self.settings.version_retention_s)))
-            self._since_optimize = self._commits_since_optimize = 0
+            self._compact()
+
+    def _compact(self) -> None:
+        """Fold new rows into the indexes, compact the small fragments upserts leave, drop old
+        versions; the counters that trigger it start again."""
+        self._write(lambda: self.table.optimize(
+            cleanup_older_than=timedelta(seconds=self.settings.version_retention_s)))
+        self._since_optimize = self._commits_since_optimize = 0
 
     def _write(self, op):
         """Run one commit, retrying commit conflicts; a conflict that persists is a 503."""

@@ -71,7 +71,8 @@ def check_exactly_distinct(settings: StorageSettings, reports: list[list[tuple[s
 
 
 def test_eight_threads_of_500_overlapping_rows(tmp_path):
-    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), optimize_every_rows=100_000, optimize_every_commits=1_000_000)
+    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), optimize_every_rows=100_000,
+                               optimize_every_commits=1_000_000)
     Gallery.open(settings, dim=DIM, embed_model=MODEL)
     reports: list = [None] * 8
     errors: list = []
@@ -97,7 +98,8 @@ def test_eight_threads_of_500_overlapping_rows(tmp_path):
 
 def test_processes_without_a_shared_lock_still_keep_one_row_per_image(tmp_path):
     """Separate processes share no lock: the table's primary key makes LanceDB detect the race."""
-    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), optimize_every_rows=100_000, optimize_every_commits=1_000_000)
+    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), optimize_every_rows=100_000,
+                               optimize_every_commits=1_000_000)
     Gallery.open(settings, dim=DIM, embed_model=MODEL)
     ctx = multiprocessing.get_context("spawn")  # LanceDB's runtime threads do not survive fork
     out = ctx.Queue()

@@ -60,7 +60,8 @@ def test_ann_recall_on_50k_clustered_vectors(tmp_path):
     users = np.where(np.arange(50_000) % 2 == 0, "alice", "bob")  # two users, interleaved
     # Default search settings (nprobes, refine); fewer k-means iterations keep the build short on 2 cores.
     settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), ann_min_rows=50_000, ann_num_partitions=64,
-                               ann_max_iterations=10, flat_search_max_rows=1_000, optimize_every_rows=1_000_000, optimize_every_commits=1_000_000)
+                               ann_max_iterations=10, flat_search_max_rows=1_000, optimize_every_rows=1_000_000,
+                               optimize_every_commits=1_000_000)
     gallery = Gallery.open(settings, dim=dim, embed_model=MODEL)
     few = clustered(5, dim, centers, rng)  # a user with a handful of rows in an indexed table
     stored_ids = np.empty(50_000, dtype=object)
