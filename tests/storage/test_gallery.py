@@ -273,7 +273,9 @@ def test_isolation_property(tmp_path):
         a_rows = [make_row(a, f"{n}-a{i}", caption="海边的日落") for i in range(2)]
         b_rows = [make_row(b, f"{n}-b{i}", caption="日落") for i in range(2)]
         if shared:
-            b_rows.append({**make_row(b, "x"), "content_hash": a_rows[0]["content_hash"]})
+            # Captioned like every other row: ids recur across examples, and a row without the
+            # caption would be missing from A's text search once B's id comes back as A's.
+            b_rows.append({**make_row(b, "x", caption="日落"), "content_hash": a_rows[0]["content_hash"]})
         result = gallery.upsert(a_rows + b_rows)
         for row in result["rows"]:
             truth.setdefault(row["user_id"], {})[row["img_id"]] = row["content_hash"]
