@@ -6,11 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .embedder import BatchOptions
-from .models.describer import DescriberConfig
-from .models.embedder import EmbedderConfig
-from .models.painter import PainterConfig
-from .models.writer import WriterConfig
+from .models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+
+
+class BatchOptions(BaseModel):
+    """Live-tunable batching (the deployment's user_config); reconfigure() applies changes without restarts."""
+
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most requests folded into one forward pass.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0.0, le=1.0, description="How long the first request of a batch waits for company."
+    )
 
 
 class _Strict(BaseModel):

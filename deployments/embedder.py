@@ -6,20 +6,11 @@ from typing import Type
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field
 from ray import serve
 
+from .config import BatchOptions
 from .models.embedder import Embedder, EmbedderConfig
 from .shell import RoleShell
-
-
-class BatchOptions(BaseModel):
-    """Live-tunable batching (the deployment's user_config); reconfigure() applies changes without restarts."""
-
-    max_batch_size: int = Field(32, ge=1, le=1024, description="Most requests folded into one forward pass.")
-    batch_wait_timeout_s: float = Field(
-        0.01, ge=0.0, le=1.0, description="How long the first request of a batch waits for company."
-    )
 
 
 @serve.deployment(name="Embedder")

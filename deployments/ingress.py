@@ -10,18 +10,16 @@ import hashlib
 import json
 import logging
 import re
-import time
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from storage.errors import InvalidInput, NotFound, Unavailable
+from storage.errors import InvalidInput, Unavailable
 
 from .auth import KeyRing, UrlSigner, load_secret
 from .cache import AnswerCache

@@ -31,7 +31,7 @@ import pyarrow as pa
 import ray
 from PIL import Image
 
-from deployments.models.embedder import EmbedderConfig
+from deployments.models.configs import EmbedderConfig
 from pipelines.jobs import NAMESPACE, JobSpec, job_id_for, ledger
 from pipelines.sources import Entry, EntryReader, as_url, list_sources
 from storage.errors import AtelierError, InvalidInput, Unavailable
@@ -49,13 +49,22 @@ ADMITTED = pa.schema([
 
 # -- the embedding model's shape, without loading its weights --------------------------------------
 def embedder_shape(config: EmbedderConfig) -> tuple[int, int]:
-    """(vector dimension, image side) from the checkpoint's config, as `Embedder` reads them."""
+    """(vector dimension, image side) from the checkpoint's config, as `Embedder` reads them.
+
+    A local checkpoint's config.json is read as it is: importing transformers here would cost the
+    job's driver a second or two before any task starts.
+    """
+    folder = Path(config.model)
+    if (folder / "config.json").is_file():
+        cfg = json.loads((folder / "config.json").read_text())
+        dim = int(cfg.get("projection_dim") or cfg["text_config"]["hidden_size"])
+        return dim, int(cfg["vision_config"]["image_size"])
     from transformers import AutoConfig
 
-    kw = {"revision": config.revision} if config.revision and not Path(config.model).is_dir() else {}
-    cfg = AutoConfig.from_pretrained(config.model, trust_remote_code=False, **kw)
-    dim = int(getattr(cfg, "projection_dim", 0) or cfg.text_config.hidden_size)
-    return dim, int(cfg.vision_config.image_size)
+    kw = {"revision": config.revision} if config.revision else {}
+    hub = AutoConfig.from_pretrained(config.model, trust_remote_code=False, **kw)
+    dim = int(getattr(hub, "projection_dim", 0) or hub.text_config.hidden_size)
+    return dim, int(hub.vision_config.image_size)
 
 
 def absolute_storage(settings: StorageSettings) -> StorageSettings:
@@ -83,9 +92,8 @@ def square_pixels(image: Image.Image, side: int) -> bytes:
 class _TaskTools:
     """What a read task needs, opened once per worker process and reused by its later tasks."""
 
-    def __init__(self, storage_json: str, dim: int, embed_model: str, display_max_side: int):
+    def __init__(self, storage_json: str, display_max_side: int):
         from storage.blobs import open_blob_store
-        from storage.gallery import Gallery
         from storage.intake import ImageIntake
 
         settings = StorageSettings(**json.loads(storage_json))
@@ -93,21 +101,24 @@ class _TaskTools:
         self.settings = settings
         self.intake = ImageIntake(settings)
         self.blobs = open_blob_store(settings)
-        self.gallery = Gallery.open(settings, dim=dim, embed_model=embed_model)
         self.ledger = ledger()
 
 
 @functools.lru_cache(maxsize=4)
-def _task_tools(storage_json: str, dim: int, embed_model: str, display_max_side: int) -> _TaskTools:
-    return _TaskTools(storage_json, dim, embed_model, display_max_side)
+def _task_tools(storage_json: str, display_max_side: int) -> _TaskTools:
+    return _TaskTools(storage_json, display_max_side)
 
 
-def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, storage_json: str, dim: int,
-                embed_model: str, side: int, display_max_side: int) -> pa.Table:
-    """One row out per file in: new (blobs stored, pixels for the model), known, duplicate or error."""
+def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, storage_json: str, writer,
+                side: int, display_max_side: int) -> pa.Table:
+    """One row out per file in: new (blobs stored, pixels for the model), known, duplicate or error.
+
+    Which hashes the user already has comes from the GalleryWriter (`writer`), which holds the table
+    open: the tasks themselves never open LanceDB.
+    """
     from storage.blobs import store_image
 
-    tools = _task_tools(storage_json, dim, embed_model, display_max_side)
+    tools = _task_tools(storage_json, display_max_side)
     out: list[dict] = []
     raw: dict[int, bytes] = {}
     with EntryReader(tools.settings) as reader:
@@ -129,7 +140,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
             raw[len(out) - 1] = data
             row["content_hash"] = hashlib.sha256(data).hexdigest()
     hashes = {out[i]["content_hash"] for i in raw}
-    known = tools.gallery.existing_hashes(user_id, hashes) if hashes else set()
+    known = ray.get(writer.existing_hashes.remote(user_id, sorted(hashes))) if hashes else set()
     pairs = [(out[i]["content_hash"], out[i]["index"]) for i in raw if out[i]["content_hash"] not in known]
     claimed = ray.get(tools.ledger.claim.remote(job_id, attempt, pairs)) if pairs else {}
     for i, data in raw.items():
@@ -262,7 +273,9 @@ class IngestRun:
         dim, side = embedder_shape(ingest.embedder)
         embed_model = ingest.embedder.model
         writer = gallery_writer(self.settings, dim, embed_model)
-        ray.get(writer.upsert.remote([]))  # the table exists, keyed and indexed, before read tasks open it
+        # Not waited for: the writer opens (or creates) the table while Ray Data starts its workers;
+        # every call to it queues behind that. A writer that cannot open the table fails the job below.
+        table_ready = writer.upsert.remote([])
 
         ctx = DataContext.get_current()
         # The cap that keeps interactive replicas served: the whole job, tasks and actors together.
@@ -274,7 +287,7 @@ class IngestRun:
         ds = ds.map_batches(
             admit_batch, batch_size=ingest.read_batch_size, batch_format="pyarrow",
             fn_kwargs={"job_id": self.spec.job_id, "attempt": self.attempt, "user_id": self.spec.user_id,
-                       "storage_json": self.settings.model_dump_json(), "dim": dim, "embed_model": embed_model,
+                       "storage_json": self.settings.model_dump_json(), "writer": writer,
                        "side": side, "display_max_side": ingest.display_max_side},
             compute=TaskPoolStrategy(size=ingest.read_tasks), num_cpus=ingest.read_num_cpus,
         )
@@ -290,6 +303,9 @@ class IngestRun:
                 self._write(writer, batch.to_pylist(), embed_model)
                 if self.stop.is_set():
                     break
+        except Exception:
+            _check_writer(table_ready)  # a gallery that could not be opened is the cause to report
+            raise
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
@@ -364,6 +380,19 @@ def _cause(exc: BaseException) -> BaseException:
     from ray.exceptions import RayTaskError
 
     return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+
+
+def _check_writer(ready) -> None:
+    """Raise a job-level error when the GalleryWriter could not open the gallery table."""
+    from ray.exceptions import ActorDiedError
+
+    try:
+        ray.get(ready, timeout=60)
+    except ActorDiedError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise Unavailable(f"the gallery could not be opened ({lines[-1] if lines else 'its writer died'})") from exc
+    except Exception:  # noqa: BLE001 - the writer is fine or busy: the original error is the one to report
+        return
 
 
 def _commit(writer, rows: list[dict]) -> dict:

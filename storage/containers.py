@@ -15,7 +15,7 @@ from typing import Literal
 
 from PIL import PngImagePlugin
 
-from storage.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from storage.errors import InvalidInput, PayloadTooLarge
 
 ImageFormat = Literal["png", "jpeg", "gif"]
 

@@ -17,14 +17,23 @@ from storage.settings import StorageSettings
 NAMESPACE = "atelier"
 
 
-@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1)
+@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
 class GalleryWriter:
-    """Serialises every write of one gallery (one LanceDB URI and embedding model)."""
+    """Serialises every write of one gallery (one LanceDB URI and embedding model).
+
+    Writes run one at a time; the few reads callers without a gallery of their own need (ingestion's
+    read tasks: which hashes a user already has) run beside them in the "reads" group, so they never
+    wait behind a commit and those callers never import LanceDB.
+    """
 
     def __init__(self, settings: dict, dim: int, embed_model: str):
         from storage.gallery import Gallery
 
         self.gallery = Gallery.open(StorageSettings(**settings), dim=dim, embed_model=embed_model)
+
+    @ray.method(concurrency_group="reads")
+    def existing_hashes(self, user_id: str, hashes: list[str]) -> set[str]:
+        return self.gallery.existing_hashes(user_id, hashes)
 
     def upsert(self, rows: list[dict]) -> Any:
         return self.gallery.upsert(rows)

@@ -1,15 +1,26 @@
-"""The four model roles as plain Python classes: no Ray, no HTTP, testable alone."""
+"""The four model roles as plain Python classes: no Ray, no HTTP, testable alone.
 
-from .base import ModelConfig, ModelRole
-from .describer import Describer, DescriberConfig
-from .embedder import Embedder, EmbedderConfig
-from .errors import (DescriberInputError, EmbedderInputError, ModelNotFound, ModelUnavailable, PainterInputError,
-                     WriterInputError)
-from .painter import Painter, PainterConfig, PaintResult
-from .writer import ChatResult, Writer, WriterConfig
+Names resolve on first use: `from deployments.models.configs import EmbedderConfig` (or any
+config) costs no torch import, which the ingress and the ingestion tasks rely on.
+"""
 
-__all__ = [
-    "ChatResult", "Describer", "DescriberConfig", "DescriberInputError", "Embedder", "EmbedderConfig",
-    "EmbedderInputError", "ModelConfig", "ModelNotFound", "ModelRole", "ModelUnavailable", "PaintResult", "Painter",
-    "PainterConfig", "PainterInputError", "Writer", "WriterConfig", "WriterInputError",
-]
+from importlib import import_module
+
+_WHERE = {
+    "ModelConfig": "configs", "EmbedderConfig": "configs", "WriterConfig": "configs", "PainterConfig": "configs",
+    "DescriberConfig": "configs",
+    "DescriberInputError": "errors", "EmbedderInputError": "errors", "ModelNotFound": "errors",
+    "ModelUnavailable": "errors", "PainterInputError": "errors", "WriterInputError": "errors",
+    "ModelRole": "base", "Describer": "describer", "Embedder": "embedder", "Painter": "painter",
+    "PaintResult": "painter", "Writer": "writer", "ChatResult": "writer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

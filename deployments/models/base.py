@@ -8,33 +8,17 @@ import re
 import socket
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..kit.builders import MARKER
+from .configs import ModelConfig
 from .errors import ModelNotFound
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 BUILD_HINT = "build the offline stand-ins with `python -m deployments.kit build --size tiny models/tiny`"
-
-
-class ModelConfig(BaseModel):
-    """Where a role's checkpoint comes from and how it runs."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(..., description="Hub id (org/name) or local folder of a Hugging Face-format checkpoint.")
-    revision: str | None = Field(None, description="Hub revision (commit, tag or branch) to pin; ignored for folders.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda when present.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="'auto' is bfloat16 on a GPU and float32 on the CPU."
-    )
-    num_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads for this process; set it to the replica's num_cpus share."
-    )
 
 
 class ModelRole:

@@ -8,24 +8,13 @@ from typing import ClassVar, Literal
 
 import torch
 from PIL import Image
-from pydantic import Field
 
-from .base import ModelConfig, ModelRole
+from .base import ModelRole
+from .configs import DescriberConfig
 from .errors import DescriberInputError, ModelUnavailable
 from .writer import _seed
 
 DEFAULT_INSTRUCTION = "Describe this image in detail: the subject, setting, colours, mood and any text in it."
-
-
-class DescriberConfig(ModelConfig):
-    model: str = Field("OpenGVLab/InternVL3-1B-hf", description="Image-text-to-text checkpoint (hub id or folder).")
-    max_new_tokens: int = Field(160, ge=1, description="Default description length, in tokens.")
-    max_new_tokens_limit: int = Field(512, ge=1, description="Most tokens a caller may ask for.")
-    max_instruction_chars: int = Field(2000, ge=1, description="Longest instruction accepted.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 decodes greedily; above 0 samples, seeded per call.")
-    min_new_tokens: int = Field(
-        0, ge=0, description="Tokens to generate before end-of-text is allowed; random-weight tests need a few."
-    )
 
 
 @dataclass(frozen=True)

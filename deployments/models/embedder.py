@@ -7,16 +7,10 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field
 
-from .base import ModelConfig, ModelRole
+from .base import ModelRole
+from .configs import EmbedderConfig
 from .errors import EmbedderInputError, ModelUnavailable
-
-
-class EmbedderConfig(ModelConfig):
-    model: str = Field("openai/clip-vit-base-patch32", description="CLIP-family checkpoint (hub id or folder).")
-    max_batch: int = Field(256, ge=1, description="Most images or texts in one call; bounds a replica's memory.")
-    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted; CLIP truncates to 77 tokens anyway.")
 
 
 class Embedder(ModelRole):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 import time
@@ -11,39 +10,10 @@ from typing import ClassVar
 
 import torch
 from PIL import Image
-from pydantic import Field, field_validator
 
-from .base import ModelConfig, ModelRole
+from .base import ModelRole
+from .configs import _WXH, PainterConfig
 from .errors import PainterInputError
-
-_WXH = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
-
-
-class PainterConfig(ModelConfig):
-    model: str = Field("black-forest-labs/FLUX.1-schnell", description="FLUX checkpoint in diffusers format.")
-    sizes: dict[str, str] = Field(
-        default_factory=lambda: {"small": "512x512", "medium": "768x768", "large": "1024x1024"},
-        description="Size presets, name -> WxH; each side a multiple of 16.",
-    )
-    default_size: str = Field("small", description="Preset used when a caller names none.")
-    min_side: int = Field(64, ge=16, description="Smallest side accepted, in pixels.")
-    max_side: int = Field(2048, ge=16, description="Largest side accepted, in pixels.")
-    default_steps: int = Field(4, ge=1, description="Denoising steps by default (schnell is distilled for 1-4).")
-    max_steps: int = Field(50, ge=1, description="Most denoising steps a caller may ask for.")
-    default_guidance: float = Field(0.0, ge=0.0, description="Guidance scale by default (schnell ignores it).")
-    max_guidance: float = Field(20.0, ge=0.0, description="Largest guidance scale accepted.")
-    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt accepted, in characters.")
-    max_sequence_length: int = Field(256, ge=16, le=512, description="T5 tokens the prompt is encoded to.")
-
-    @field_validator("sizes")
-    @classmethod
-    def _sizes_valid(cls, sizes: dict[str, str]) -> dict[str, str]:
-        for name, value in sizes.items():
-            m = _WXH.match(value)
-            if not m or int(m[1]) % 16 or int(m[2]) % 16:
-                raise ValueError(f"size preset {name}={value!r} must be WxH with both sides multiples of 16")
-        return sizes
-
 
 @dataclass(frozen=True)
 class PaintResult:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Iterator, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from .base import ModelConfig, ModelRole
+from .base import ModelRole
+from .configs import WriterConfig
 from .errors import ModelUnavailable, WriterInputError
 
 ENHANCE_SYSTEM = (
@@ -25,22 +26,6 @@ POST_SYSTEM = (
     "你是社交媒体文案助手。根据用户给出的图片描述，用简体中文写一段适合发朋友圈或小红书的文案："
     "语气自然亲切，可以加一两个表情符号和话题标签，不超过120字。只输出文案本身。"
 )
-
-
-class WriterConfig(ModelConfig):
-    model: str = Field("Qwen/Qwen2.5-1.5B-Instruct", description="Causal LLM with a chat template (hub id or folder).")
-    max_input_chars: int = Field(4000, ge=1, description="Longest text accepted from a caller, per message.")
-    max_input_tokens: int = Field(2048, ge=16, description="Longest prompt, after the chat template, in tokens.")
-    max_new_tokens: int = Field(256, ge=1, description="Default answer length, in tokens.")
-    max_new_tokens_limit: int = Field(1024, ge=1, description="Most tokens a caller may ask for.")
-    enhance_max_new_tokens: int = Field(120, ge=1, description="Answer length for prompt enhancement.")
-    translate_max_new_tokens: int = Field(48, ge=1, description="Answer length for a translated search query.")
-    post_max_new_tokens: int = Field(160, ge=1, description="Answer length for a Chinese post text.")
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature; 0 is greedy.")
-    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Default nucleus sampling mass.")
-    min_new_tokens: int = Field(
-        0, ge=0, description="Tokens to generate before end-of-text is allowed; random-weight tests need a few."
-    )
 
 
 class ChatMessage(BaseModel):

@@ -35,7 +35,7 @@ def open_gallery(kit: Path, lancedb_uri: Path | str, blob_root: Path | str):
     from storage.gallery import Gallery
     from storage.settings import StorageSettings
 
-    from deployments.models.embedder import EmbedderConfig
+    from deployments.models.configs import EmbedderConfig
 
     model = str(kit / "embedder")
     dim, _ = embedder_shape(EmbedderConfig(model=model))

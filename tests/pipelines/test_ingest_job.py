@@ -127,3 +127,59 @@ def test_crash_at_half_then_rerun_holds_exactly_the_distinct_set(ray_cluster, ti
         best = gallery.search("carol", vector, k=1)[0]
         assert best["content_hash"] == sha(photos[name]) and best["score"] > 0.98, best
     assert np.isfinite(vector).all()
+
+
+def test_the_gallery_writer_answers_hash_lookups_for_one_user_only(ray_cluster, tmp_path):
+    """Ingestion's read tasks ask the writer which hashes a user has; another user's never count."""
+    from datetime import datetime, timezone
+
+    from storage.gallery_writer import gallery_writer
+    from storage.settings import StorageSettings
+
+    settings = StorageSettings(lancedb_uri=str(tmp_path / "lancedb"), blob_root=str(tmp_path / "blobs"))
+    writer = gallery_writer(settings, 8, "lookup-test-model")
+    rng = np.random.default_rng(7)
+
+    def row(user: str, content: str) -> dict:
+        return {"img_id": uuid.uuid4().hex, "user_id": user, "content_hash": sha(content.encode()),
+                "image_uri": f"{user}/{content}", "width": 1, "height": 1, "created_at": datetime.now(timezone.utc),
+                "source": "ingest", "embed_model": "lookup-test-model", "vector": rng.normal(size=8)}
+
+    try:
+        ray.get(writer.upsert.remote([row("ann", "a1"), row("ann", "a2"), row("bob", "b1"), row("bob", "a1")]))
+        asked = [sha(c.encode()) for c in ("a1", "a2", "b1", "zz")]
+        assert ray.get(writer.existing_hashes.remote("ann", asked)) == {sha(b"a1"), sha(b"a2")}
+        assert ray.get(writer.existing_hashes.remote("bob", asked)) == {sha(b"a1"), sha(b"b1")}
+        assert ray.get(writer.existing_hashes.remote("' OR 1=1 --", asked)) == set()
+    finally:
+        ray.kill(writer)
+
+
+def test_a_gallery_that_cannot_be_opened_fails_the_job_with_its_reason(ray_cluster, tiny_kit, tmp_path):
+    """The read tasks no longer wait for the table; a writer that cannot open it still ends the job clearly."""
+    import lancedb
+    import pyarrow as pa
+
+    from deployments.models.configs import EmbedderConfig
+    from pipelines.ingest import embedder_shape, run_job, spec_from_config
+    from pipelines.jobs import JobSpec, ledger
+    from storage.gallery import table_name
+
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"IMG_{i}.jpg").write_bytes(jpeg(90_000 + i))
+    data_dir = tmp_path / "data"
+    model = str(tiny_kit / "embedder")
+    dim, _ = embedder_shape(EmbedderConfig(model=model))
+    lancedb.connect(str(data_dir / "lancedb")).create_table(
+        table_name("gallery", model, dim), schema=pa.schema([("something_else", pa.int64())]))
+    config = write_config(tmp_path / "config.yaml", tiny_kit, data_dir, read_batch_size=2, write_batch_size=2)
+    job = spec_from_config(config, "erin", [str(folder)])
+    assert ray.get(ledger().open.remote(job.model_dump(), True))["action"] != "conflict"
+
+    status = run_job(JobSpec.model_validate(job.model_dump()), console=False)
+    assert status["state"] == "failed", status
+    assert "gallery could not be opened" in status["message"] and "another schema" in status["message"], status
+    assert status["done"] == 0
+    assert not (data_dir / "blobs").exists() or not any(p.is_file() for p in (data_dir / "blobs").rglob("*"))

@@ -1,0 +1,89 @@
+"""The roles' typed configs, importable without torch: the ingress, the config validation and the
+ingestion tasks need them, and none of those should pay for importing a deep-learning stack."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_WXH = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+
+class ModelConfig(BaseModel):
+    """Where a role's checkpoint comes from and how it runs."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(..., description="Hub id (org/name) or local folder of a Hugging Face-format checkpoint.")
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch) to pin; ignored for folders.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda when present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is bfloat16 on a GPU and float32 on the CPU."
+    )
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads for this process; set it to the replica's num_cpus share."
+    )
+
+
+class EmbedderConfig(ModelConfig):
+    model: str = Field("openai/clip-vit-base-patch32", description="CLIP-family checkpoint (hub id or folder).")
+    max_batch: int = Field(256, ge=1, description="Most images or texts in one call; bounds a replica's memory.")
+    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted; CLIP truncates to 77 tokens anyway.")
+
+
+
+class WriterConfig(ModelConfig):
+    model: str = Field("Qwen/Qwen2.5-1.5B-Instruct", description="Causal LLM with a chat template (hub id or folder).")
+    max_input_chars: int = Field(4000, ge=1, description="Longest text accepted from a caller, per message.")
+    max_input_tokens: int = Field(2048, ge=16, description="Longest prompt, after the chat template, in tokens.")
+    max_new_tokens: int = Field(256, ge=1, description="Default answer length, in tokens.")
+    max_new_tokens_limit: int = Field(1024, ge=1, description="Most tokens a caller may ask for.")
+    enhance_max_new_tokens: int = Field(120, ge=1, description="Answer length for prompt enhancement.")
+    translate_max_new_tokens: int = Field(48, ge=1, description="Answer length for a translated search query.")
+    post_max_new_tokens: int = Field(160, ge=1, description="Answer length for a Chinese post text.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Default nucleus sampling mass.")
+    min_new_tokens: int = Field(
+        0, ge=0, description="Tokens to generate before end-of-text is allowed; random-weight tests need a few."
+    )
+
+
+
+class PainterConfig(ModelConfig):
+    model: str = Field("black-forest-labs/FLUX.1-schnell", description="FLUX checkpoint in diffusers format.")
+    sizes: dict[str, str] = Field(
+        default_factory=lambda: {"small": "512x512", "medium": "768x768", "large": "1024x1024"},
+        description="Size presets, name -> WxH; each side a multiple of 16.",
+    )
+    default_size: str = Field("small", description="Preset used when a caller names none.")
+    min_side: int = Field(64, ge=16, description="Smallest side accepted, in pixels.")
+    max_side: int = Field(2048, ge=16, description="Largest side accepted, in pixels.")
+    default_steps: int = Field(4, ge=1, description="Denoising steps by default (schnell is distilled for 1-4).")
+    max_steps: int = Field(50, ge=1, description="Most denoising steps a caller may ask for.")
+    default_guidance: float = Field(0.0, ge=0.0, description="Guidance scale by default (schnell ignores it).")
+    max_guidance: float = Field(20.0, ge=0.0, description="Largest guidance scale accepted.")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt accepted, in characters.")
+    max_sequence_length: int = Field(256, ge=16, le=512, description="T5 tokens the prompt is encoded to.")
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_valid(cls, sizes: dict[str, str]) -> dict[str, str]:
+        for name, value in sizes.items():
+            m = _WXH.match(value)
+            if not m or int(m[1]) % 16 or int(m[2]) % 16:
+                raise ValueError(f"size preset {name}={value!r} must be WxH with both sides multiples of 16")
+        return sizes
+
+
+
+class DescriberConfig(ModelConfig):
+    model: str = Field("OpenGVLab/InternVL3-1B-hf", description="Image-text-to-text checkpoint (hub id or folder).")
+    max_new_tokens: int = Field(160, ge=1, description="Default description length, in tokens.")
+    max_new_tokens_limit: int = Field(512, ge=1, description="Most tokens a caller may ask for.")
+    max_instruction_chars: int = Field(2000, ge=1, description="Longest instruction accepted.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 decodes greedily; above 0 samples, seeded per call.")
+    min_new_tokens: int = Field(
+        0, ge=0, description="Tokens to generate before end-of-text is allowed; random-weight tests need a few."
+    )
