@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from cachetools import TTLCache
 from lancedb.index import FTS, BTree, HnswSq, IvfPq
 from lancedb.query import ColumnOrdering, MatchQuery
@@ -54,6 +55,7 @@ from storage.schema import (
     words_for_search,
 )
 from storage.settings import StorageSettings
+from storage.vector_cache import UserVectors, VectorCache, unit_rows
 
 PRIMARY_KEY = "dedup_key"
 VECTOR_INDEX = "vector_idx"
@@ -159,6 +161,7 @@ class Gallery:
         # a user across the threshold a little late.
         self._user_rows: TTLCache = TTLCache(maxsize=10_000, ttl=10)
         self._indexes_seen: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._vectors = VectorCache(settings.vector_cache_mb * 2**20, settings.vector_cache_ttl_s)
 
     @classmethod
     def open(cls, settings: StorageSettings, *, dim: int, embed_model: str) -> "Gallery":
@@ -380,14 +383,25 @@ class Gallery:
         """A user's k best rows for a query vector, best first, `score` = cosine similarity.
 
         With `text`, vector hits and full-text hits on captions and descriptions are fused by
-        reciprocal rank (`score` is then the fused score). `exact` forces a flat scan (True) or the
-        ANN index (False); by default the gallery picks per query from the user's row count.
+        reciprocal rank (`score` is then the fused score). By default a user whose vectors fit the
+        replica's vector cache is ranked exactly in memory; otherwise the gallery picks a flat scan
+        or the ANN index from the user's row count. `exact` forces LanceDB's flat scan (True) or its
+        ANN index (False).
         """
         where = _user_filter(user_id)
         self._check_k(k)
         q = self._query_vector(vector)
         words = self._query_words(text) if text is not None else ""
         depth = k * 2 if words else k
+        hits = self._cached_search(user_id, q, depth) if exact is None and self._vectors.enabled else None
+        if hits is None:
+            hits = self._table_search(user_id, where, q, depth, exact)
+        if not words:
+            return hits[:k]
+        return _fuse(hits, self._fts(where, words, depth), k)
+
+    def _table_search(self, user_id: str, where: str, q: np.ndarray, depth: int, exact: bool | None) -> list[dict]:
+        """LanceDB's own search, prefiltered to the user: flat, or the ANN index with a refine step."""
         use_ann = self._use_ann(user_id) if exact is None else (not exact and self._has_vector_index())
         query = (self.table.search(q, vector_column_name="vector").distance_type("cosine")
                  .where(where, prefilter=True).select(READ_COLUMNS + ["_distance"]).limit(depth))
@@ -406,9 +420,91 @@ class Gallery:
             out = _row_out(r)
             out["score"] = 1.0 - float(r["_distance"])
             hits.append(out)
-        if not words:
-            return hits[:k]
-        return _fuse(hits, self._fts(where, words, depth), k)
+        return hits
+
+    # -- the vector cache (storage/vector_cache.py) -------------------------------------------------
+    def _cached_search(self, user_id: str, q: np.ndarray, depth: int) -> list[dict] | None:
+        """The user's best rows ranked in memory, or None when the user is not cacheable."""
+        query = unit_rows(q.reshape(1, -1))[0]
+        for _ in range(2):
+            entry = self._user_vectors(user_id)
+            if entry is None:
+                return None
+            positions, scores = entry.top(query, depth)
+            rows = self._take(user_id, entry, positions)
+            if rows is not None:
+                return [{**row, "score": float(score)} for row, score in zip(rows, scores)]
+            self._vectors.drop(user_id)  # a row moved or went away since: reload and rank again
+        return None
+
+    def _user_vectors(self, user_id: str) -> UserVectors | None:
+        version = self.table.version
+        entry = self._vectors.get(user_id)
+        if entry is None:
+            entry = self._load_user(user_id, version)
+        elif entry.version != version:
+            entry = self._refresh_user(user_id, entry, version)
+        if entry is not None:
+            self._vectors.hits += 1
+        return entry
+
+    def _user_rows_arrow(self, where: str) -> pa.Table:
+        return (self.table.search().where(where).select(["img_id", "vector", "created_at"]).with_row_id(True)
+                .limit(None).to_arrow())
+
+    def _load_user(self, user_id: str, version: int) -> UserVectors | None:
+        where = _user_filter(user_id)
+        if self.count(user_id) * (self.dim * 4 + 56) > self._vectors.max_bytes:
+            return None
+        tbl = self._user_rows_arrow(where)
+        self._vectors.loads += 1
+        entry = UserVectors(version=version, count=tbl.num_rows, newest_us=_newest_us(tbl),
+                            img_ids=tbl.column("img_id").to_pylist(),
+                            row_ids=tbl.column("_rowid").to_numpy().astype(np.uint64),
+                            vectors=unit_rows(_vectors_of(tbl, self.dim)))
+        self._vectors.put(user_id, entry)
+        return entry
+
+    def _refresh_user(self, user_id: str, entry: UserVectors, version: int) -> UserVectors | None:
+        """The table moved on: append the user's new rows, or reload when rows also went away."""
+        count = self.count(user_id)
+        if count < entry.count:
+            return self._load_user(user_id, version)
+        new = self._user_rows_arrow(f"{_user_filter(user_id)} AND created_at >= to_timestamp_micros({entry.newest_us})")
+        known = set(entry.img_ids)
+        keep = [i for i, img in enumerate(new.column("img_id").to_pylist()) if img not in known]
+        if entry.count + len(keep) != count:
+            return self._load_user(user_id, version)
+        self._vectors.refreshes += 1
+        if keep:
+            new = new.take(keep)
+            entry = UserVectors(version=version, count=count, newest_us=max(entry.newest_us, _newest_us(new)),
+                                img_ids=entry.img_ids + new.column("img_id").to_pylist(),
+                                row_ids=np.concatenate([entry.row_ids, new.column("_rowid").to_numpy().astype(np.uint64)]),
+                                vectors=np.concatenate([entry.vectors, unit_rows(_vectors_of(new, self.dim))]),
+                                loaded_at=entry.loaded_at)
+        else:
+            entry.version = version
+        self._vectors.put(user_id, entry)
+        return entry
+
+    def _take(self, user_id: str, entry: UserVectors, positions: np.ndarray) -> list[dict] | None:
+        """The rows at these cache positions, in order; None when any is not the row the cache expects."""
+        if not len(positions):
+            return []
+        ids = [int(entry.row_ids[p]) for p in positions]
+        try:
+            got = self.table.take_row_ids(ids).select(READ_COLUMNS).with_row_id().to_list()
+        except (ValueError, OSError, RuntimeError):  # e.g. a fragment compacted away: the cache is stale
+            return None
+        by_id = {int(r["_rowid"]): r for r in got}
+        rows = []
+        for p, row_id in zip(positions, ids):
+            r = by_id.get(row_id)
+            if r is None or r["img_id"] != entry.img_ids[p] or r["user_id"] != user_id:
+                return None
+            rows.append(_row_out(r))
+        return rows
 
     def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
         """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""
@@ -577,6 +673,18 @@ class Gallery:
         if len(text) > _MAX_QUERY_CHARS:
             raise InvalidInput(f"the text query is longer than {_MAX_QUERY_CHARS} characters", field="q")
         return words_for_search(text).strip()
+
+
+def _vectors_of(tbl: pa.Table, dim: int) -> np.ndarray:
+    column = tbl.column("vector").combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if len(column) else np.empty((0, dim), np.float32)
+
+
+def _newest_us(tbl: pa.Table) -> int:
+    if not tbl.num_rows:
+        return 0
+    newest = pc.max(tbl.column("created_at").cast(pa.timestamp("us", tz="UTC")))
+    return int(newest.cast(pa.int64()).as_py() or 0)
 
 
 def _fuse(vector_hits: list[dict], text_hits: list[dict], k: int) -> list[dict]:

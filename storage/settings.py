@@ -55,6 +55,15 @@ class StorageSettings(BaseSettings):
     flat_search_max_rows: int = Field(
         20_000, ge=0, description="A user with at most this many rows is searched exactly, bypassing the ANN index."
     )
+    vector_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="Memory per process for users' vectors kept in RAM: a search ranks a cached user's vectors "
+        "in numpy and takes only its top rows from LanceDB. Least recently searched users leave first; 0 turns it off.",
+    )
+    vector_cache_ttl_s: float = Field(
+        300.0, gt=0, description="A cached user's vectors are reloaded in full at least this often, in seconds."
+    )
     optimize_every_rows: int = Field(
         5_000, ge=1, description="Compact and re-index after this many inserted rows (also `Gallery.optimize()`)."
     )
