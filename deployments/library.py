@@ -86,10 +86,13 @@ class Library:
         return result["rows"][0], bool(result["created"][0])
 
     async def update(self, user_id: str, img_id: str, **fields) -> dict:
-        return await self.writer.update.remote(user_id, img_id, **fields)
+        row = await self.writer.update.remote(user_id, img_id, **fields)
+        self.gallery.forget(user_id)  # this replica's cached rows of the user hold the old texts
+        return row
 
     async def delete(self, user_id: str, img_id: str) -> None:
         row = await self.writer.delete.remote(user_id, img_id)
+        self.gallery.forget(user_id)
         if row is None:
             raise NotFound("no such image")
         # The row is gone first, so no reader can reach a blob that is about to vanish.
@@ -98,4 +101,5 @@ class Library:
 
     async def delete_user(self, user_id: str) -> None:
         await self.writer.delete_user.remote(user_id)
+        self.gallery.forget(user_id)
         await asyncio.to_thread(self.blobs.delete_prefix, user_prefix(user_id))

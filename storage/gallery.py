@@ -35,7 +35,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import lancedb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from cachetools import TTLCache
 from lancedb.index import FTS, BTree, HnswSq, IvfPq
 from lancedb.query import ColumnOrdering, MatchQuery
@@ -61,6 +60,7 @@ PRIMARY_KEY = "dedup_key"
 VECTOR_INDEX = "vector_idx"
 FTS_INDEX = "search_text_idx"
 _SCALAR_INDEXES = {"user_id": "user_id_idx", "img_id": "img_id_idx", "dedup_key": "dedup_key_idx"}
+_CACHED_COLUMNS = READ_COLUMNS + [PRIMARY_KEY, "vector"]  # what the vector cache holds of a row
 _IN_CHUNK = 1000  # keys per `IN (...)` filter
 _MAX_QUERY_CHARS = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -423,6 +423,10 @@ class Gallery:
         return hits
 
     # -- the vector cache (storage/vector_cache.py) -------------------------------------------------
+    def forget(self, user_id: str) -> None:
+        """Drop what this process caches of a user (call after writing that user's rows elsewhere)."""
+        self._vectors.drop(user_id)
+
     def _cached_search(self, user_id: str, q: np.ndarray, depth: int) -> list[dict] | None:
         """The user's best rows ranked in memory, or None when the user is not cacheable."""
         query = unit_rows(q.reshape(1, -1))[0]
@@ -431,10 +435,10 @@ class Gallery:
             if entry is None:
                 return None
             positions, scores = entry.top(query, depth)
-            rows = self._take(user_id, entry, positions)
-            if rows is not None:
-                return [{**row, "score": float(score)} for row, score in zip(rows, scores)]
-            self._vectors.drop(user_id)  # a row moved or went away since: reload and rank again
+            if self._still_there(entry, positions):
+                rows = entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
+                return [{**_row_out(row), "score": float(score)} for row, score in zip(rows, scores)]
+            self._vectors.drop(user_id)  # a row moved, changed or went away since: reload and rank again
         return None
 
     def _user_vectors(self, user_id: str) -> UserVectors | None:
@@ -444,67 +448,77 @@ class Gallery:
             entry = self._load_user(user_id, version)
         elif entry.version != version:
             entry = self._refresh_user(user_id, entry, version)
-        if entry is not None:
+        else:
             self._vectors.hits += 1
         return entry
 
     def _user_rows_arrow(self, where: str) -> pa.Table:
-        return (self.table.search().where(where).select(["img_id", "vector", "created_at"]).with_row_id(True)
+        return (self.table.search().where(where).select(_CACHED_COLUMNS).with_row_id(True)
                 .limit(None).to_arrow())
 
+    def _entry(self, version: int, tbl: pa.Table, *, after: UserVectors | None = None) -> UserVectors:
+        vectors = unit_rows(_vectors_of(tbl, self.dim))
+        row_ids = tbl.column("_rowid").to_numpy().astype(np.uint64)
+        rows = tbl.drop_columns(["vector", "_rowid"]).combine_chunks()
+        if after is not None:
+            vectors = np.concatenate([after.vectors, vectors])
+            row_ids = np.concatenate([after.row_ids, row_ids])
+            rows = pa.concat_tables([after.rows, rows]).combine_chunks()
+        created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        newest = int(created.max()) if len(created) else 0
+        return UserVectors(version=version, count=rows.num_rows, newest_us=newest,
+                           at_newest=int((created == newest).sum()) if len(created) else 0,
+                           keys=rows.column(PRIMARY_KEY).to_pylist(), row_ids=row_ids, vectors=vectors, rows=rows,
+                           loaded_at=after.loaded_at if after is not None else time.monotonic())
+
     def _load_user(self, user_id: str, version: int) -> UserVectors | None:
-        where = _user_filter(user_id)
-        if self.count(user_id) * (self.dim * 4 + 56) > self._vectors.max_bytes:
+        if self.count(user_id) * (self.dim * 4 + 600) > self._vectors.max_bytes:
             return None
-        tbl = self._user_rows_arrow(where)
         self._vectors.loads += 1
-        entry = UserVectors(version=version, count=tbl.num_rows, newest_us=_newest_us(tbl),
-                            img_ids=tbl.column("img_id").to_pylist(),
-                            row_ids=tbl.column("_rowid").to_numpy().astype(np.uint64),
-                            vectors=unit_rows(_vectors_of(tbl, self.dim)))
+        entry = self._entry(version, self._user_rows_arrow(_user_filter(user_id)))
         self._vectors.put(user_id, entry)
         return entry
 
     def _refresh_user(self, user_id: str, entry: UserVectors, version: int) -> UserVectors | None:
-        """The table moved on: append the user's new rows, or reload when rows also went away."""
+        """The table moved on (any user's write): keep, extend or reload this user's entry.
+
+        Two counts through the user_id index (~4 ms at 1M rows) tell the cases apart: the same
+        count and no rows newer than the newest cached one -> unchanged; only new rows -> they are
+        appended; anything else -> reload. Deleted or rewritten rows that the counts miss are
+        caught when a search takes them (`_still_there`)."""
+        where = _user_filter(user_id)
         count = self.count(user_id)
-        if count < entry.count:
-            return self._load_user(user_id, version)
-        new = self._user_rows_arrow(f"{_user_filter(user_id)} AND created_at >= to_timestamp_micros({entry.newest_us})")
-        known = set(entry.img_ids)
-        keep = [i for i, img in enumerate(new.column("img_id").to_pylist()) if img not in known]
-        if entry.count + len(keep) != count:
+        since = f"{where} AND created_at >= to_timestamp_micros({entry.newest_us})"
+        newer = self.table.count_rows(since) if count >= entry.count else -1
+        if count == entry.count and newer == entry.at_newest:
+            entry.version = version
+        elif count > entry.count and newer - entry.at_newest == count - entry.count:
+            new = self._user_rows_arrow(since)
+            known = set(entry.keys)
+            keep = [i for i, key in enumerate(new.column(PRIMARY_KEY).to_pylist()) if key not in known]
+            if len(keep) != count - entry.count:
+                return self._load_user(user_id, version)
+            entry = self._entry(version, new.take(keep), after=entry)
+        else:
             return self._load_user(user_id, version)
         self._vectors.refreshes += 1
-        if keep:
-            new = new.take(keep)
-            entry = UserVectors(version=version, count=count, newest_us=max(entry.newest_us, _newest_us(new)),
-                                img_ids=entry.img_ids + new.column("img_id").to_pylist(),
-                                row_ids=np.concatenate([entry.row_ids, new.column("_rowid").to_numpy().astype(np.uint64)]),
-                                vectors=np.concatenate([entry.vectors, unit_rows(_vectors_of(new, self.dim))]),
-                                loaded_at=entry.loaded_at)
-        else:
-            entry.version = version
         self._vectors.put(user_id, entry)
         return entry
 
-    def _take(self, user_id: str, entry: UserVectors, positions: np.ndarray) -> list[dict] | None:
-        """The rows at these cache positions, in order; None when any is not the row the cache expects."""
+    def _still_there(self, entry: UserVectors, positions: np.ndarray) -> bool:
+        """Whether the rows at these cache positions are, by row id, still the rows the cache holds.
+
+        A delete removes the row id, a caption update rewrites the row under a new one, and
+        compaction renumbers rows: each shows here as a missing or different primary key."""
         if not len(positions):
-            return []
+            return True
         ids = [int(entry.row_ids[p]) for p in positions]
         try:
-            got = self.table.take_row_ids(ids).select(READ_COLUMNS).with_row_id().to_list()
+            got = self.table.take_row_ids(ids).select([PRIMARY_KEY]).with_row_id().to_arrow()
         except (ValueError, OSError, RuntimeError):  # e.g. a fragment compacted away: the cache is stale
-            return None
-        by_id = {int(r["_rowid"]): r for r in got}
-        rows = []
-        for p, row_id in zip(positions, ids):
-            r = by_id.get(row_id)
-            if r is None or r["img_id"] != entry.img_ids[p] or r["user_id"] != user_id:
-                return None
-            rows.append(_row_out(r))
-        return rows
+            return False
+        found = dict(zip(got.column("_rowid").to_pylist(), got.column(PRIMARY_KEY).to_pylist()))
+        return all(found.get(row_id) == entry.keys[p] for p, row_id in zip(positions, ids))
 
     def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
         """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""
@@ -678,13 +692,6 @@ class Gallery:
 def _vectors_of(tbl: pa.Table, dim: int) -> np.ndarray:
     column = tbl.column("vector").combine_chunks()
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if len(column) else np.empty((0, dim), np.float32)
-
-
-def _newest_us(tbl: pa.Table) -> int:
-    if not tbl.num_rows:
-        return 0
-    newest = pc.max(tbl.column("created_at").cast(pa.timestamp("us", tz="UTC")))
-    return int(newest.cast(pa.int64()).as_py() or 0)
 
 
 def _fuse(vector_hits: list[dict], text_hits: list[dict], k: int) -> list[dict]:

@@ -1,19 +1,22 @@
-"""A replica's in-memory copy of its busiest users' vectors, so a search ranks them in numpy.
+"""A replica's in-memory copy of recently searched users' rows, so a search ranks them in numpy.
 
 At a million rows, LanceDB's prefiltered search spends its time fetching one user's rows out of
-the whole table (18-136 ms for 10k vectors, depending on how scattered they are), not ranking
-them (under 2 ms in numpy). A user's vectors, their img_ids and row ids are loaded once; a search
-then ranks them exactly and takes its top k rows by row id.
+the whole table (20-140 ms for 10k vectors, depending on how scattered they are) and then the
+returned columns of its top rows (~20 ms: a random take costs ~2 ms per column), not ranking
+(under 1 ms in numpy). A user's vectors, returned columns, primary keys and row ids are loaded
+once; a search then ranks the vectors exactly and answers from memory.
 
 Kept true to the table:
-- Each entry remembers the table version it was checked at. When the version moves, the user's
-  row count and rows created since the newest cached one are read (two indexed queries): new
-  rows are appended, a count that does not add up reloads the user.
-- Rows come back by row id and are checked against what the cache expected (same img_id, same
-  user). A row deleted or rewritten since (caption updates rewrite rows, compaction moves them)
-  fails that check, and the search reloads the user and runs again.
-- An entry is reloaded in full after `ttl_s` whatever happened: the one change the two checks
-  cannot see (as many rows deleted as rows inserted with back-dated `created_at`) lasts no longer.
+- Each entry remembers the table version it was checked at. When the version moves (anyone's
+  write), two counts through the user_id index decide: unchanged, only new rows (appended), or
+  anything else (reloaded).
+- Before answering, the top rows' primary keys are taken from the table by row id, one column.
+  A row deleted or rewritten since (a caption update rewrites the row) or renumbered by
+  compaction shows as a missing or different key, and the search reloads the user and ranks again.
+- An entry is reloaded in full after `ttl_s` whatever happened. That bounds the changes the counts
+  cannot see: as many rows deleted as inserted with a back-dated `created_at`, or rows deleted at
+  the newest instant and as many inserted then; and a rewritten row that compaction happens to
+  renumber to its old row id. The replica that makes a caption update or delete drops the user.
 - Byte-bounded LRU over users; a user larger than the whole budget is not cached.
 """
 
@@ -24,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 from cachetools import LRUCache
 
 
@@ -34,18 +38,20 @@ class UserVectors:
     version: int
     count: int
     newest_us: int  # created_at of the newest row, microseconds since the epoch
-    img_ids: list[str]
-    row_ids: np.ndarray  # uint64, aligned with img_ids
+    at_newest: int  # rows created at exactly that instant
+    keys: list[str]  # primary keys, aligned with everything below
+    row_ids: np.ndarray  # uint64 row ids at the version the entry was loaded
     vectors: np.ndarray  # float32 (n, dim), L2-normalised
+    rows: pa.Table  # the columns a search returns
     loaded_at: float = field(default_factory=time.monotonic)
 
     @property
     def nbytes(self) -> int:
-        return int(self.vectors.nbytes + self.row_ids.nbytes + 48 * len(self.img_ids)) + 200
+        return int(self.vectors.nbytes + self.row_ids.nbytes + self.rows.nbytes + 120 * len(self.keys)) + 200
 
     def top(self, query: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and cosine similarities of the `depth` best rows, best first."""
-        if not len(self.img_ids):
+        if not self.count:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         scores = self.vectors @ query
         depth = min(depth, len(scores))

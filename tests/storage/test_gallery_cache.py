@@ -50,7 +50,7 @@ def test_cached_search_is_exact_and_per_user(tmp_path):
         assert ids_of(hits) == list(alice_ids[truth]) == ids_of(reader.search("alice", q, k=10, exact=True))
         np.testing.assert_allclose([h["score"] for h in hits], sims, atol=1e-5)
         assert {h["user_id"] for h in hits} == {"alice"} and "vector" not in hits[0]
-    assert reader._vectors.loads == 1 and reader._vectors.hits == len(queries)
+    assert reader._vectors.loads == 1 and reader._vectors.hits == len(queries) - 1
     # Bob's own search finds his rows, not Alice's; an unknown user finds nothing.
     assert reader.search("bob", queries[0], k=1)[0]["content_hash"] == rows[3000]["content_hash"]
     assert reader.search("nobody", queries[0], k=5) == []
