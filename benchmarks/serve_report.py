@@ -193,7 +193,7 @@ def render(results: dict, summary: dict, command: str) -> str:
                          f"agents; not HTTP): {row['wildcard_ray_count']} sockets of "
                          f"{', '.join(row['wildcard_ray'])}.")
         lines.append("")
-    lines += ["Load average (1 min) before/after each part, as a noise marker (other engineers share the machine), "
+    lines += ["Load average (1 min) before/after each part, as a noise marker (the machine may be shared), "
               "and how long the part waited for the load to fall below the threshold: "
               + "; ".join(f"{k} {v['load_before']:.1f}/{v['load_after']:.1f}, waited {v.get('waited_s', 0)} s, "
                           f"{v.get('attempts', 1)} attempt(s)"
@@ -281,8 +281,8 @@ def interpret(results: dict, summary: dict) -> list[str]:
     if loads:
         ratios = [x for r in summary["batching"] for x in r["round_ratios"]]
         out.append(
-            f"Noise: other engineers' test suites shared the 2 cores (1-min load {min(loads):.1f} to "
-            f"{max(loads):.1f} during the run), so single numbers move a lot between rounds"
+            f"Noise: the 1-min load average ran from {min(loads):.1f} to {max(loads):.1f} during the run (the "
+            f"benchmark's own processes included, on 2 cores), so single numbers move between rounds"
             + (f" (per-round batching ratios from {min(ratios):.2f}x to {max(ratios):.2f}x)" if ratios else "")
             + "; the medians over rounds, with the modes alternating inside each round, are the numbers to compare.")
     return out
