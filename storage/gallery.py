@@ -444,13 +444,16 @@ class Gallery:
     def _user_vectors(self, user_id: str) -> UserVectors | None:
         version = self.table.version
         entry = self._vectors.get(user_id)
-        if entry is None:
-            entry = self._load_user(user_id, version)
-        elif entry.version != version:
-            entry = self._refresh_user(user_id, entry, version)
-        else:
+        if entry is not None and entry.version == version:
             self._vectors.hits += 1
-        return entry
+            return entry
+        with self._vectors.load_lock(user_id):
+            entry = self._vectors.get(user_id)  # another thread may have just loaded or refreshed it
+            if entry is None:
+                return self._load_user(user_id, version)
+            if entry.version != version:
+                return self._refresh_user(user_id, entry, version)
+            return entry
 
     def _user_rows_arrow(self, where: str) -> pa.Table:
         return (self.table.search().where(where).select(_CACHED_COLUMNS).with_row_id(True)
@@ -467,32 +470,31 @@ class Gallery:
         created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
         newest = int(created.max()) if len(created) else 0
         return UserVectors(version=version, count=rows.num_rows, newest_us=newest,
-                           at_newest=int((created == newest).sum()) if len(created) else 0,
                            keys=rows.column(PRIMARY_KEY).to_pylist(), row_ids=row_ids, vectors=vectors, rows=rows,
                            loaded_at=after.loaded_at if after is not None else time.monotonic())
 
     def _load_user(self, user_id: str, version: int) -> UserVectors | None:
-        if self.count(user_id) * (self.dim * 4 + 600) > self._vectors.max_bytes:
+        count = self.count(user_id)
+        if count * self.dim * 4 > self._vectors.max_entry_bytes or self._vectors.too_large(user_id, count):
             return None
         self._vectors.loads += 1
         entry = self._entry(version, self._user_rows_arrow(_user_filter(user_id)))
-        self._vectors.put(user_id, entry)
-        return entry
+        return entry if self._vectors.put(user_id, entry) else None
 
     def _refresh_user(self, user_id: str, entry: UserVectors, version: int) -> UserVectors | None:
         """The table moved on (any user's write): keep, extend or reload this user's entry.
 
         Two counts through the user_id index (~4 ms at 1M rows) tell the cases apart: the same
-        count and no rows newer than the newest cached one -> unchanged; only new rows -> they are
-        appended; anything else -> reload. Deleted or rewritten rows that the counts miss are
-        caught when a search takes them (`_still_there`)."""
+        count and no row created after the newest cached one -> unchanged; only such newer rows,
+        as many as the count grew -> they are appended; anything else -> reload. Deleted or
+        rewritten rows that the counts miss are caught when a search takes them (`_still_there`)."""
         where = _user_filter(user_id)
         count = self.count(user_id)
-        since = f"{where} AND created_at >= to_timestamp_micros({entry.newest_us})"
+        since = f"{where} AND created_at > to_timestamp_micros({entry.newest_us})"
         newer = self.table.count_rows(since) if count >= entry.count else -1
-        if count == entry.count and newer == entry.at_newest:
+        if count == entry.count and newer == 0:
             entry.version = version
-        elif count > entry.count and newer - entry.at_newest == count - entry.count:
+        elif count > entry.count and newer == count - entry.count:
             new = self._user_rows_arrow(since)
             known = set(entry.keys)
             keep = [i for i, key in enumerate(new.column(PRIMARY_KEY).to_pylist()) if key not in known]
@@ -502,8 +504,7 @@ class Gallery:
         else:
             return self._load_user(user_id, version)
         self._vectors.refreshes += 1
-        self._vectors.put(user_id, entry)
-        return entry
+        return entry if self._vectors.put(user_id, entry) else None
 
     def _still_there(self, entry: UserVectors, positions: np.ndarray) -> bool:
         """Whether the rows at these cache positions are, by row id, still the rows the cache holds.

@@ -15,6 +15,11 @@ import ray
 from storage.settings import StorageSettings
 
 NAMESPACE = "atelier"
+# Part of the actor's name. Raise it when the actor's methods change: the writer is detached and
+# outlives a redeploy, and a new caller must not get an old writer that lacks a method it calls.
+# During a rolling upgrade the old and new writers may both commit for a while; the table's
+# primary key still keeps them from storing one (user, content) twice.
+PROTOCOL = 2
 
 
 @ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
@@ -56,7 +61,7 @@ def writer_name(settings: StorageSettings, embed_model: str) -> str:
     # One folder, one name: "data/lancedb" and its absolute path must not get two writers.
     uri = uri if "://" in uri else str(Path(uri).resolve())
     key = f"{uri}|{settings.gallery_table}|{embed_model}"
-    return "gallery_writer_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"gallery_writer_v{PROTOCOL}_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def gallery_writer(settings: StorageSettings, dim: int, embed_model: str):

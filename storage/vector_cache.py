@@ -8,16 +8,18 @@ once; a search then ranks the vectors exactly and answers from memory.
 
 Kept true to the table:
 - Each entry remembers the table version it was checked at. When the version moves (anyone's
-  write), two counts through the user_id index decide: unchanged, only new rows (appended), or
-  anything else (reloaded).
+  write), two counts through the user_id index decide: the user's rows, and those created after
+  the newest cached one. Same count and none newer: unchanged. Only newer rows, as many as the
+  count grew: appended. Anything else: reloaded.
 - Before answering, the top rows' primary keys are taken from the table by row id, one column.
   A row deleted or rewritten since (a caption update rewrites the row) or renumbered by
   compaction shows as a missing or different key, and the search reloads the user and ranks again.
 - An entry is reloaded in full after `ttl_s` whatever happened. That bounds the changes the counts
-  cannot see: as many rows deleted as inserted with a back-dated `created_at`, or rows deleted at
-  the newest instant and as many inserted then; and a rewritten row that compaction happens to
-  renumber to its old row id. The replica that makes a caption update or delete drops the user.
-- Byte-bounded LRU over users; a user larger than the whole budget is not cached.
+  cannot see: as many rows deleted as inserted with a `created_at` no later than the newest
+  cached one (back-dated rows); and a rewritten row that compaction happens to renumber to its
+  old row id. The replica that makes a caption update or delete drops the user.
+- Byte-bounded LRU over users. A user larger than a quarter of the budget is not cached (and
+  remembered as such); one load per user at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 
 @dataclass
@@ -38,7 +40,6 @@ class UserVectors:
     version: int
     count: int
     newest_us: int  # created_at of the newest row, microseconds since the epoch
-    at_newest: int  # rows created at exactly that instant
     keys: list[str]  # primary keys, aligned with everything below
     row_ids: np.ndarray  # uint64 row ids at the version the entry was loaded
     vectors: np.ndarray  # float32 (n, dim), L2-normalised
@@ -76,9 +77,14 @@ class VectorCache:
 
     def __init__(self, max_bytes: int, ttl_s: float):
         self.max_bytes = max_bytes
+        self.max_entry_bytes = max_bytes // 4  # one user never takes more than a quarter of the budget
         self.ttl_s = ttl_s
         self._entries: LRUCache = LRUCache(maxsize=max(1, max_bytes), getsizeof=lambda e: e.nbytes)
+        # Users found too large, with their row count then: they search the table, not the cache,
+        # until they shrink or the TTL passes (no reload per search).
+        self._too_large: TTLCache = TTLCache(maxsize=10_000, ttl=ttl_s)
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
         self.hits = self.loads = self.refreshes = 0
 
     @property
@@ -88,17 +94,33 @@ class VectorCache:
     def get(self, user_id: str) -> UserVectors | None:
         with self._lock:
             entry = self._entries.get(user_id)
-        if entry is not None and time.monotonic() - entry.loaded_at > self.ttl_s:
-            self.drop(user_id)
-            return None
+            if entry is not None and time.monotonic() - entry.loaded_at > self.ttl_s:
+                del self._entries[user_id]
+                return None
         return entry
 
-    def put(self, user_id: str, entry: UserVectors) -> None:
-        if entry.nbytes > self.max_bytes:
-            self.drop(user_id)
-            return
+    def put(self, user_id: str, entry: UserVectors) -> bool:
+        """Keep the entry; False (and the user remembered as too large) when it exceeds its share."""
         with self._lock:
+            if entry.nbytes > self.max_entry_bytes:
+                self._entries.pop(user_id, None)
+                self._too_large[user_id] = entry.count
+                return False
             self._entries[user_id] = entry
+            return True
+
+    def too_large(self, user_id: str, count: int) -> bool:
+        """Whether a user of `count` rows was found too large at this size or less."""
+        with self._lock:
+            known = self._too_large.get(user_id)
+        return known is not None and count >= known
+
+    def load_lock(self, user_id: str) -> threading.Lock:
+        """One load of a user at a time in this process: concurrent first searches wait for it."""
+        with self._lock:
+            if len(self._loading) > 10_000:
+                self._loading = {u: lock for u, lock in self._loading.items() if lock.locked()}
+            return self._loading.setdefault(user_id, threading.Lock())
 
     def drop(self, user_id: str) -> None:
         with self._lock:

@@ -109,9 +109,45 @@ def test_a_back_dated_swap_is_seen_after_the_ttl(tmp_path):
     assert reader.search("alice", q, k=1)[0]["img_id"] == swapped["img_id"]
 
 
+def test_deleting_one_of_the_newest_rows_then_uploading_is_seen_at_once(tmp_path):
+    """One ingest commit stamps its rows with one created_at: delete one of them, add a photo, and
+    the count is what it was. The new row is newer than every cached one, so it is found."""
+    rng = np.random.default_rng(17)
+    writer, reader = pair(tmp_path)
+    batch = rows_for("alice", rng.standard_normal((20, DIM)).astype(np.float32))
+    stamp = datetime.now(timezone.utc)
+    for row in batch:
+        row["created_at"] = stamp
+    stored = writer.upsert(batch)["rows"]
+    q = rng.standard_normal(DIM).astype(np.float32)
+    reader.search("alice", q, k=3)
+    writer.delete("alice", stored[0]["img_id"])
+    added = writer.upsert(rows_for("alice", q[None, :], start=900))["rows"][0]
+    hits = reader.search("alice", q, k=3)
+    assert hits[0]["img_id"] == added["img_id"] and stored[0]["img_id"] not in ids_of(hits)
+    assert reader._vectors.loads == 2  # same count, one newer row: the counts do not add up, so a reload
+
+
+def test_a_user_too_large_in_bytes_is_loaded_once_then_searched_in_the_table(tmp_path):
+    """Long descriptions make a user larger than its vectors suggest: refused once, then remembered,
+    not reloaded on every search."""
+    rng = np.random.default_rng(19)
+    writer, reader = pair(tmp_path, vector_cache_mb=1)  # at most 256 KiB per user
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)  # 38 KB of vectors
+    rows = rows_for("alice", vectors)
+    for row in rows:
+        row["description"] = "长" * 1000  # ~900 KB of text in all
+    stored = writer.upsert(rows)["rows"]
+    q = rng.standard_normal(DIM).astype(np.float32)
+    truth = [stored[i]["img_id"] for i in cosine_top(vectors, q, 5)[0]]
+    for _ in range(3):
+        assert ids_of(reader.search("alice", q, k=5)) == truth
+    assert reader._vectors.loads == 1 and reader._vectors.get("alice") is None
+
+
 def test_users_too_large_for_the_budget_and_a_disabled_cache_search_the_table(tmp_path):
     rng = np.random.default_rng(13)
-    vectors = rng.standard_normal((6000, DIM)).astype(np.float32)  # 6000 x 184 B ~ 1.05 MiB
+    vectors = rng.standard_normal((6000, DIM)).astype(np.float32)  # 6000 x 128 B of vectors > 256 KiB
     writer, small = pair(tmp_path, vector_cache_mb=1)
     stored = writer.upsert(rows_for("alice", vectors) + rows_for("bob", vectors[:10]))["rows"]
     off = Gallery.open(StorageSettings(lancedb_uri=str(tmp_path / "db"), vector_cache_mb=0), dim=DIM,
