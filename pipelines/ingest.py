@@ -54,17 +54,16 @@ def embedder_shape(config: EmbedderConfig) -> tuple[int, int]:
     A local checkpoint's config.json is read as it is: importing transformers here would cost the
     job's driver a second or two before any task starts.
     """
-    folder = Path(config.model)
-    if (folder / "config.json").is_file():
-        cfg = json.loads((folder / "config.json").read_text())
-        dim = int(cfg.get("projection_dim") or cfg["text_config"]["hidden_size"])
-        return dim, int(cfg["vision_config"]["image_size"])
-    from transformers import AutoConfig
+    local = Path(config.model) / "config.json"
+    if local.is_file():
+        cfg = json.loads(local.read_text())
+    else:
+        from transformers import AutoConfig
 
-    kw = {"revision": config.revision} if config.revision else {}
-    hub = AutoConfig.from_pretrained(config.model, trust_remote_code=False, **kw)
-    dim = int(getattr(hub, "projection_dim", 0) or hub.text_config.hidden_size)
-    return dim, int(hub.vision_config.image_size)
+        kw = {"revision": config.revision} if config.revision else {}
+        cfg = AutoConfig.from_pretrained(config.model, trust_remote_code=False, **kw).to_dict()
+    dim = int(cfg.get("projection_dim") or cfg["text_config"]["hidden_size"])
+    return dim, int(cfg["vision_config"]["image_size"])
 
 
 def absolute_storage(settings: StorageSettings) -> StorageSettings:

@@ -460,18 +460,22 @@ class Gallery:
                 .limit(None).to_arrow())
 
     def _entry(self, version: int, tbl: pa.Table, *, after: UserVectors | None = None) -> UserVectors:
+        """An entry of the rows in `tbl` (as `_user_rows_arrow` reads them), appended to `after` if given."""
         vectors = unit_rows(_vectors_of(tbl, self.dim))
         row_ids = tbl.column("_rowid").to_numpy().astype(np.uint64)
         rows = tbl.drop_columns(["vector", "_rowid"]).combine_chunks()
+        keys = rows.column(PRIMARY_KEY).to_pylist()
+        created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        newest = int(created.max()) if len(created) else 0
+        loaded_at = time.monotonic()
         if after is not None:
             vectors = np.concatenate([after.vectors, vectors])
             row_ids = np.concatenate([after.row_ids, row_ids])
             rows = pa.concat_tables([after.rows, rows]).combine_chunks()
-        created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-        newest = int(created.max()) if len(created) else 0
-        return UserVectors(version=version, count=rows.num_rows, newest_us=newest,
-                           keys=rows.column(PRIMARY_KEY).to_pylist(), row_ids=row_ids, vectors=vectors, rows=rows,
-                           loaded_at=after.loaded_at if after is not None else time.monotonic())
+            keys = after.keys + keys
+            newest, loaded_at = max(after.newest_us, newest), after.loaded_at
+        return UserVectors(version=version, count=rows.num_rows, newest_us=newest, keys=keys, row_ids=row_ids,
+                           vectors=vectors, rows=rows, loaded_at=loaded_at)
 
     def _load_user(self, user_id: str, version: int) -> UserVectors | None:
         count = self.count(user_id)
@@ -495,12 +499,10 @@ class Gallery:
         if count == entry.count and newer == 0:
             entry.version = version
         elif count > entry.count and newer == count - entry.count:
-            new = self._user_rows_arrow(since)
-            known = set(entry.keys)
-            keep = [i for i, key in enumerate(new.column(PRIMARY_KEY).to_pylist()) if key not in known]
-            if len(keep) != count - entry.count:
+            new = self._user_rows_arrow(since)  # all newer than every cached row: none is cached yet
+            if new.num_rows != count - entry.count:  # a write landed between the counts and this read
                 return self._load_user(user_id, version)
-            entry = self._entry(version, new.take(keep), after=entry)
+            entry = self._entry(version, new, after=entry)
         else:
             return self._load_user(user_id, version)
         self._vectors.refreshes += 1

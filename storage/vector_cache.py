@@ -125,7 +125,3 @@ class VectorCache:
     def drop(self, user_id: str) -> None:
         with self._lock:
             self._entries.pop(user_id, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
