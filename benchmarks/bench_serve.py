@@ -93,9 +93,9 @@ def ensure_kit(size: str) -> Path:
 # -- (a) batching ------------------------------------------------------------------------------------
 def embedder_app(kit: Path, threads: int, max_batch_size: int, wait_s: float, batch_log: Path):
     """The production Embedder shell, built through the same typed options as serve_config.yaml."""
-    from deployments.config import ActorOptions, DeploymentOptions, EmbedderSpec
-    from deployments.embedder import BatchOptions, EmbedderDeployment
+    from deployments.config import ActorOptions, BatchOptions, DeploymentOptions, EmbedderSpec
     from deployments.models.embedder import EmbedderConfig
+    from deployments.serving.roles import EmbedderDeployment
 
     from benchmarks.batch_log import BatchLoggingEmbedder
 

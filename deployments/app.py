@@ -1,4 +1,4 @@
-"""The Serve application builder that serve_config.yaml points at (`deployments.app:build_app`)."""
+"""The Serve application builder that serve configs point at (`deployments.app:build_app`)."""
 
 # No `from __future__ import annotations` here: Serve validates `args` against the builder's
 # annotation, which must be the AppArgs class itself, not a string.
@@ -6,11 +6,8 @@
 from ray.serve import Application
 
 from .config import AppArgs
-from .describer import DescriberDeployment
-from .embedder import EmbedderDeployment
-from .ingress import Ingress
-from .painter import PainterDeployment
-from .writer import WriterDeployment
+from .serving.ingress import Ingress
+from .serving.roles import DescriberDeployment, EmbedderDeployment, PainterDeployment, WriterDeployment
 
 
 def build_app(args: AppArgs) -> Application:
@@ -33,5 +30,5 @@ def compose(args: AppArgs, model_classes: dict[str, type] | None = None) -> Appl
     describer = bind(DescriberDeployment, args.describer, "describer")
     painter = bind(PainterDeployment, args.painter, "painter")
     return Ingress.options(**args.ingress.deployment.serve_options()).bind(
-        embedder, writer, describer, painter, args.ingress.model_dump(), args.storage
+        embedder, writer, describer, painter, args.ingress_args()
     )

@@ -1,12 +1,28 @@
-"""The typed arguments of the Serve application: serve_config.yaml's `args` validate against AppArgs."""
+"""The typed arguments of the Serve application: serve_config.yaml's `args` validate against AppArgs.
+
+Every section is strict: an unknown or misspelt key anywhere in `args` is refused when the config is
+loaded, naming the key. `python -m deployments.config FILE` checks a whole serve config file (Serve's
+own schema, then each application's `args`) without starting anything.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.config import IngestSpec, ZipLimits
+from storage.settings import StorageArgs
 
 from .models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+
+__all__ = ["AppArgs", "BatchOptions", "DeploymentOptions", "IngestSpec", "IngressArgs", "IngressSpec", "ZipLimits"]
+
+# Buckets of every latency histogram the service exports (model calls and HTTP routes), in seconds.
+LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 
 
 class BatchOptions(BaseModel):
@@ -112,84 +128,15 @@ class Caches(_Strict):
     redis_url: str | None = Field(None, description="Optional shared second level, e.g. redis://127.0.0.1:6379/0.")
 
 
-class ZipLimits(_Strict):
-    """Bounds a .zip must meet before anything in it is read (zip bombs)."""
-
-    max_entries: int = Field(10_000, ge=1, description="Most entries (files and folders) one archive may list.")
-    max_total_bytes: int = Field(
-        2 * 1024**3, ge=1, description="Most uncompressed bytes all entries together may declare."
-    )
-    max_ratio: float = Field(
-        100.0, ge=1, description="Largest uncompressed/compressed ratio of an entry over 1 MiB; photos are near 1."
-    )
-
-
-class IngestSpec(_Strict):
-    """Bulk ingestion jobs (pipelines.ingest): their resource caps keep interactive replicas served.
-
-    The whole job (read tasks + embedding actors) never holds more than `max_cpus`/`max_gpus` of the
-    cluster, and every task and actor asks for an explicit fraction: at Ray's default of one CPU
-    per actor, a 2-core machine starves the read tasks and the job hangs.
-    """
-
-    max_cpus: float = Field(1.0, gt=0, description="Logical CPUs one job may hold in all (Ray Data resource limit).")
-    max_gpus: float = Field(0.0, ge=0, description="GPU share one job may hold in all.")
-    read_tasks: int = Field(2, ge=1, description="Read/check/decode tasks running at once.")
-    read_num_cpus: float = Field(0.25, gt=0, description="Logical CPUs per read task.")
-    read_batch_size: int = Field(16, ge=1, description="Files per read task call.")
-    embed_actors: int = Field(1, ge=1, description="Size of the embedding actor pool; each loads the model once.")
-    embed_num_cpus: float = Field(0.5, gt=0, description="Logical CPUs per embedding actor.")
-    embed_num_gpus: float = Field(0.0, ge=0, description="GPU share per embedding actor, e.g. 0.1.")
-    embed_threads: int = Field(1, ge=1, description="torch CPU threads per embedding actor.")
-    batch_size: int = Field(32, ge=1, le=1024, description="Images per forward pass of the image tower.")
-    write_batch_size: int = Field(64, ge=1, description="Rows per gallery commit (through the one GalleryWriter).")
-    display_max_side: int = Field(
-        480,
-        ge=64,
-        description="Long side of an ingested image's display copy. Small enough that JPEGs decode at 1/4 or "
-        "1/8 scale (Pillow draft); raise it toward storage.display_max_side for sharper copies at a higher cost.",
-    )
-    driver_num_cpus: float = Field(0.05, gt=0, description="Logical CPUs of the job's driver (an actor or a Ray job).")
-    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a driver's reports to the job ledger.")
-    stale_after_s: float = Field(
-        30.0, gt=0, description="A running job whose driver has not reported for this long is marked failed."
-    )
-    queue_timeout_s: float = Field(
-        300.0, gt=0, description="A job whose driver has not started after this long is marked failed."
-    )
-    submitter: Literal["actor", "jobs"] = Field(
-        "actor",
-        description="How the API starts a job: 'actor' runs the driver in a detached actor (no dashboard needed); "
-        "'jobs' submits `python -m pipelines.ingest --job ID` through the Ray Jobs API at `jobs_address`.",
-    )
-    jobs_address: str = Field("http://127.0.0.1:8265", description="Ray dashboard address for submitter 'jobs'.")
-    jobs_runtime_env: dict[str, Any] | None = Field(
-        None, description="runtime_env of jobs submitted through the Jobs API (working_dir, pip...)."
-    )
-    max_upload_bytes: int = Field(
-        256 * 1024**2, ge=1, description="Largest POST /api/init/upload body (all files, or the zip)."
-    )
-    max_files: int = Field(10_000, ge=1, description="Most files one job may hold (multipart files or zip entries).")
-    zip: ZipLimits = Field(default_factory=ZipLimits)
-    poll_s: float = Field(0.25, gt=0, description="How often the SSE stream re-reads a job's status.")
-    embedder: EmbedderConfig | None = Field(
-        None, description="The embedding model of the jobs; left empty, the app's `embedder.model` (same table)."
-    )
-
-
 class IngressSpec(_Strict):
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=256)
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     caches: Caches = Field(default_factory=Caches)
-    max_search_k: int = Field(100, ge=1, description="Largest k a search may ask for.")
     signed_url_ttl_s: int = Field(3600, ge=10, description="Lifetime of a signed image URL.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
     enhance_search: bool = Field(True, description="Translate non-English search text with the Writer before CLIP.")
-    ingest: IngestSpec | None = Field(
-        None, description="Filled from the app's top-level `ingest` section when AppArgs validates; leave it out."
-    )
 
 
 class AppArgs(_Strict):
@@ -201,16 +148,80 @@ class AppArgs(_Strict):
     painter: PainterSpec = Field(default_factory=PainterSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     ingest: IngestSpec = Field(default_factory=IngestSpec, description="Bulk ingestion jobs and their resource caps.")
-    storage: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Overrides of storage.settings.StorageSettings (paths, limits); secrets stay in the environment.",
+    storage: StorageArgs = Field(
+        default_factory=StorageArgs,
+        description="Where the gallery and blobs live and the limits storage enforces (storage.settings); "
+        "what is left out comes from ATELIER_* environment variables, and secrets only from there.",
     )
     environment: Literal["production", "local"] = Field("production", description="Shown in /readyz and logs.")
 
     @model_validator(mode="after")
     def _ingest_follows_the_app(self) -> "AppArgs":
         # Ingested vectors must land in the table search reads: same model id, ingestion's own threads.
-        if self.ingest.embedder is None:
-            self.ingest.embedder = self.embedder.model.model_copy(update={"num_threads": self.ingest.embed_threads})
-        self.ingress.ingest = self.ingest
+        self.ingest = self.ingest.following(self.embedder.model)
         return self
+
+    def ingress_args(self) -> dict:
+        """What the ingress deployment is bound with (IngressArgs as plain data)."""
+        return {"ingress": self.ingress.model_dump(), "storage": self.storage.model_dump(exclude_unset=True),
+                "ingest": self.ingest.model_dump()}
+
+
+class IngressArgs(_Strict):
+    """The sections of the args the ingress deployment needs."""
+
+    ingress: IngressSpec = Field(default_factory=IngressSpec)
+    storage: StorageArgs = Field(default_factory=StorageArgs)
+    ingest: IngestSpec | None = None
+
+
+def check_file(path: Path) -> list[str]:
+    """Problems of a serve config file, each naming where it is and what to do; empty when it is valid."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"{path}: cannot be read as YAML ({exc})"]
+    try:
+        ServeDeploySchema.model_validate(doc)
+    except ValidationError as exc:
+        return [f"{path}: {_where(err)}: {err['msg']} (Ray Serve's config schema)" for err in exc.errors()]
+    problems = []
+    for i, app in enumerate(doc.get("applications") or []):
+        if app.get("import_path") != "deployments.app:build_app":
+            continue  # another project's application: its args are not ours to judge
+        try:
+            AppArgs.model_validate(app.get("args") or {})
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = f"applications[{i}].args.{_where(err)}"
+                hint = ("unknown key: check its spelling against deployments/config.py and storage/settings.py"
+                        if err["type"] == "extra_forbidden" else err["msg"])
+                problems.append(f"{path}: {where}: {hint}")
+    return problems
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.config",
+                                     description="Validate serve config files (Serve's schema and the app's args).")
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    failed = False
+    for path in args.files:
+        problems = check_file(path)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"{path}: ok")
+        failed = failed or bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

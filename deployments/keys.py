@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .auth import add_key
+from .http.auth import add_key
 from .settings import ServiceSettings
 
 

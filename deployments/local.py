@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .auth import add_key
+from .http.auth import add_key
+from .models.configs import MARKER
 from .settings import ServiceSettings
 
 LOCAL_KEY_FILE = Path("data/local_demo_key")
@@ -24,7 +25,7 @@ LOCAL_ADDRESS_FILE = Path("data/local_ray_address")  # for `python -m pipelines.
 def ensure_kit(folder: Path) -> None:
     from .kit import ROLES, build
 
-    missing = [r for r in ROLES if not (folder / r / "atelier_stand_in.json").is_file()]
+    missing = [r for r in ROLES if not (folder / r / MARKER).is_file()]
     if missing:
         print(f"building the tiny offline kit ({', '.join(missing)}) in {folder} ...", flush=True)
         for role in missing:

@@ -22,7 +22,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,9 +31,12 @@ import ray
 from PIL import Image
 
 from deployments.models.configs import EmbedderConfig
+from deployments.models.errors import ModelError
+from pipelines.config import PipelineSections, embedder_shape
 from pipelines.jobs import NAMESPACE, JobSpec, job_id_for, ledger
 from pipelines.sources import Entry, EntryReader, as_url, list_sources
 from storage.errors import AtelierError, InvalidInput, Unavailable
+from storage.rows import new_row
 from storage.settings import StorageSettings
 
 log = logging.getLogger("atelier.ingest")
@@ -47,23 +49,7 @@ ADMITTED = pa.schema([
 ])
 
 
-# -- the embedding model's shape, without loading its weights --------------------------------------
-def embedder_shape(config: EmbedderConfig) -> tuple[int, int]:
-    """(vector dimension, image side) from the checkpoint's config, as `Embedder` reads them.
-
-    A local checkpoint's config.json is read as it is: importing transformers here would cost the
-    job's driver a second or two before any task starts.
-    """
-    local = Path(config.model) / "config.json"
-    if local.is_file():
-        cfg = json.loads(local.read_text())
-    else:
-        from transformers import AutoConfig
-
-        kw = {"revision": config.revision} if config.revision else {}
-        cfg = AutoConfig.from_pretrained(config.model, trust_remote_code=False, **kw).to_dict()
-    dim = int(cfg.get("projection_dim") or cfg["text_config"]["hidden_size"])
-    return dim, int(cfg["vision_config"]["image_size"])
+__all__ = ["IngestRun", "absolute_storage", "embedder_shape", "main", "run_job", "spec_from_config"]
 
 
 def absolute_storage(settings: StorageSettings) -> StorageSettings:
@@ -245,7 +231,7 @@ class IngestRun:
                 self._process(entries)
             if self.stop.is_set():
                 state = "cancelled"
-        except AtelierError as exc:
+        except (AtelierError, ModelError) as exc:
             state, message = "failed", exc.message
         except Exception as exc:  # noqa: BLE001 - the job fails as a whole; a rerun resumes it
             log.exception("job %s failed", self.spec.job_id)
@@ -332,11 +318,10 @@ class IngestRun:
     def _upsert(self, writer, new: list[dict], embed_model: str) -> tuple[list[bool], list[dict]]:
         """(created flag per row that was written, error entries for rows that could not be)."""
         now = datetime.now(timezone.utc)
-        rows = [{"img_id": uuid.uuid4().hex, "user_id": self.spec.user_id, "content_hash": r["content_hash"],
-                 "image_uri": r["image_uri"], "display_uri": r["display_uri"], "width": r["width"],
-                 "height": r["height"], "created_at": now, "source": "ingest", "caption": "", "description": "",
-                 "embed_model": embed_model, "vector": np.frombuffer(r["vector"], dtype=np.float32),
-                 "meta": {"ingest_job": self.spec.job_id, "name": r["name"]}} for r in new]
+        rows = [new_row(user_id=self.spec.user_id, content_hash=r["content_hash"], image_uri=r["image_uri"],
+                        display_uri=r["display_uri"], width=r["width"], height=r["height"], source="ingest",
+                        vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
+                        meta={"ingest_job": self.spec.job_id, "name": r["name"]}, created_at=now) for r in new]
         try:
             return list(_commit(writer, rows)["created"]), []
         except Exception as exc:  # noqa: BLE001 - classified below; rows are never lost silently
@@ -416,21 +401,13 @@ def run_job(spec: JobSpec, *, console: bool = True) -> dict | None:
 
 # -- command line ----------------------------------------------------------------------------------
 def spec_from_config(config: Path, user: str, sources: list[str], *, job_id: str | None = None) -> JobSpec:
-    """A job of `user` over `sources`, with the storage and ingest sections of a Serve config file."""
-    import yaml
-
-    from deployments.config import AppArgs
-
-    doc = yaml.safe_load(config.read_text())
-    apps = doc.get("applications") or []
-    if not apps:
-        raise SystemExit(f"{config} has no `applications`: point --config at a serve_config file")
-    args = AppArgs.model_validate(apps[0].get("args", {}))
-    settings = absolute_storage(StorageSettings(**args.storage))
+    """A job of `user` over `sources`, with the storage, embedder and ingest sections of a Serve config file."""
+    sections = PipelineSections.from_file(config)
+    settings = absolute_storage(sections.settings())
     urls = [as_url(s) for s in sources]
     basis = "cli\x00" + "\x00".join(urls)
     return JobSpec(job_id=job_id or job_id_for(user, basis), user_id=user, sources=urls,
-                   storage=settings.model_dump(), ingest=args.ingest,
+                   storage=settings.model_dump(), ingest=sections.job_ingest(),
                    fingerprint=hashlib.sha256(basis.encode()).hexdigest())
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.config import IngestSpec
+from pipelines.config import IngestSpec
 
 NAMESPACE = "atelier"
 LEDGER_ACTOR = "atelier_ingest_jobs"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,3 +104,25 @@ class StorageSettings(BaseSettings):
         description="optimize() removes table versions older than this; deleted rows survive in old versions "
         "until then, and readers still on a removed version fail.",
     )
+
+
+# Credentials never come from a config file: a serve config that names them is refused.
+SECRET_FIELDS = ("s3_access_key_id", "s3_secret_access_key")
+
+
+class _StorageArgsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def settings(self) -> StorageSettings:
+        """The storage settings: the values given here, then ATELIER_* environment variables, then defaults."""
+        return StorageSettings(**self.model_dump(exclude_unset=True))
+
+
+StorageArgs = create_model(
+    "StorageArgs",
+    __base__=_StorageArgsBase,
+    __doc__="The `storage` section of a serve config: StorageSettings' fields (secrets excepted), typed and "
+            "strict, so a misspelt key is refused when the config loads instead of silently ignored.",
+    **{name: (field.annotation, field) for name, field in StorageSettings.model_fields.items()
+       if name not in SECRET_FIELDS},
+)

@@ -98,7 +98,7 @@ def service(ray_cluster, tiny_kit, tmp_path_factory) -> Service:
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.auth import add_key
+    from deployments.http.auth import add_key
 
     keys_file = ray_cluster["env"]["ATELIER_KEYS_FILE"]
     keys = {user: add_key(keys_file, user) for user in ("alice", "bob")}

@@ -14,11 +14,11 @@ from typing import Callable, Literal
 
 import torch
 
+from ..models.configs import MARKER
 from . import tokenizers as tk
 
 Size = Literal["tiny", "full"]
 ROLES = ("embedder", "writer", "describer", "painter")
-MARKER = "atelier_stand_in.json"
 
 # ChatML, the template family of Qwen2.5 and InternVL3: the production chat format.
 WRITER_CHAT_TEMPLATE = (

@@ -9,8 +9,9 @@ from importlib import import_module
 _WHERE = {
     "ModelConfig": "configs", "EmbedderConfig": "configs", "WriterConfig": "configs", "PainterConfig": "configs",
     "DescriberConfig": "configs",
-    "DescriberInputError": "errors", "EmbedderInputError": "errors", "ModelNotFound": "errors",
-    "ModelUnavailable": "errors", "PainterInputError": "errors", "WriterInputError": "errors",
+    "DescriberInputError": "errors", "EmbedderInputError": "errors", "ModelError": "errors",
+    "ModelInputError": "errors", "ModelNotFound": "errors", "ModelUnavailable": "errors",
+    "PainterInputError": "errors", "WriterInputError": "errors", "MARKER": "configs",
     "ModelRole": "base", "Describer": "describer", "Embedder": "embedder", "Painter": "painter",
     "PaintResult": "painter", "Writer": "writer", "ChatResult": "writer",
 }

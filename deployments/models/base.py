@@ -13,8 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..kit.builders import MARKER
-from .configs import ModelConfig
+from .configs import MARKER, ModelConfig
 from .errors import ModelNotFound
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")

@@ -8,6 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The file the kit writes into every stand-in's folder: a model loaded from such a folder answers
+# with `random_weights: true`.
+MARKER = "atelier_stand_in.json"
 _WXH = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 import time
@@ -96,6 +97,20 @@ class Painter(ModelRole):
         if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
             raise PainterInputError("seed must be an integer in 0..2**63-1", field="seed")
         return w, h, steps, float(guidance)
+
+    def size_of(self, prompt: str, size: str | None, steps: int | None, seed: int | None,
+                guidance: float | None = None) -> str:
+        """check() for a caller that only needs the size: 'WxH'."""
+        w, h, _, _ = self.check(prompt, size, steps, guidance, seed)
+        return f"{w}x{h}"
+
+    def as_answer(self, result: PaintResult) -> dict:
+        """A painted image as it travels on (to the service, across processes): PNG bytes and its facts."""
+        buf = io.BytesIO()
+        result.image.save(buf, format="PNG")
+        return {"png": buf.getvalue(), "seed": result.seed, "size": result.size, "width": result.width,
+                "height": result.height, "steps": result.steps, "guidance": result.guidance,
+                "timings": result.timings, "model_id": self.model_id, "random_weights": self.random_weights}
 
     def paint(self, prompt: str, *, size: str | None = None, steps: int | None = None,
               guidance: float | None = None, seed: int | None = None) -> PaintResult:

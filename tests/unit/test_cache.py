@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from deployments.cache import AnswerCache
+from deployments.service.cache import AnswerCache
 
 pytestmark = pytest.mark.integration
 

@@ -58,3 +58,45 @@ def test_local_config_differs_only_in_models_and_resources():
 def test_bad_configs_are_refused_with_the_field_named(patch, where):
     with pytest.raises(ValidationError, match=where):
         AppArgs.model_validate(patch)
+
+
+def _check(*files) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "deployments.config", *map(str, files)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_config_command_passes_both_configs():
+    done = _check("serve_config.yaml", "serve_config.local.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "serve_config.yaml: ok" in done.stdout and "serve_config.local.yaml: ok" in done.stdout
+
+
+@pytest.mark.parametrize("section, key", [("storage", "lancedb_urii"), ("storage", "s3_secret_access_key"),
+                                          ("ingest", "max_cpu"), ("ingress", "max_search_k")])
+def test_config_command_names_a_misspelt_or_forbidden_key(tmp_path, section, key):
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"].setdefault(section, {})[key] = "x"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    done = _check(bad)
+    assert done.returncode == 1
+    assert f"args.{section}.{key}" in done.stderr, done.stderr
+
+
+def test_config_command_refuses_what_serve_itself_refuses(tmp_path):
+    config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
+    config["proxy_location"] = "Everywhere"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    done = _check(bad)
+    assert done.returncode == 1 and "proxy_location" in done.stderr and "Serve" in done.stderr, done.stderr
+
+
+def test_storage_section_leaves_unset_values_to_the_environment(monkeypatch):
+    monkeypatch.setenv("ATELIER_BLOB_ROOT", "/srv/blobs")
+    args = AppArgs.model_validate({"storage": {"lancedb_uri": "/srv/lancedb"}})
+    settings = args.storage.settings()
+    assert (settings.lancedb_uri, settings.blob_root) == ("/srv/lancedb", "/srv/blobs")

@@ -1,28 +1,29 @@
-"""Storage as the ingress uses it: intake, blobs and the gallery composed into a user's library.
+"""Storage as the product service uses it: intake, blobs and the gallery composed into a user's library.
 
-Reads go straight to LanceDB from the replica; every write goes through the cluster's one
-GalleryWriter actor. Blobs are written before the row (the row is what makes an image exist)
-and deleted after it.
+Reads go straight to LanceDB from this process; every write goes through the gallery's one writer:
+the cluster's GalleryWriter actor (`storage.gallery_writer`), or, in a process without Ray (the
+in-process test tier), this process's own Gallery. Blobs are written before the row (the row is
+what makes an image exist) and deleted after it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from storage.blobs import open_blob_store, store_image, user_prefix
+from storage.blobs import media_type, open_blob_store, store_image, user_prefix
+from storage.calls import Calls
 from storage.errors import NotFound
-from storage.gallery_writer import gallery_writer
-from storage.intake import ImageIntake, IntakeResult
+from storage.intake import DecodedImage, ImageIntake, IntakeResult
+from storage.rows import new_row
 from storage.settings import StorageSettings
 
 
 class Library:
-    def __init__(self, settings: StorageSettings, *, dim: int, embed_model: str):
+    def __init__(self, settings: StorageSettings, *, dim: int, embed_model: str,
+                 writer: Literal["actor", "local"] = "actor"):
         from storage.gallery import Gallery
 
         self.settings = settings
@@ -32,7 +33,12 @@ class Library:
         self.gallery = Gallery.open(settings, dim=dim, embed_model=embed_model)
         # Loads jieba's dictionary and the indexes now, not on a user's first Chinese search.
         self.gallery.warm_up()
-        self.writer = gallery_writer(settings, dim, embed_model)
+        if writer == "actor":
+            from storage.gallery_writer import gallery_writer
+
+            self.writer = Calls(gallery_writer(settings, dim, embed_model))
+        else:
+            self.writer = Calls(self.gallery, threads=True)
 
     # -- intake -----------------------------------------------------------------------------------
     async def admit(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
@@ -41,7 +47,7 @@ class Library:
                                        model_size=model_size)
 
     async def decode(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
-                     model_size: int | None = None):
+                     model_size: int | None = None) -> DecodedImage:
         return await asyncio.to_thread(self.intake.decode, data, filename=filename, content_type=content_type,
                                        model_size=model_size)
 
@@ -60,8 +66,6 @@ class Library:
 
     async def display(self, user_id: str, img_id: str) -> tuple[bytes, str]:
         """The stored display copy of a user's image, and its media type."""
-        from storage.blobs import media_type
-
         row = await self.get(user_id, img_id)
         key = row.get("display_uri") or row["image_uri"]
         return await asyncio.to_thread(self.blobs.get, key), media_type(key)
@@ -75,23 +79,20 @@ class Library:
         if existing is not None:
             return existing, False
         keys = await asyncio.to_thread(store_image, self.blobs, user_id, image)
-        row = {
-            "img_id": uuid.uuid4().hex, "user_id": user_id, "content_hash": image.content_hash,
-            "image_uri": keys.original, "display_uri": keys.display, "width": image.width, "height": image.height,
-            "created_at": datetime.now(timezone.utc), "source": source, "caption": caption or "",
-            "description": description or "", "embed_model": self.embed_model,
-            "vector": np.asarray(vector, dtype=np.float32), "meta": meta or {},
-        }
-        result = await self.writer.upsert.remote([row])
+        row = new_row(user_id=user_id, content_hash=image.content_hash, image_uri=keys.original,
+                      display_uri=keys.display, width=image.width, height=image.height, source=source,
+                      vector=vector, embed_model=self.embed_model, caption=caption, description=description,
+                      meta=meta)
+        result = await self.writer.upsert([row])
         return result["rows"][0], bool(result["created"][0])
 
     async def update(self, user_id: str, img_id: str, **fields) -> dict:
-        row = await self.writer.update.remote(user_id, img_id, **fields)
-        self.gallery.forget(user_id)  # this replica's cached rows of the user hold the old texts
+        row = await self.writer.update(user_id, img_id, **fields)
+        self.gallery.forget(user_id)  # this process's cached rows of the user hold the old texts
         return row
 
     async def delete(self, user_id: str, img_id: str) -> None:
-        row = await self.writer.delete.remote(user_id, img_id)
+        row = await self.writer.delete(user_id, img_id)
         self.gallery.forget(user_id)
         if row is None:
             raise NotFound("no such image")
@@ -100,6 +101,6 @@ class Library:
             await asyncio.to_thread(self.blobs.delete, key)
 
     async def delete_user(self, user_id: str) -> None:
-        await self.writer.delete_user.remote(user_id)
+        await self.writer.delete_user(user_id)
         self.gallery.forget(user_id)
         await asyncio.to_thread(self.blobs.delete_prefix, user_prefix(user_id))

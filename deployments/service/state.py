@@ -1,7 +1,8 @@
 """Service state every ingress replica shares: per-operation stats and idempotency records.
 
-Both live in named Ray actors, not in a replica, so all replicas see one view and a replica
-restart loses nothing.
+Plain classes: in a cluster each lives in one named Ray actor (`shared()`), not in a replica, so
+all replicas see one view and a replica restart loses nothing; the in-process test tier holds
+them directly (`in_process()`). Either way the service calls them through `storage.calls.Calls`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import time
 from collections import defaultdict, deque
 
 import numpy as np
-import ray
 from cachetools import TTLCache
+
+from storage.calls import Calls
 
 STATS_ACTOR = "atelier_stats"
 IDEMPOTENCY_ACTOR = "atelier_idempotency"
+NAMESPACE = "atelier"
 
 
-@ray.remote(num_cpus=0.01, max_restarts=-1)
 class StatsLedger:
     """count/errors/avg/min/max/p50/p95 per operation over the whole service (a window of recent calls)."""
 
@@ -52,7 +54,6 @@ class StatsLedger:
         return None
 
 
-@ray.remote(num_cpus=0.01, max_restarts=-1)
 class IdempotencyLedger:
     """(user, Idempotency-Key) -> the first answer, for a day; a retry in flight is told to wait."""
 
@@ -81,6 +82,27 @@ class IdempotencyLedger:
             self._done.pop(k, None)
 
 
-def named(actor_cls, name: str):
+class StatsCalls(Calls):
+    def record_nowait(self, op: str, seconds: float, ok: bool) -> None:
+        try:
+            self.nowait("record", op, seconds, ok)
+        except Exception:  # noqa: BLE001 - the ledger restarting must not break serving
+            pass
+
+
+def named(cls, name: str):
     """The cluster's one instance of a state actor, created by whoever asks first."""
-    return actor_cls.options(name=name, namespace="atelier", get_if_exists=True, lifetime="detached").remote()
+    import ray
+
+    actor = ray.remote(num_cpus=0.01, max_restarts=-1)(cls)
+    return actor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
+
+
+def shared() -> tuple[StatsCalls, Calls]:
+    """(stats, idempotency) as the cluster's named actors."""
+    return StatsCalls(named(StatsLedger, STATS_ACTOR)), Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR))
+
+
+def in_process() -> tuple[StatsCalls, Calls]:
+    """(stats, idempotency) held by this process alone (the in-process test tier)."""
+    return StatsCalls(StatsLedger()), Calls(IdempotencyLedger())

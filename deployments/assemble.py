@@ -1,0 +1,69 @@
+"""Wiring: a ProductService and its HTTP app from the typed config, over Serve handles or in-process models.
+
+The Serve ingress (`deployments.serving.ingress`) and the in-process test tier both assemble the
+service here, so they differ only in how the models, the gallery writer and the ledgers are reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI
+
+from deployments.config import IngressSpec
+from deployments.http.app import Edge, create_app
+from deployments.http.auth import KeyRing, UrlSigner, load_secret
+from deployments.service import Policy, ProductService
+from deployments.service.cache import AnswerCache
+from deployments.service.ingest import IngestDesk
+from deployments.service.models import ModelGateway
+from deployments.settings import ServiceSettings
+from pipelines.config import IngestSpec
+from storage.settings import StorageSettings
+
+
+def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec | None,
+             settings: ServiceSettings | None = None) -> Edge:
+    """Keys, URL signing and body limits of the HTTP edge."""
+    settings = settings or ServiceSettings()
+    secret = load_secret(settings.url_secret.get_secret_value() if settings.url_secret else None,
+                         settings.url_secret_file)
+    upload = storage.max_upload_bytes + 256 * 1024  # multipart framing on top of the file
+    limits = {"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
+              "/v1/chat/completions": 4 * upload}
+    if ingest is not None:
+        limits["/api/init/upload"] = IngestDesk(ingest, storage).body_limit
+    return Edge(keys=KeyRing.load(settings.keys_file), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
+                body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=1 << 20,
+                max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)
+
+
+def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: StorageSettings,
+                    ingest: IngestSpec | None, in_process: bool) -> ProductService:
+    """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process."""
+    from deployments.service import state
+    from storage.library import Library
+
+    caches = ingress.caches
+    stats, idempotency = state.in_process() if in_process else state.shared()
+
+    async def open_library(dim: int, embed_model: str) -> Library:
+        # Opening warms the gallery (indexes, jieba's dictionary): off the event loop.
+        return await asyncio.to_thread(Library, storage, dim=dim, embed_model=embed_model,
+                                       writer="local" if in_process else "actor")
+
+    return ProductService(
+        models,
+        policy=Policy(timeouts=ingress.timeouts, retry_after_s=ingress.retry_after_s,
+                      enhance_search=ingress.enhance_search),
+        cache=AnswerCache(lru_size=caches.lru_size, ttl_s=caches.ttl_s, redis_url=caches.redis_url),
+        library_factory=open_library, stats=stats, idempotency=idempotency,
+        ingest=None if (ingest is None or in_process) else IngestDesk(ingest, storage),
+    )
+
+
+def in_process_app(models: ModelGateway, *, ingress: IngressSpec, storage: StorageSettings,
+                   settings: ServiceSettings | None = None) -> FastAPI:
+    """The whole HTTP surface in this process (no Ray): the fast test tier drives it with a test client."""
+    service = product_service(models, ingress=ingress, storage=storage, ingest=None, in_process=True)
+    return create_app(service, edge_for(ingress, storage, None, settings), echo_request_id=True)

@@ -1,0 +1,201 @@
+"""The product API of shared/API.md: health, stats, text, generation, the gallery, search and describe.
+
+Thin routes: parse, call the ProductService, shape the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.service import ProductService
+from storage.errors import InvalidInput
+
+from .deps import caller, current_request_id, image_url, record_out, service
+
+router = APIRouter()
+
+
+class TextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=4000)
+    flag: Literal["prompt_enhancement", "description"] = "prompt_enhancement"
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=2000)
+    size: str = "medium"
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    steps: int | None = Field(None, ge=1, le=50)
+    enhance: bool = True
+    save_to_gallery: bool = True
+
+
+class DescribeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    img_id: str = Field(..., min_length=1, max_length=64)
+    instruction: str | None = Field(None, max_length=2000)
+
+
+# -- health and operations --------------------------------------------------------------------------
+@router.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(svc: ProductService = Depends(service)):
+    results = await svc.readiness()
+    not_ready = sorted(n for n, ok in results.items() if not ok)
+    body = {"status": "ready" if not not_ready else "not_ready", "models": results, "not_ready": not_ready}
+    return JSONResponse(body, status_code=200 if not not_ready else 503)
+
+
+@router.get("/api/stats")
+async def stats(user: str = Depends(caller), svc: ProductService = Depends(service)):
+    return {"operations": await svc.operation_stats()}
+
+
+@router.delete("/api/me", status_code=204)
+async def delete_me(user: str = Depends(caller), svc: ProductService = Depends(service)):
+    await svc.delete_user(user)
+    return Response(status_code=204)
+
+
+# -- text and images --------------------------------------------------------------------------------
+@router.post("/api/text")
+async def text(body: TextRequest, user: str = Depends(caller), svc: ProductService = Depends(service)):
+    info = await svc.models.info("writer")
+    if body.flag == "prompt_enhancement":
+        out, degraded = await svc.enhance(body.text, current_request_id())
+    else:
+        out, degraded = await svc.post_text(body.text, current_request_id())
+    return {"text": out, "flag": body.flag, "degraded": degraded, "random_weights": info["random_weights"]}
+
+
+@router.post("/api/generate/image")
+async def generate_image(request: Request, body: GenerateRequest,
+                         idempotency_key: str | None = Header(None, max_length=200),
+                         user: str = Depends(caller), svc: ProductService = Depends(service)):
+    size = await svc.check_paint(body.text, body.size, body.steps, body.seed)
+
+    async def work() -> dict:
+        [g] = await svc.paint(user, body.text, size=size, steps=body.steps, seed=body.seed, enhance=body.enhance,
+                              keep=body.save_to_gallery, request_id=current_request_id())
+        p = g.painted
+        return {
+            "image_url": (image_url(request, user, g.row["img_id"]) if g.row is not None
+                          else "data:image/png;base64," + base64.b64encode(p["png"]).decode()),
+            "img_id": g.row["img_id"] if g.row is not None else None,
+            "generation_time": p["timings"]["total_s"], "size": p["size"],
+            "prompt": {"original": g.original, "used": g.used}, "seed": p["seed"], "degraded": g.degraded,
+            "random_weights": bool(p["random_weights"] or (body.enhance and await svc.writer_random())),
+        }
+
+    return await svc.idempotent(user, idempotency_key, body.model_dump_json(), work)
+
+
+# -- gallery ----------------------------------------------------------------------------------------
+@router.post("/api/images", status_code=201)
+async def upload_image(request: Request, file: UploadFile = File(...), caption: str | None = Form(None),
+                       user: str = Depends(caller), svc: ProductService = Depends(service)):
+    if caption is not None and len(caption) > 2000:
+        raise InvalidInput("caption has more than 2000 characters", field="caption")
+    row, created = await svc.keep_upload(user, await file.read(), filename=file.filename,
+                                         content_type=file.content_type, caption=caption)
+    return JSONResponse(record_out(request, user, row), status_code=201 if created else 200)
+
+
+@router.get("/api/images")
+async def list_images(request: Request, limit: int = Query(20, ge=1, le=100),
+                      cursor: str | None = Query(None, max_length=500),
+                      user: str = Depends(caller), svc: ProductService = Depends(service)):
+    rows, next_cursor = await svc.list_images(user, limit, cursor)
+    return {"items": [record_out(request, user, r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/api/images/{img_id}")
+async def get_image(request: Request, img_id: str, user: str = Depends(caller),
+                    svc: ProductService = Depends(service)):
+    return record_out(request, user, await svc.get_image(user, img_id))
+
+
+@router.delete("/api/images/{img_id}", status_code=204)
+async def delete_image(img_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
+    await svc.delete_image(user, img_id)
+    return Response(status_code=204)
+
+
+@router.get("/api/images/{img_id}/file")
+async def image_file(request: Request, img_id: str, sig: str | None = Query(None, max_length=2000),
+                     svc: ProductService = Depends(service)):
+    """The display copy: with a valid signature (an <img> tag), or with the owner's key."""
+    user = request.app.state.edge.signer.verify(sig, img_id) if sig is not None else caller(request)
+    data, mime = await svc.image_file(user, img_id)
+    return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=300",
+                                                    "X-Content-Type-Options": "nosniff"})
+
+
+# -- search -----------------------------------------------------------------------------------------
+def _check_k(request: Request, k: int) -> int:
+    most = request.app.state.edge.max_search_k
+    if not 1 <= k <= most:
+        raise InvalidInput(f"k={k} is out of range; use 1..{most}", field="k")
+    return k
+
+
+def _results(request: Request, user: str, hits: list[dict]) -> list[dict]:
+    return [{"img_id": h["img_id"], "image_url": image_url(request, user, h["img_id"]),
+             "score": float(h["score"]), "caption": h.get("caption") or "",
+             "description": h.get("description") or ""} for h in hits]
+
+
+@router.get("/api/search")
+async def search(request: Request, q: str = Query(..., min_length=1, max_length=1000), k: int = Query(10),
+                 user: str = Depends(caller), svc: ProductService = Depends(service)):
+    _check_k(request, k)
+    if not q.strip():
+        raise InvalidInput("q is blank; send some words to search for", field="q")
+    found = await svc.search(user, q, k, current_request_id())
+    return {"query": {"text": found.text, "english": found.english},
+            "results": _results(request, user, found.hits), "degraded": found.degraded}
+
+
+@router.post("/api/search/by-image")
+async def search_by_image(request: Request, file: UploadFile = File(...), k: int = Form(10),
+                          user: str = Depends(caller), svc: ProductService = Depends(service)):
+    _check_k(request, k)
+    found = await svc.search_by_image(user, await file.read(), k, filename=file.filename,
+                                      content_type=file.content_type)
+    return {"query": {"text": None, "english": None}, "results": _results(request, user, found.hits)}
+
+
+# -- describe ---------------------------------------------------------------------------------------
+@router.post("/api/describe")
+async def describe(request: Request, user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """multipart `file`, or JSON {"img_id"}: the vision model's description and a Chinese post text."""
+    img_id = instruction = None
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("send the image as the multipart field `file`", field="file")
+        instruction = form.get("instruction") if isinstance(form.get("instruction"), str) else None
+        image = await svc.decode_image(await upload.read(), filename=upload.filename,
+                                       content_type=upload.content_type)
+    else:
+        try:
+            body = DescribeRequest.model_validate(json.loads(await request.body() or b"null"))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput('send multipart `file` or JSON {"img_id": "..."}', field="img_id") from exc
+        img_id, instruction = body.img_id, body.instruction
+        image = await svc.gallery_image(user, img_id)
+    out = await svc.describe(user, image, img_id=img_id, instruction=instruction, request_id=current_request_id())
+    return {"description": out.description, "caption_zh": out.post_text, "img_id": out.img_id,
+            "degraded": out.degraded, "random_weights": out.random_weights}

@@ -1,0 +1,39 @@
+"""What every router asks of a request: the service, the edge's helpers, the caller, and answer shapes."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from deployments.service import ProductService
+
+from .app import Edge, current_request_id
+
+__all__ = ["caller", "current_request_id", "edge", "image_url", "record_out", "service"]
+
+
+def service(request: Request) -> ProductService:
+    return request.app.state.service
+
+
+def edge(request: Request) -> Edge:
+    return request.app.state.edge
+
+
+def caller(request: Request) -> str:
+    """The user id of the request's bearer key (401 otherwise)."""
+    return edge(request).keys.user_for(request.headers.get("authorization"))
+
+
+def image_url(request: Request, user_id: str, img_id: str) -> str:
+    """The signed, expiring URL of an image's display copy, relative to this service's root."""
+    token = edge(request).signer.sign(user_id, img_id)
+    return f"{request.scope.get('root_path', '')}/api/images/{img_id}/file?sig={token}"
+
+
+def record_out(request: Request, user_id: str, row: dict) -> dict:
+    """A gallery row as the API shows it."""
+    out = {k: row.get(k) for k in ("img_id", "width", "height", "content_hash", "caption", "description", "source")}
+    created = row.get("created_at")
+    out["created_at"] = created.isoformat() if hasattr(created, "isoformat") else created
+    out["image_url"] = image_url(request, user_id, row["img_id"])
+    return out

@@ -1,0 +1,71 @@
+"""Bulk ingestion endpoints of shared/API.md: /api/init/upload (start, list, status, SSE events, cancel).
+
+Thin routes over the ProductService's ingest desk (`deployments.service.ingest`).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException
+
+from deployments.service import ProductService
+from deployments.service.ingest import IngestDesk, UploadPart
+from storage.errors import InvalidInput, Unavailable
+
+from .deps import caller, service
+
+router = APIRouter()
+
+
+def _desk(svc: ProductService) -> IngestDesk:
+    if svc.ingest is None:
+        raise Unavailable("bulk ingestion is not configured on this service", code="ingest_unavailable")
+    return svc.ingest
+
+
+@router.post("/api/init/upload", status_code=202)
+async def init_upload(request: Request, idempotency_key: str | None = Header(None, max_length=200),
+                      user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """Several `files`, or one .zip (as `file` or `files`) -> 202 {job_id, state, ...}."""
+    desk = _desk(svc)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidInput("send multipart form data: several images as `files`, or one .zip", field="files")
+    try:
+        form = await request.form(max_files=desk.spec.max_files, max_fields=8)
+    except HTTPException as exc:
+        raise InvalidInput(f"the upload could not be read ({exc.detail}); send at most {desk.spec.max_files} files",
+                           field="files") from None
+    try:
+        uploads = [UploadPart(u.filename, u.file) for key in ("files", "file") for u in form.getlist(key)
+                   if not isinstance(u, str)]
+        status, fresh = await desk.start(user, uploads, idempotency_key)
+    finally:
+        await form.close()
+    return JSONResponse(status, status_code=202 if fresh else 200)
+
+
+@router.get("/api/init/upload")
+async def list_uploads(user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """The caller's ingestion jobs, newest first (without their error lists)."""
+    return {"items": await _desk(svc).list(user)}
+
+
+@router.get("/api/init/upload/{job_id}")
+async def upload_status(job_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
+    return await _desk(svc).status(user, job_id)
+
+
+@router.get("/api/init/upload/{job_id}/events")
+async def upload_events(request: Request, job_id: str, user: str = Depends(caller),
+                        svc: ProductService = Depends(service)):
+    """Server-Sent Events: `progress` at every change of the counters or state, then one `done`."""
+    events = await _desk(svc).events(user, job_id, request.is_disconnected)
+    return EventSourceResponse(events, ping=15)
+
+
+@router.delete("/api/init/upload/{job_id}", status_code=202)
+async def cancel_upload(job_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """Cancel: a queued job at once, a running one after its current commit (what was written stays)."""
+    return JSONResponse(await _desk(svc).cancel(user, job_id), status_code=202)

@@ -1,0 +1,211 @@
+"""Bulk ingestion as a product operation: check and stage an upload, start its job, read, follow and cancel it.
+
+An upload is checked (sizes, file count, zip bombs) and staged in the blob store under the user's
+prefix, then a Ray Data job (`pipelines.ingest`) runs it. Status comes from the cluster's job
+ledger (`pipelines.jobs`), so any replica answers for any job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import re
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import AsyncIterator, BinaryIO
+
+from pipelines.config import IngestSpec
+from storage.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from storage.settings import StorageSettings
+
+log = logging.getLogger("atelier.ingest")
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+MULTIPART_SLACK = 1024 * 1024  # part headers and boundaries on top of the files themselves
+PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class UploadPart:
+    """One file of a multipart upload, as the router hands it over (not read yet)."""
+
+    filename: str | None
+    file: BinaryIO
+
+
+class _Staged:
+    """An upload read and fingerprinted, not yet written anywhere."""
+
+    def __init__(self, fingerprint: str, zip_data: bytes | None, files: list[tuple[str, bytes]]):
+        self.fingerprint, self.zip_data, self.files = fingerprint, zip_data, files
+
+
+class IngestDesk:
+    """Start, inspect, follow and cancel a user's ingestion jobs (the job ledger is a Ray actor)."""
+
+    def __init__(self, spec: IngestSpec, storage: StorageSettings):
+        self.spec, self.storage = spec, storage
+        self._ledger = None
+
+    @property
+    def body_limit(self) -> int:
+        return self.spec.max_upload_bytes + MULTIPART_SLACK
+
+    def ledger(self):
+        if self._ledger is None:
+            from pipelines.jobs import ledger
+
+            self._ledger = ledger()
+        return self._ledger
+
+    async def start(self, user: str, uploads: list[UploadPart], idempotency_key: str | None) -> tuple[dict, bool]:
+        """Several files, or one .zip -> (status, fresh): fresh is False when the same upload already succeeded."""
+        from pipelines.jobs import job_id_for, submit
+
+        if not uploads:
+            raise InvalidInput("no files in the upload: send images as `files`, or one .zip", field="files")
+        staged = await asyncio.to_thread(_read_upload, uploads, self.spec)
+        basis = f"key:{idempotency_key}" if idempotency_key else staged.fingerprint
+        job_id = job_id_for(user, basis)
+        ledger = self.ledger()
+        known = await ledger.status.remote(job_id, user)
+        if known is None or known["state"] in ("failed", "cancelled"):
+            spec = await asyncio.to_thread(self._stage, user, job_id, staged)
+        else:  # the same upload again: nothing to stage, the ledger answers with the job it has
+            spec = self._job_spec(user, job_id, staged, files=[], sources=[], prefix=None)
+        opened = await ledger.open.remote(spec.model_dump(), False)
+        if opened["action"] == "conflict":
+            raise InvalidInput("this Idempotency-Key was used for another upload; use a new key",
+                               code="idempotency_conflict", field="Idempotency-Key")
+        if opened["action"] in ("created", "restarted"):
+            try:
+                await asyncio.to_thread(submit, spec, opened["submission"])
+            except Exception as exc:  # noqa: BLE001 - the job is marked failed, the client may retry
+                log.warning("ingestion job %s could not be submitted: %s", job_id, exc)
+                await ledger.fail.remote(job_id, f"the job could not be started ({type(exc).__name__})")
+                raise Unavailable("the ingestion job could not be started; retry shortly",
+                                  code="ingest_unavailable") from None
+        status = opened["status"]
+        return status, not (status["state"] == "succeeded" and opened["action"] == "exists")
+
+    def _stage(self, user: str, job_id: str, staged: _Staged):
+        """Put the upload's bytes in the blob store, where the job's tasks (on any node) read them."""
+        from storage.blobs import open_blob_store, user_prefix
+
+        blobs = open_blob_store(self.storage)
+        # Under the user's prefix, so deleting the user (DELETE /api/me) removes leftovers too.
+        prefix = f"{user_prefix(user)}ingest/{job_id}/"
+        files, sources = [], []
+        if staged.zip_data is not None:
+            key = prefix + "upload.zip"
+            blobs.put(key, staged.zip_data, "application/zip")
+            sources.append(blobs.uri(key))
+        for i, (name, data) in enumerate(staged.files):
+            key = f"{prefix}{i:06d}"
+            blobs.put(key, data, "application/octet-stream")
+            files.append({"name": name, "url": blobs.uri(key)})
+        return self._job_spec(user, job_id, staged, files=files, sources=sources, prefix=prefix)
+
+    def _job_spec(self, user: str, job_id: str, staged: _Staged, *, files, sources, prefix):
+        from pipelines.ingest import absolute_storage
+        from pipelines.jobs import JobSpec
+
+        return JobSpec(job_id=job_id, user_id=user, sources=sources, files=files,
+                       storage=absolute_storage(self.storage).model_dump(), ingest=self.spec,
+                       staged_prefix=prefix, fingerprint=staged.fingerprint)
+
+    async def status(self, user: str, job_id: str) -> dict:
+        status = await self.ledger().status.remote(job_id, user) if _JOB_ID.match(job_id) else None
+        if status is None:
+            raise NotFound("no such ingestion job", code="job_not_found")
+        return status
+
+    async def list(self, user: str) -> list[dict]:
+        """The user's jobs, newest first, without their error lists."""
+        return [{k: j[k] for k in PROGRESS_FIELDS} for j in await self.ledger().list.remote(user)]
+
+    async def cancel(self, user: str, job_id: str) -> dict:
+        """A queued job at once, a running one after its current commit (what was written stays)."""
+        status = await self.ledger().cancel.remote(job_id, user) if _JOB_ID.match(job_id) else None
+        if status is None:
+            raise NotFound("no such ingestion job", code="job_not_found")
+        return status
+
+    async def events(self, user: str, job_id: str, disconnected) -> AsyncIterator[dict]:
+        """`progress` at every change of the counters or state, then one `done` (SSE events as dicts)."""
+        await self.status(user, job_id)  # 404 before the stream starts
+        ledger, poll = self.ledger(), self.spec.poll_s
+
+        async def stream():
+            last = None
+            while True:
+                status = await ledger.status.remote(job_id, user)
+                if status is None:  # deleted meanwhile (DELETE /api/me)
+                    yield {"event": "done", "data": json.dumps({"job_id": job_id, "state": "deleted"})}
+                    return
+                progress = {k: status[k] for k in PROGRESS_FIELDS}
+                if progress != last:
+                    last = progress
+                    yield {"event": "progress", "data": json.dumps(progress)}
+                if status["state"] in ("succeeded", "failed", "cancelled"):
+                    yield {"event": "done", "data": json.dumps(status)}
+                    return
+                if await disconnected():
+                    return
+                await asyncio.sleep(poll)
+
+        return stream()
+
+    async def forget_user(self, user: str) -> None:
+        """DELETE /api/me: stop the user's jobs, wait until their drivers have let go, forget them.
+
+        Called before the gallery rows are deleted, so no job writes a row after that.
+        """
+        ledger = self.ledger()
+        active = [j["job_id"] for j in await ledger.list.remote(user) if j["state"] in ACTIVE]
+        for job_id in active:
+            await ledger.cancel.remote(job_id, user)
+        # A driver stops after its current commit; a silent one is declared over after stale_after_s.
+        deadline = time.monotonic() + self.spec.stale_after_s + 1
+        while active and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            active = [j["job_id"] for j in await ledger.list.remote(user) if j["state"] in ACTIVE]
+        await ledger.forget_user.remote(user)
+
+
+def _read_upload(uploads: list[UploadPart], ingest: IngestSpec) -> _Staged:
+    """Read the parts (in a worker thread), refuse what breaks the limits, fingerprint the rest."""
+    from pipelines.sources import check_zip
+
+    if len(uploads) > ingest.max_files:
+        raise PayloadTooLarge(f"the upload holds {len(uploads)} files; the limit is {ingest.max_files}",
+                              code="too_many_files", field="files")
+    parts, total = [], 0
+    for i, upload in enumerate(uploads):
+        data = upload.file.read()
+        total += len(data)
+        if total > ingest.max_upload_bytes:
+            raise PayloadTooLarge(f"the upload is over the limit of {ingest.max_upload_bytes} bytes: split it",
+                                  code="upload_too_large", field="files")
+        parts.append((upload.filename or f"file-{i + 1}", data))
+    if len(parts) == 1 and parts[0][1][:4] in _ZIP_MAGIC:
+        data = parts[0][1]
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = check_zip(archive, ingest.zip)
+        except zipfile.BadZipFile:
+            raise InvalidInput("the .zip cannot be read (damaged or not a zip): re-create it", code="bad_zip",
+                               field="files") from None
+        if len(members) > ingest.max_files:
+            raise PayloadTooLarge(f"the zip holds {len(members)} files; the limit is {ingest.max_files}",
+                                  code="too_many_files", field="files")
+        return _Staged("zip:" + hashlib.sha256(data).hexdigest(), data, [])
+    # A zip among several files is not opened: the job lists it as an error entry (not an image).
+    manifest = sorted((name, hashlib.sha256(data).hexdigest()) for name, data in parts)
+    return _Staged("files:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest(), None, parts)
+

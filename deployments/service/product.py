@@ -1,0 +1,399 @@
+"""The product service: every product operation once, as typed async methods, under the HTTP routers.
+
+No FastAPI here. The `/api` routes, the OpenAI-compatible routes and the ingest routes only parse a
+request, call one of these methods and shape the answer; what a search, an upload, a generation
+or a description *does* (which models, in which order, what is kept, what degrades) lives here, so
+both surfaces behave the same by construction.
+
+The service runs over a `ModelGateway` (Serve handles in production, the plain model classes in the
+fast test tier), a storage `Library`, the answer cache and the shared ledgers (stats, idempotency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from PIL import Image
+
+from deployments.models.errors import ModelError, ModelInputError
+from storage.errors import AtelierError, InvalidInput, NotFound, Unavailable
+
+from .cache import AnswerCache
+from .errors import RequestTimeout
+from .models import ROLES, ModelGateway, TextStream
+
+log = logging.getLogger("atelier.service")
+_LATIN = re.compile(r"^[\x00-\x7F\u00C0-\u024F\u2018-\u201F]*$")
+
+
+def is_english(text: str) -> bool:
+    """Latin-script text goes to CLIP as it is; anything else is translated by the Writer first."""
+    return bool(_LATIN.match(text))
+
+
+def _callers_mistake(exc: BaseException) -> bool:
+    """A 4xx from a model or storage: the caller must see it, never a silent fallback."""
+    return isinstance(exc, (InvalidInput, ModelInputError))
+
+
+@dataclass
+class Policy:
+    """The knobs of the product's behaviour (from the ingress section of the config)."""
+
+    timeouts: Any
+    retry_after_s: int = 2
+    enhance_search: bool = True
+
+
+@dataclass
+class SearchAnswer:
+    text: str | None
+    english: str | None
+    hits: list[dict]
+    degraded: bool = False
+
+
+@dataclass
+class Generated:
+    """One painted image: the Painter's answer, the prompt it painted, and the gallery row if kept."""
+
+    painted: dict
+    original: str
+    used: str
+    degraded: bool
+    row: dict | None = None
+
+
+@dataclass
+class Described:
+    description: str
+    post_text: str
+    img_id: str | None
+    degraded: bool
+    random_weights: bool
+
+
+@dataclass
+class ChatAnswer:
+    info: dict
+    result: Any = None  # a ChatResult or Description (non-streamed)
+    stream: TextStream | None = None
+    first: str | None = None
+    max_new_tokens: int | None = None
+    deadline: float = 0.0  # time.monotonic() by which a stream must have ended
+
+
+class ProductService:
+    def __init__(self, models: ModelGateway, *, policy: Policy, cache: AnswerCache,
+                 library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None):
+        self.models, self.policy, self.cache = models, policy, cache
+        self.stats, self.idempotency, self.ingest = stats, idempotency, ingest
+        self._library_factory = library_factory
+        self._library = None
+        self._library_lock = asyncio.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    async def library(self):
+        """Storage composed for this process, opened once the embedder's dimension is known."""
+        if self._library is None:
+            async with self._library_lock:  # one Library per process, however many first requests race
+                if self._library is None:
+                    info = await self.models.info("embedder")
+                    dim = await self.models.dim()
+                    self._library = await self._library_factory(dim, info["model_id"])
+        return self._library
+
+    async def deadline(self, coro, seconds: float, what: str):
+        try:
+            return await asyncio.wait_for(coro, timeout=seconds)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"{what} took longer than {seconds:g} s") from None
+
+    async def _cached(self, kind: str, text: str, compute, *, timeout: float):
+        """Model answers to text through the two-level cache, keyed by model id + input."""
+        info = await self.models.info("writer" if kind in ("enhance", "translate") else "embedder")
+        return await self.cache.get_or_compute(AnswerCache.key(kind, info["model_id"], text),
+                                               lambda: asyncio.wait_for(compute(), timeout=timeout))
+
+    async def text_vector(self, text: str) -> np.ndarray:
+        return await self._cached("embed_text", text, lambda: self.models.embed_text(text),
+                                  timeout=self.policy.timeouts.search_s)
+
+    async def english(self, text: str, request_id: str = "-") -> tuple[str, bool]:
+        """Search text as CLIP should see it: (english, degraded). A failing Writer degrades, never fails."""
+        if is_english(text) or not self.policy.enhance_search:
+            return text, False
+        try:
+            return await self._cached("translate", text, lambda: self.models.to_english(text),
+                                      timeout=self.policy.timeouts.writer_s), False
+        except Exception as exc:  # noqa: BLE001 - any Writer trouble means: search with the original text
+            if _callers_mistake(exc):
+                raise
+            log.warning("request %s: writer unavailable for search (%s); using the original text", request_id, exc)
+            return text, True
+
+    async def enhance(self, text: str, request_id: str = "-") -> tuple[str, bool]:
+        """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text."""
+        try:
+            used = await self._cached("enhance", text, lambda: self.models.enhance_prompt(text),
+                                      timeout=self.policy.timeouts.writer_s)
+            return used, False
+        except Exception as exc:  # noqa: BLE001 - the original text is the fallback
+            if _callers_mistake(exc):
+                raise
+            log.warning("request %s: prompt enhancement failed (%s); painting the original", request_id, exc)
+            return text, True
+
+    # -- health and operations --------------------------------------------------------------------
+    async def readiness(self) -> dict[str, bool]:
+        async def probe(role):
+            try:
+                return role, await self.models.ready(role, 2.0)
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return role, False
+
+        return dict(await asyncio.gather(*(probe(r) for r in ROLES)))
+
+    async def operation_stats(self) -> dict:
+        return await self.stats.summary()
+
+    def record(self, op: str, seconds: float, ok: bool) -> None:
+        """Count one finished HTTP call (fire and forget: stats never slow or fail a request)."""
+        self.stats.record_nowait(op, seconds, ok)
+
+    async def delete_user(self, user: str) -> None:
+        """Everything of a user: ingest jobs first (no job writes a row after this), rows, blobs, records."""
+        if self.ingest is not None:
+            await self.ingest.forget_user(user)
+        lib = await self.library()
+        await lib.delete_user(user)
+        await self.idempotency.forget_user(user)
+
+    # -- text -------------------------------------------------------------------------------------
+    async def post_text(self, description: str, request_id: str = "-") -> tuple[str, bool]:
+        """The Chinese post text for a description: (text, degraded); the description itself is the fallback."""
+        try:
+            return await asyncio.wait_for(self.models.post_text(description),
+                                          timeout=self.policy.timeouts.writer_s), False
+        except Exception as exc:  # noqa: BLE001 - the text itself is the fallback, flagged degraded
+            if _callers_mistake(exc):
+                raise
+            log.warning("request %s: post text failed (%s)", request_id, exc)
+            return description, True
+
+    # -- gallery ----------------------------------------------------------------------------------
+    async def keep_upload(self, user: str, data: bytes, *, filename: str | None, content_type: str | None,
+                          caption: str | None) -> tuple[dict, bool]:
+        """An uploaded photo checked, embedded and kept: (row, created); the same bytes again return the row."""
+        lib = await self.library()
+        image = await lib.admit(data, filename=filename, content_type=content_type)
+        existing = await lib.find(user, image.content_hash)
+        if existing is not None:
+            return existing, False
+        vector = await self.models.embed_image(image.model_image)
+        return await lib.store(user, image, source="upload", vector=vector, caption=caption)
+
+    async def list_images(self, user: str, limit: int, cursor: str | None) -> tuple[list[dict], str | None]:
+        return await (await self.library()).list(user, limit, cursor)
+
+    async def get_image(self, user: str, img_id: str) -> dict:
+        return await (await self.library()).get(user, img_id)
+
+    async def delete_image(self, user: str, img_id: str) -> None:
+        await (await self.library()).delete(user, img_id)
+
+    async def image_file(self, user: str, img_id: str) -> tuple[bytes, str]:
+        """The stored display copy of a user's image and its media type."""
+        return await (await self.library()).display(user, img_id)
+
+    async def decode_image(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
+                           model_size: int | None = None) -> Image.Image:
+        """Any image a caller sends for a model to look at (checked by its bytes like an upload), never kept."""
+        decoded = await (await self.library()).decode(data, filename=filename, content_type=content_type,
+                                                      model_size=model_size)
+        return decoded.model_image
+
+    # -- search -----------------------------------------------------------------------------------
+    async def search(self, user: str, q: str, k: int, request_id: str = "-") -> SearchAnswer:
+        """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts."""
+        async def run():
+            english, degraded = await self.english(q, request_id)
+            vector = await self.text_vector(english)
+            hits = await (await self.library()).search(user, vector, k, text=q)
+            return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded)
+
+        return await self.deadline(run(), self.policy.timeouts.search_s, "search")
+
+    async def search_by_image(self, user: str, data: bytes, k: int, *, filename: str | None,
+                              content_type: str | None) -> SearchAnswer:
+        image = await self.decode_image(data, filename=filename, content_type=content_type)
+        vector = await self.models.embed_image(image)
+        hits = await (await self.library()).search(user, vector, k)
+        return SearchAnswer(text=None, english=None, hits=hits)
+
+    # -- generation -------------------------------------------------------------------------------
+    async def check_paint(self, prompt: str, size: str | None, steps: int | None, seed: int | None) -> str:
+        """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH."""
+        return await self.models.check_paint(prompt, size, steps, seed)
+
+    async def paint(self, user: str, prompt: str, *, size: str, steps: int | None, seed: int | None,
+                    enhance: bool, keep: bool, n: int = 1, request_id: str = "-") -> list[Generated]:
+        """Paint-and-keep: the prompt (enhanced by the Writer if asked), n images (image i with seed + i),
+        each kept in the caller's gallery with its prompts when `keep`. Both HTTP surfaces use this."""
+        async def run():
+            used, degraded = (await self.enhance(prompt, request_id)) if enhance else (prompt, False)
+            seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
+            painted = await asyncio.gather(*(self.models.paint(used, size=size, steps=steps, seed=s) for s in seeds))
+            out = [Generated(painted=p, original=prompt, used=used, degraded=degraded) for p in painted]
+            if keep:
+                for g in out:
+                    g.row = await self._keep_generated(user, g)
+            return out
+
+        return await self.deadline(run(), self.policy.timeouts.generate_s, "image generation")
+
+    async def _keep_generated(self, user: str, g: Generated) -> dict:
+        lib = await self.library()
+        image = await lib.admit(g.painted["png"], content_type="image/png")
+        vector = await self.models.embed_image(image.model_image)
+        p = g.painted
+        row, _ = await lib.store(user, image, source="generated", vector=vector, caption=g.original,
+                                 meta={"prompt_original": g.original, "prompt_used": g.used, "seed": p["seed"],
+                                       "size": p["size"], "model": p["model_id"], "steps": p["steps"]})
+        return row
+
+    async def writer_random(self) -> bool:
+        return bool((await self.models.info("writer"))["random_weights"])
+
+    async def idempotent(self, user: str, key: str | None, fingerprint_of: str, work: Callable[[], Awaitable[dict]]):
+        """Run `work` once per (user, Idempotency-Key): a retry gets the first answer, a reuse with
+        another body is refused, a retry while the first still runs is told to wait."""
+        if not key:
+            return await work()
+        fingerprint = hashlib.sha256(fingerprint_of.encode()).hexdigest()
+        state = await self.idempotency.begin(user, key, fingerprint)
+        if state["state"] == "done":
+            return state["answer"]
+        if state["state"] == "conflict":
+            raise InvalidInput("this Idempotency-Key was used with a different request body",
+                               code="idempotency_conflict")
+        if state["state"] == "running":
+            raise Unavailable("the same request is still running; retry shortly", code="in_progress", retry_after=2)
+        answer = None
+        try:
+            answer = await work()
+            return answer
+        finally:
+            await self.idempotency.finish(user, key, fingerprint, answer)
+
+    # -- describe ---------------------------------------------------------------------------------
+    async def gallery_image(self, user: str, img_id: str, *, model_size: int | None = None) -> Image.Image:
+        """One of the caller's own images, decoded for a model."""
+        data, _ = await self.image_file(user, img_id)
+        return await self.decode_image(data, model_size=model_size)
+
+    async def describe(self, user: str, image: Image.Image, *, img_id: str | None, instruction: str | None,
+                       request_id: str = "-") -> Described:
+        """Describe-then-write: the vision model's description, then the Writer's Chinese post text;
+        with an img_id both are saved on the caller's row."""
+        async def run():
+            try:
+                description = await self.models.describe(image, instruction)
+            except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503 of this route only
+                if _callers_mistake(exc):
+                    raise
+                log.warning("request %s: describer failed (%s)", request_id, exc)
+                raise Unavailable("the vision model cannot answer right now; retry shortly",
+                                  code="describer_unavailable", retry_after=self.policy.retry_after_s) from None
+            try:
+                post = await asyncio.wait_for(self.models.post_text(description),
+                                              timeout=self.policy.timeouts.writer_s)
+                return description, post, False
+            except Exception as exc:  # noqa: BLE001 - the Writer's input came from us; the description still stands
+                log.warning("request %s: post text failed (%s)", request_id, exc)
+                return description, "", True
+
+        description, post, degraded = await self.deadline(run(), self.policy.timeouts.describe_s,
+                                                          "describing the image")
+        if img_id is not None:
+            await (await self.library()).update(user, img_id, description=description, caption=post)
+        info_d, info_w = await self.models.info("describer"), await self.models.info("writer")
+        return Described(description=description, post_text=post, img_id=img_id, degraded=degraded,
+                         random_weights=bool(info_d["random_weights"] or info_w["random_weights"]))
+
+    # -- chat -------------------------------------------------------------------------------------
+    async def served_model(self, requested: str | None, *roles: str) -> dict:
+        """The info of the role a request's `model` names (its id or the role's name); None means the first role."""
+        infos = [await self.models.info(role) for role in roles]
+        if requested is None:
+            return infos[0]
+        for role, info in zip(roles, infos):
+            if requested in (info["model_id"], role):
+                return info
+        names = ", ".join(repr(info["model_id"]) for info in infos)
+        raise NotFound(f"model {requested!r} is not served here; use {names} or leave model out (GET /v1/models "
+                       "lists them)", code="model_not_found", field="model")
+
+    async def chat(self, messages: list[dict], *, stream: bool, **params) -> ChatAnswer:
+        """A text conversation with the Writer. Streamed, the first piece is awaited before returning,
+        so bad input is an error here and not a broken stream."""
+        info = await self.models.info("writer")
+        timeout = self.policy.timeouts.chat_s
+        if not stream:
+            result = await self.deadline(self.models.chat(messages, **params), timeout, "the writer")
+            return ChatAnswer(info=info, result=result)
+        deadline = time.monotonic() + timeout
+        pieces = await self.models.chat_stream(messages, **params)
+        try:
+            first = await self.deadline(pieces.next(), timeout, "the writer")
+        except BaseException:
+            pieces.cancel()
+            raise
+        return ChatAnswer(info=info, stream=pieces, first=first, max_new_tokens=params.get("max_new_tokens"),
+                          deadline=deadline)
+
+    async def count_chat_tokens(self, text: str) -> int:
+        return await self.models.count_chat_tokens(text)
+
+    async def vision_answer(self, image: Image.Image, question: str | None, *, max_new_tokens: int | None,
+                            seed: int | None, request_id: str = "-") -> ChatAnswer:
+        """The vision model's answer to a question about one image (a chat with an image part)."""
+        info = await self.models.info("describer")
+
+        async def ask():
+            try:
+                return await self.models.answer(image, question, max_new_tokens=max_new_tokens, seed=seed)
+            except (AtelierError, ModelError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503, as on /api/describe
+                log.warning("request %s: describer failed (%s)", request_id, exc)
+                raise Unavailable("the vision model cannot answer right now; retry shortly",
+                                  code="describer_unavailable", retry_after=self.policy.retry_after_s) from None
+
+        answer = await self.deadline(ask(), self.policy.timeouts.describe_s, "the describer")
+        return ChatAnswer(info=info, result=answer)
+
+    # -- embeddings -------------------------------------------------------------------------------
+    async def embed(self, texts: list[str], *, dimensions: int | None) -> tuple[list[int], np.ndarray]:
+        """Vectors of texts with their token counts; one text is batched with concurrent callers and cached."""
+        if dimensions is not None:
+            dim = await self.models.dim()
+            if dimensions != dim:
+                raise InvalidInput(f"dimensions={dimensions}: this model's vectors have {dim}; leave it out or "
+                                   f"send {dim}", field="dimensions")
+
+        async def run() -> tuple[list[int], np.ndarray]:
+            # Counting first also refuses an oversized list before any forward pass.
+            counts = await self.models.count_text_tokens(texts)
+            if len(texts) == 1:
+                return counts, np.asarray([await self.text_vector(texts[0])])
+            return counts, await self.models.embed_texts(texts)
+
+        return await self.deadline(run(), self.policy.timeouts.search_s, "embedding")

@@ -1,0 +1,32 @@
+"""The ingress deployment: the product's HTTP API (shared/API.md) on each replica, over the model deployments.
+
+The class only assembles: a ProductService over the four deployment handles, and the FastAPI app of
+`deployments.http` over that service, built on the replica (`__serve_build_asgi_app__`) once the
+constructor has run.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.assemble import edge_for, product_service
+from deployments.config import IngressArgs
+from deployments.http.app import create_app
+from deployments.service.models import ServeModels
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
+                 painter: DeploymentHandle, args: dict):
+        config = IngressArgs.model_validate(args)
+        storage = config.storage.settings()
+        self.service = product_service(ServeModels(embedder, writer, describer, painter), ingress=config.ingress,
+                                       storage=storage, ingest=config.ingest, in_process=False)
+        self.edge = edge_for(config.ingress, storage, config.ingest)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self.service, self.edge, serve_metrics=True)

@@ -1,0 +1,183 @@
+"""The four model deployments: thin Serve shells around the plain model classes of `deployments.models`.
+
+Each loads and warms up its model in the constructor (Serve reports a replica ready only after
+that), runs calls off the event loop, counts and times them with Serve metrics, and reports health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Callable, Type
+
+import numpy as np
+from PIL import Image
+from ray import serve
+from ray.serve import metrics
+
+from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
+from deployments.models.base import ModelRole
+from deployments.models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+
+class RoleShell:
+    """A thin Serve shell around one plain model role; subclasses only name their typed methods."""
+
+    def __init__(self, role: ModelRole):
+        self.model = role
+        # Warm up before the constructor returns: Serve reports the replica ready only after that.
+        role.warmup()
+        tags = ("op", "outcome")
+        self._requests = metrics.Counter(
+            f"atelier_{role.role}_requests", description=f"{role.role} calls by operation and outcome", tag_keys=tags
+        )
+        self._latency = metrics.Histogram(
+            f"atelier_{role.role}_latency_s", description=f"{role.role} call latency in seconds",
+            boundaries=LATENCY_BOUNDARIES_S, tag_keys=("op",),
+        )
+
+    async def _run(self, op: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run a blocking model call in a worker thread so health checks and batching keep flowing."""
+        t0 = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+            outcome = "ok"
+            return result
+        finally:
+            self._requests.inc(tags={"op": op, "outcome": outcome})
+            self._latency.observe(time.perf_counter() - t0, tags={"op": op})
+
+    def info(self) -> dict:
+        """What the ingress shows users about this model (and whether its answers are noise)."""
+        return {"role": self.model.role, "model_id": self.model.model_id, "random_weights": self.model.random_weights}
+
+    def ready(self) -> bool:
+        self.model.check_health()
+        return True
+
+    def check_health(self) -> None:
+        self.model.check_health()
+
+
+def _model_class(default: str, given: type | None) -> type:
+    if given is not None:
+        return given
+    from importlib import import_module
+
+    return getattr(import_module("deployments.models"), default)
+
+
+@serve.deployment(name="Embedder")
+class EmbedderDeployment(RoleShell):
+    """CLIP image and text vectors, batched across concurrent requests."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Embedder", model_class)(EmbedderConfig.model_validate(config)))
+
+    def reconfigure(self, user_config: dict) -> None:
+        opts = BatchOptions.model_validate(user_config or {})
+        for batched in (self.embed_text, self.embed_image):
+            batched.set_max_batch_size(opts.max_batch_size)
+            batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
+        """One text -> one unit vector; concurrent callers share a forward pass."""
+        vectors = await self._run("embed_texts", self.model.embed_texts, texts)
+        return _one_per_input(vectors, texts)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def embed_image(self, images: list[Image.Image]) -> list[np.ndarray]:
+        vectors = await self._run("embed_images", self.model.embed_images, images)
+        return _one_per_input(vectors, images)
+
+    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """A caller's own list in one call (the OpenAI surface's list input)."""
+        return await self._run("embed_texts", self.model.embed_texts, texts)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text, for the OpenAI surface's usage report."""
+        return self.model.count_tokens(texts)
+
+    def dim(self) -> int:
+        return self.model.dim
+
+    def image_size(self) -> int:
+        return self.model.image_size
+
+
+def _one_per_input(vectors: np.ndarray, inputs: list) -> list[np.ndarray]:
+    if len(vectors) != len(inputs):
+        raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(inputs)} inputs")
+    return list(vectors)
+
+
+@serve.deployment(name="Writer")
+class WriterDeployment(RoleShell):
+    """Prompt enhancement, Chinese post texts and chat, with token streaming."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Writer", model_class)(WriterConfig.model_validate(config)))
+
+    async def enhance_prompt(self, text: str, seed: int | None = None) -> str:
+        return await self._run("enhance_prompt", self.model.enhance_prompt, text, seed=seed)
+
+    async def to_english(self, text: str, seed: int | None = None) -> str:
+        return await self._run("to_english", self.model.to_english, text, seed=seed)
+
+    async def post_text(self, description: str, seed: int | None = None) -> str:
+        return await self._run("post_text", self.model.post_text, description, seed=seed)
+
+    async def chat(self, messages: list[dict], **params):
+        return await self._run("chat", self.model.chat, messages, stream=False, **params)
+
+    async def chat_stream(self, messages: list[dict], **params) -> AsyncIterator[str]:
+        """Text pieces as they are decoded; call through a handle with .options(stream=True)."""
+        pieces = await self._run("chat_stream", self.model.chat, messages, stream=True, **params)
+        sentinel = object()
+        while True:
+            piece = await asyncio.to_thread(next, pieces, sentinel)
+            if piece is sentinel:
+                return
+            yield piece
+
+    def count_tokens(self, text: str) -> int:
+        return self.model.count_tokens(text)
+
+
+@serve.deployment(name="Describer")
+class DescriberDeployment(RoleShell):
+    """What a vision-language model sees in one image."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Describer", model_class)(DescriberConfig.model_validate(config)))
+
+    async def describe(self, image: Image.Image, instruction: str | None = None,
+                       max_new_tokens: int | None = None, seed: int | None = None) -> str:
+        return await self._run("describe", self.model.describe, image, instruction,
+                               max_new_tokens=max_new_tokens, seed=seed)
+
+    async def answer(self, image: Image.Image, instruction: str | None = None,
+                     max_new_tokens: int | None = None, seed: int | None = None):
+        """describe() with finish reason and token counts (the OpenAI chat surface)."""
+        return await self._run("answer", self.model.answer, image, instruction,
+                               max_new_tokens=max_new_tokens, seed=seed)
+
+
+@serve.deployment(name="Painter")
+class PainterDeployment(RoleShell):
+    """FLUX text-to-image; answers PNG bytes and the facts of the generation."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Painter", model_class)(PainterConfig.model_validate(config)))
+
+    def check(self, prompt: str, size: str | None = None, steps: int | None = None,
+              guidance: float | None = None, seed: int | None = None) -> str:
+        """Validate a request without painting; returns the size as WxH."""
+        return self.model.size_of(prompt, size, steps, seed, guidance=guidance)
+
+    async def paint(self, prompt: str, size: str | None = None, steps: int | None = None,
+                    guidance: float | None = None, seed: int | None = None) -> dict:
+        result = await self._run("paint", self.model.paint, prompt, size=size, steps=steps, guidance=guidance,
+                                 seed=seed)
+        return self.model.as_answer(result)

@@ -1,0 +1,45 @@
+"""One calling convention for a component that runs either as a Ray actor or in this process.
+
+`await Calls(x).method(...)` runs `x.method.remote(...)` when `x` is an actor handle, and
+`x.method(...)` here otherwise (in a worker thread when `threads=True`, for blocking I/O such as
+LanceDB commits). The gallery's writer and the service's ledgers are reached this way, so the
+code that uses them is the same in a Ray cluster and in the in-process test tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class Calls:
+    def __init__(self, target: Any, *, threads: bool = False):
+        self._target = target
+        self._threads = threads
+        from ray.actor import ActorHandle
+
+        self.is_actor = isinstance(target, ActorHandle)
+
+    @property
+    def target(self) -> Any:
+        return self._target
+
+    def __getattr__(self, name: str):
+        method = getattr(self._target, name)
+        if self.is_actor:
+            return lambda *args, **kwargs: method.remote(*args, **kwargs)
+        if self._threads:
+            return lambda *args, **kwargs: asyncio.to_thread(method, *args, **kwargs)
+
+        async def call(*args, **kwargs):
+            return method(*args, **kwargs)
+
+        return call
+
+    def nowait(self, name: str, *args, **kwargs) -> None:
+        """Fire and forget: an actor call is sent and not awaited; an in-process call just runs."""
+        method = getattr(self._target, name)
+        if self.is_actor:
+            method.remote(*args, **kwargs)
+        else:
+            method(*args, **kwargs)
