@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -125,3 +126,123 @@ class VectorCache:
     def drop(self, user_id: str) -> None:
         with self._lock:
             self._entries.pop(user_id, None)
+
+
+class TableVectors:
+    """Keeps a VectorCache true to one LanceDB table (the refresh rules in this module's docstring)
+    and ranks a cached user's rows.
+
+    `user_filter` turns a user id into the table's filter string, `key` names the primary-key
+    column, and `columns` are the columns an entry holds (the returned ones, the key and `vector`).
+    """
+
+    def __init__(self, cache: VectorCache, table, *, dim: int, key: str, columns: list[str],
+                 user_filter: Callable[[str], str]):
+        self.cache, self.table, self.dim = cache, table, dim
+        self.key, self.columns, self.user_filter = key, columns, user_filter
+
+    def rank(self, user_id: str, query: np.ndarray, depth: int) -> list[tuple[dict, float]] | None:
+        """The user's best rows (as stored, with their cosine similarity), or None when the user is not cacheable."""
+        query = unit_rows(query.reshape(1, -1))[0]
+        for _ in range(2):
+            entry = self.entry(user_id)
+            if entry is None:
+                return None
+            positions, scores = entry.top(query, depth)
+            if self._still_there(entry, positions):
+                rows = entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
+                return [(row, float(score)) for row, score in zip(rows, scores)]
+            self.cache.drop(user_id)  # a row moved, changed or went away since: reload and rank again
+        return None
+
+    def entry(self, user_id: str) -> UserVectors | None:
+        """The user's entry, valid at the table's current version (loaded, extended or kept)."""
+        version = self.table.version
+        entry = self.cache.get(user_id)
+        if entry is not None and entry.version == version:
+            self.cache.hits += 1
+            return entry
+        with self.cache.load_lock(user_id):
+            entry = self.cache.get(user_id)  # another thread may have just loaded or refreshed it
+            if entry is None:
+                return self._load(user_id, version)
+            if entry.version != version:
+                return self._refresh(user_id, entry, version)
+            return entry
+
+    def _count(self, user_id: str) -> int:
+        return self.table.count_rows(self.user_filter(user_id))
+
+    def _rows_arrow(self, where: str) -> pa.Table:
+        return self.table.search().where(where).select(self.columns).with_row_id(True).limit(None).to_arrow()
+
+    def _entry(self, version: int, tbl: pa.Table, *, after: UserVectors | None = None) -> UserVectors:
+        """An entry of the rows in `tbl` (as `_rows_arrow` reads them), appended to `after` if given."""
+        vectors = unit_rows(_vectors_of(tbl, self.dim))
+        row_ids = tbl.column("_rowid").to_numpy().astype(np.uint64)
+        rows = tbl.drop_columns(["vector", "_rowid"]).combine_chunks()
+        keys = rows.column(self.key).to_pylist()
+        created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        newest = int(created.max()) if len(created) else 0
+        loaded_at = time.monotonic()
+        if after is not None:
+            vectors = np.concatenate([after.vectors, vectors])
+            row_ids = np.concatenate([after.row_ids, row_ids])
+            rows = pa.concat_tables([after.rows, rows]).combine_chunks()
+            keys = after.keys + keys
+            newest, loaded_at = max(after.newest_us, newest), after.loaded_at
+        return UserVectors(version=version, count=rows.num_rows, newest_us=newest, keys=keys, row_ids=row_ids,
+                           vectors=vectors, rows=rows, loaded_at=loaded_at)
+
+    def _load(self, user_id: str, version: int) -> UserVectors | None:
+        count = self._count(user_id)
+        if count * self.dim * 4 > self.cache.max_entry_bytes or self.cache.too_large(user_id, count):
+            return None
+        self.cache.loads += 1
+        entry = self._entry(version, self._rows_arrow(self.user_filter(user_id)))
+        return entry if self.cache.put(user_id, entry) else None
+
+    def _refresh(self, user_id: str, entry: UserVectors, version: int) -> UserVectors | None:
+        """The table moved on (any user's write): keep, extend or reload this user's entry.
+
+        Two counts through the user_id index (~4 ms at 1M rows) tell the cases apart: the same
+        count and no row created after the newest cached one -> unchanged; only such newer rows,
+        as many as the count grew -> they are appended; anything else -> reload. Deleted or
+        rewritten rows that the counts miss are caught when a search takes them (`_still_there`)."""
+        where = self.user_filter(user_id)
+        count = self._count(user_id)
+        since = f"{where} AND created_at > to_timestamp_micros({entry.newest_us})"
+        newer = self.table.count_rows(since) if count >= entry.count else -1
+        if count == entry.count and newer == 0:
+            entry.version = version
+        elif count > entry.count and newer == count - entry.count:
+            new = self._rows_arrow(since)  # all newer than every cached row: none is cached yet
+            if new.num_rows != count - entry.count:  # a write landed between the counts and this read
+                return self._load(user_id, version)
+            entry = self._entry(version, new, after=entry)
+        else:
+            return self._load(user_id, version)
+        self.cache.refreshes += 1
+        return entry if self.cache.put(user_id, entry) else None
+
+    def _still_there(self, entry: UserVectors, positions: np.ndarray) -> bool:
+        """Whether the rows at these cache positions are, by row id, still the rows the cache holds.
+
+        A delete removes the row id, a caption update rewrites the row under a new one, and
+        compaction renumbers rows: each shows here as a missing or different primary key."""
+        if not len(positions):
+            return True
+        ids = [int(entry.row_ids[p]) for p in positions]
+        try:
+            got = self.table.take_row_ids(ids).select([self.key]).with_row_id().to_arrow()
+        except (ValueError, OSError, RuntimeError):  # e.g. a fragment compacted away: the cache is stale
+            return False
+        found = dict(zip(got.column("_rowid").to_pylist(), got.column(self.key).to_pylist()))
+        return all(found.get(row_id) == entry.keys[p] for p, row_id in zip(positions, ids))
+
+
+def _vectors_of(tbl: pa.Table, dim: int) -> np.ndarray:
+    column = tbl.column("vector").combine_chunks()
+    if not len(column):
+        return np.empty((0, dim), np.float32)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)

@@ -1,4 +1,7 @@
-"""The gallery: LanceDB tables of image rows, read, searched and written per user.
+"""The gallery table: one embedding model's LanceDB table of image rows, its writes, reads and upkeep.
+
+Search lives in `search.py`, SQL filters and cursors in `filters.py`, and the vector cache's refresh
+rules in `storage/vector_cache.py`; `Gallery` composes them.
 
 - One table per embedding model (`<gallery_table>__<model slug>_<hash>_<dim>`): vectors of two
   models cannot be compared and their dimensions differ, so a search can only ever see its own
@@ -18,26 +21,22 @@
 - Search is per user with `prefilter=True`, scored by cosine similarity: an exact scan when the
   user has few rows (exact and fast), else IVF_PQ (or IVF_HNSW_SQ) with a refine step.
   Scalar indexes are BTREE: user ids are unbounded in number, which bitmaps are not made for.
-- Every value in a filter string is a validated id or a literal with its quotes doubled.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 import lancedb
 import numpy as np
 import pyarrow as pa
-from cachetools import TTLCache
 from lancedb.index import FTS, BTree, HnswSq, IvfPq
-from lancedb.query import ColumnOrdering, MatchQuery
+from lancedb.query import ColumnOrdering
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -54,17 +53,16 @@ from storage.schema import (
     words_for_search,
 )
 from storage.settings import StorageSettings
-from storage.vector_cache import UserVectors, VectorCache, unit_rows
+from storage.vector_cache import TableVectors, VectorCache
+
+from .filters import decode_cursor, encode_cursor, in_list, invalid, row_out, sql_str, user_filter
+from .search import VECTOR_INDEX, GallerySearch
 
 PRIMARY_KEY = "dedup_key"
-VECTOR_INDEX = "vector_idx"
 FTS_INDEX = "search_text_idx"
 _SCALAR_INDEXES = {"user_id": "user_id_idx", "img_id": "img_id_idx", "dedup_key": "dedup_key_idx"}
 _CACHED_COLUMNS = READ_COLUMNS + [PRIMARY_KEY, "vector"]  # what the vector cache holds of a row
 _IN_CHUNK = 1000  # keys per `IN (...)` filter
-_MAX_QUERY_CHARS = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_RRF_C = 60  # the usual reciprocal-rank-fusion constant: damps the weight of the very first ranks
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -74,15 +72,6 @@ def _table_lock(key: str) -> threading.Lock:
     """One lock per table in this process, shared by every Gallery opened on it."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(key, threading.Lock())
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal of any text: single quotes doubled (backslashes are literal in Lance SQL)."""
-    if not isinstance(value, str):
-        raise InvalidInput("a filter value must be a string", code="invalid_id")
-    if "\x00" in value:
-        raise InvalidInput("a filter value may not contain NUL", code="invalid_id")
-    return "'" + value.replace("'", "''") + "'"
 
 
 def table_name(base: str, embed_model: str, dim: int) -> str:
@@ -96,57 +85,6 @@ def _is_commit_conflict(exc: BaseException) -> bool:
     return "commit conflict" in text or "retryable" in text or "too many concurrent writers" in text
 
 
-def _user_filter(user_id: Any) -> str:
-    try:
-        return f"user_id = {sql_str(check_user_id(user_id))}"
-    except ValueError as exc:
-        raise InvalidInput(str(exc), code="invalid_user_id", field="user_id") from None
-
-
-def _in(column: str, values: Sequence[str]) -> str:
-    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
-
-
-def _row_out(row: Mapping[str, Any]) -> dict:
-    """A stored row as callers get it: no vector or derived columns, meta as a dict, created_at in UTC."""
-    out = {k: row[k] for k in READ_COLUMNS if k in row}
-    created = out.get("created_at")
-    if isinstance(created, datetime):
-        out["created_at"] = created.replace(tzinfo=timezone.utc) if created.tzinfo is None else created.astimezone(
-            timezone.utc)
-    try:
-        out["meta"] = json.loads(out.get("meta") or "{}")
-    except ValueError:
-        out["meta"] = {}
-    return out
-
-
-def _encode_cursor(created: datetime, img_id: str) -> str:
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)
-    # Integer microseconds: float seconds can be off by one at today's timestamps.
-    micros = (created - _EPOCH) // timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(f"{micros}:{img_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: Any) -> tuple[int, str]:
-    bad = InvalidInput("cursor is not one this service issued; start again without it", code="invalid_cursor",
-                       field="cursor")
-    if not isinstance(cursor, str) or len(cursor) > 200:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        micros_text, img_id = raw.split(":", 1)
-        if not micros_text.isdigit() or not HEX32.match(img_id):
-            raise ValueError
-        micros = int(micros_text)
-        if micros >= 2**62:
-            raise ValueError
-        return micros, img_id
-    except (ValueError, UnicodeDecodeError):
-        raise bad from None
-
-
 class Gallery:
     """Rows, search and indexes of one embedding model's gallery table."""
 
@@ -157,11 +95,12 @@ class Gallery:
         self._lock = _table_lock(f"{settings.lancedb_uri}|{self.name}")
         self._since_optimize = 0
         self._commits_since_optimize = 0
-        # Per-user row counts decide exact vs ANN search; a few seconds of staleness only moves
-        # a user across the threshold a little late.
-        self._user_rows: TTLCache = TTLCache(maxsize=10_000, ttl=10)
         self._indexes_seen: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._vectors = VectorCache(settings.vector_cache_mb * 2**20, settings.vector_cache_ttl_s)
+        self._search = GallerySearch(
+            table, settings, dim=dim, index_names=self._index_names,
+            vectors=TableVectors(self._vectors, table, dim=dim, key=PRIMARY_KEY, columns=_CACHED_COLUMNS,
+                                 user_filter=user_filter))
 
     @classmethod
     def open(cls, settings: StorageSettings, *, dim: int, embed_model: str) -> "Gallery":
@@ -237,7 +176,7 @@ class Gallery:
                 if result.num_inserted_rows == len(new):
                     for i in new:
                         created.add(fields[i].dedup_key)
-                        stored[fields[i].dedup_key] = _row_out(fields[i].model_dump())
+                        stored[fields[i].dedup_key] = row_out(fields[i].model_dump())
                 else:
                     # Another process inserted some of these keys meanwhile: their row is the one kept.
                     again = self._rows_by_keys([fields[i].dedup_key for i in new])
@@ -262,10 +201,10 @@ class Gallery:
             try:
                 checked = GalleryFields.model_validate({**row, **changed})
             except ValidationError as exc:
-                raise _invalid(exc) from None
+                raise invalid(exc) from None
             values = {"caption": checked.caption, "description": checked.description,
                       "search_text": search_text_of(checked.caption, checked.description)}
-            where = f"{_user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(checked.dedup_key)}"
+            where = f"{user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(checked.dedup_key)}"
             for table in self._model_tables():
                 self._write(lambda t=table: t.update(where=where, values=values))
         return {**row, "caption": checked.caption, "description": checked.description}
@@ -279,20 +218,20 @@ class Gallery:
             except NotFound:
                 return None
             key = dedup_key(row["user_id"], row["content_hash"])
-            where = f"{_user_filter(user_id)} AND (img_id = {sql_str(img_id)} OR {PRIMARY_KEY} = {sql_str(key)})"
+            where = f"{user_filter(user_id)} AND (img_id = {sql_str(img_id)} OR {PRIMARY_KEY} = {sql_str(key)})"
             for table in self._model_tables():
                 self._write(lambda t=table: t.delete(where))
-            self._user_rows.pop(user_id, None)
+            self._search.user_changed(user_id)
         return row
 
     def delete_user(self, user_id: str) -> int:
         """Every row of a user, in every model's table (`DELETE /api/me`); returns how many this table held."""
-        where = _user_filter(user_id)
+        where = user_filter(user_id)
         with self._lock:
             count = self.table.count_rows(where)
             for table in self._model_tables():
                 self._write(lambda t=table: t.delete(where))
-            self._user_rows.pop(user_id, None)
+            self._search.user_changed(user_id)
         return count
 
     def build_ann_index(self) -> None:
@@ -334,7 +273,7 @@ class Gallery:
     def get(self, user_id: str, img_id: str) -> dict:
         if not isinstance(img_id, str) or not HEX32.match(img_id):
             raise NotFound("no such image", code="image_not_found")
-        rows = self._select(f"{_user_filter(user_id)} AND img_id = {sql_str(img_id)}", limit=1)
+        rows = self._select(f"{user_filter(user_id)} AND img_id = {sql_str(img_id)}", limit=1)
         if not rows:
             raise NotFound("no such image", code="image_not_found")
         return rows[0]
@@ -344,204 +283,65 @@ class Gallery:
         if not isinstance(content_hash, str) or not SHA256.match(content_hash):
             return None
         key = dedup_key(check_user_id(user_id), content_hash)
-        rows = self._select(f"{_user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(key)}", limit=1)
+        rows = self._select(f"{user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(key)}", limit=1)
         return rows[0] if rows else None
 
     def existing_hashes(self, user_id: str, hashes: Iterable[str]) -> set[str]:
         """Which of these content hashes the user already has (the ingestion job skips them unread)."""
-        where_user = _user_filter(user_id)
+        where_user = user_filter(user_id)
         by_key = {dedup_key(user_id, h): h for h in hashes if isinstance(h, str) and SHA256.match(h)}
         found: set[str] = set()
         keys = sorted(by_key)
         for i in range(0, len(keys), _IN_CHUNK):
-            tbl = (self.table.search().where(f"{where_user} AND {_in(PRIMARY_KEY, keys[i:i + _IN_CHUNK])}")
+            tbl = (self.table.search().where(f"{where_user} AND {in_list(PRIMARY_KEY, keys[i:i + _IN_CHUNK])}")
                    .select([PRIMARY_KEY]).limit(None).to_arrow())
             found.update(by_key[k] for k in tbl.column(PRIMARY_KEY).to_pylist())
         return found
 
     def count(self, user_id: str | None = None) -> int:
-        return self.table.count_rows(_user_filter(user_id) if user_id is not None else None)
+        return self.table.count_rows(user_filter(user_id) if user_id is not None else None)
 
     def list(self, user_id: str, *, limit: int = 20, cursor: str | None = None) -> tuple[list[dict], str | None]:
         """A user's rows newest first; the cursor is opaque (created_at and img_id of the last row)."""
         if not isinstance(limit, int) or not 1 <= limit <= self.settings.list_max_limit:
             raise InvalidInput(f"limit must be 1..{self.settings.list_max_limit}", field="limit")
-        where = _user_filter(user_id)
+        where = user_filter(user_id)
         if cursor:
-            micros, last_id = _decode_cursor(cursor)
+            micros, last_id = decode_cursor(cursor)
             stamp = f"to_timestamp_micros({micros})"
             where += f" AND (created_at < {stamp} OR (created_at = {stamp} AND img_id < {sql_str(last_id)}))"
         order = [ColumnOrdering(column_name="created_at", ascending=False),
                  ColumnOrdering(column_name="img_id", ascending=False)]
         raw = self.table.search().where(where).select(READ_COLUMNS).order_by(order).limit(limit + 1).to_list()
-        rows = [_row_out(r) for r in raw[:limit]]
-        next_cursor = _encode_cursor(rows[-1]["created_at"], rows[-1]["img_id"]) if len(raw) > limit else None
+        rows = [row_out(r) for r in raw[:limit]]
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["img_id"]) if len(raw) > limit else None
         return rows, next_cursor
 
+    # -- search (storage/gallery/search.py) --------------------------------------------------------
     def search(self, user_id: str, vector: Any, *, k: int = 10, text: str | None = None,
                exact: bool | None = None) -> list[dict]:
         """A user's k best rows for a query vector, best first, `score` = cosine similarity.
 
         With `text`, vector hits and full-text hits on captions and descriptions are fused by
         reciprocal rank (`score` is then the fused score). By default a user whose vectors fit the
-        replica's vector cache is ranked exactly in memory; otherwise the gallery picks a flat scan
+        process's vector cache is ranked exactly in memory; otherwise the gallery picks a flat scan
         or the ANN index from the user's row count. `exact` forces LanceDB's flat scan (True) or its
         ANN index (False).
         """
-        where = _user_filter(user_id)
-        self._check_k(k)
-        q = self._query_vector(vector)
-        words = self._query_words(text) if text is not None else ""
-        depth = k * 2 if words else k
-        hits = self._cached_search(user_id, q, depth) if exact is None and self._vectors.enabled else None
-        if hits is None:
-            hits = self._table_search(user_id, where, q, depth, exact)
-        if not words:
-            return hits[:k]
-        return _fuse(hits, self._fts(where, words, depth), k)
+        return self._search.search(user_id, vector, k=k, text=text, exact=exact)
 
-    def _table_search(self, user_id: str, where: str, q: np.ndarray, depth: int, exact: bool | None) -> list[dict]:
-        """LanceDB's own search, prefiltered to the user: flat, or the ANN index with a refine step."""
-        use_ann = self._use_ann(user_id) if exact is None else (not exact and self._has_vector_index())
-        query = (self.table.search(q, vector_column_name="vector").distance_type("cosine")
-                 .where(where, prefilter=True).select(READ_COLUMNS + ["_distance"]).limit(depth))
-        if use_ann:
-            query = query.minimum_nprobes(self.settings.ann_nprobes).refine_factor(self.settings.ann_refine_factor)
-            # A narrow filter may leave the probed partitions short of k rows: probe further then.
-            query = query.maximum_nprobes(0)
-            if self.settings.ann_index_type == "IVF_HNSW_SQ":
-                # The refine step asks the graph for depth * refine_factor candidates, and
-                # HNSW refuses an ef below what it is asked for.
-                query = query.ef(max(self.settings.ann_ef, depth * self.settings.ann_refine_factor))
-        else:
-            query = query.bypass_vector_index()
-        hits = []
-        for r in query.to_list():
-            out = _row_out(r)
-            out["score"] = 1.0 - float(r["_distance"])
-            hits.append(out)
-        return hits
+    def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
+        """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""
+        return self._search.search_text(user_id, text, k=k)
 
-    # -- the vector cache (storage/vector_cache.py) -------------------------------------------------
+    def _use_ann(self, user_id: str) -> bool:
+        return self._search.use_ann(user_id)
+
     def forget(self, user_id: str) -> None:
         """Drop what this process caches of a user (call after writing that user's rows elsewhere)."""
         self._vectors.drop(user_id)
 
-    def _cached_search(self, user_id: str, q: np.ndarray, depth: int) -> list[dict] | None:
-        """The user's best rows ranked in memory, or None when the user is not cacheable."""
-        query = unit_rows(q.reshape(1, -1))[0]
-        for _ in range(2):
-            entry = self._user_vectors(user_id)
-            if entry is None:
-                return None
-            positions, scores = entry.top(query, depth)
-            if self._still_there(entry, positions):
-                rows = entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
-                return [{**_row_out(row), "score": float(score)} for row, score in zip(rows, scores)]
-            self._vectors.drop(user_id)  # a row moved, changed or went away since: reload and rank again
-        return None
-
-    def _user_vectors(self, user_id: str) -> UserVectors | None:
-        version = self.table.version
-        entry = self._vectors.get(user_id)
-        if entry is not None and entry.version == version:
-            self._vectors.hits += 1
-            return entry
-        with self._vectors.load_lock(user_id):
-            entry = self._vectors.get(user_id)  # another thread may have just loaded or refreshed it
-            if entry is None:
-                return self._load_user(user_id, version)
-            if entry.version != version:
-                return self._refresh_user(user_id, entry, version)
-            return entry
-
-    def _user_rows_arrow(self, where: str) -> pa.Table:
-        return (self.table.search().where(where).select(_CACHED_COLUMNS).with_row_id(True)
-                .limit(None).to_arrow())
-
-    def _entry(self, version: int, tbl: pa.Table, *, after: UserVectors | None = None) -> UserVectors:
-        """An entry of the rows in `tbl` (as `_user_rows_arrow` reads them), appended to `after` if given."""
-        vectors = unit_rows(_vectors_of(tbl, self.dim))
-        row_ids = tbl.column("_rowid").to_numpy().astype(np.uint64)
-        rows = tbl.drop_columns(["vector", "_rowid"]).combine_chunks()
-        keys = rows.column(PRIMARY_KEY).to_pylist()
-        created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-        newest = int(created.max()) if len(created) else 0
-        loaded_at = time.monotonic()
-        if after is not None:
-            vectors = np.concatenate([after.vectors, vectors])
-            row_ids = np.concatenate([after.row_ids, row_ids])
-            rows = pa.concat_tables([after.rows, rows]).combine_chunks()
-            keys = after.keys + keys
-            newest, loaded_at = max(after.newest_us, newest), after.loaded_at
-        return UserVectors(version=version, count=rows.num_rows, newest_us=newest, keys=keys, row_ids=row_ids,
-                           vectors=vectors, rows=rows, loaded_at=loaded_at)
-
-    def _load_user(self, user_id: str, version: int) -> UserVectors | None:
-        count = self.count(user_id)
-        if count * self.dim * 4 > self._vectors.max_entry_bytes or self._vectors.too_large(user_id, count):
-            return None
-        self._vectors.loads += 1
-        entry = self._entry(version, self._user_rows_arrow(_user_filter(user_id)))
-        return entry if self._vectors.put(user_id, entry) else None
-
-    def _refresh_user(self, user_id: str, entry: UserVectors, version: int) -> UserVectors | None:
-        """The table moved on (any user's write): keep, extend or reload this user's entry.
-
-        Two counts through the user_id index (~4 ms at 1M rows) tell the cases apart: the same
-        count and no row created after the newest cached one -> unchanged; only such newer rows,
-        as many as the count grew -> they are appended; anything else -> reload. Deleted or
-        rewritten rows that the counts miss are caught when a search takes them (`_still_there`)."""
-        where = _user_filter(user_id)
-        count = self.count(user_id)
-        since = f"{where} AND created_at > to_timestamp_micros({entry.newest_us})"
-        newer = self.table.count_rows(since) if count >= entry.count else -1
-        if count == entry.count and newer == 0:
-            entry.version = version
-        elif count > entry.count and newer == count - entry.count:
-            new = self._user_rows_arrow(since)  # all newer than every cached row: none is cached yet
-            if new.num_rows != count - entry.count:  # a write landed between the counts and this read
-                return self._load_user(user_id, version)
-            entry = self._entry(version, new, after=entry)
-        else:
-            return self._load_user(user_id, version)
-        self._vectors.refreshes += 1
-        return entry if self._vectors.put(user_id, entry) else None
-
-    def _still_there(self, entry: UserVectors, positions: np.ndarray) -> bool:
-        """Whether the rows at these cache positions are, by row id, still the rows the cache holds.
-
-        A delete removes the row id, a caption update rewrites the row under a new one, and
-        compaction renumbers rows: each shows here as a missing or different primary key."""
-        if not len(positions):
-            return True
-        ids = [int(entry.row_ids[p]) for p in positions]
-        try:
-            got = self.table.take_row_ids(ids).select([PRIMARY_KEY]).with_row_id().to_arrow()
-        except (ValueError, OSError, RuntimeError):  # e.g. a fragment compacted away: the cache is stale
-            return False
-        found = dict(zip(got.column("_rowid").to_pylist(), got.column(PRIMARY_KEY).to_pylist()))
-        return all(found.get(row_id) == entry.keys[p] for p, row_id in zip(positions, ids))
-
-    def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
-        """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""
-        where = _user_filter(user_id)
-        self._check_k(k)
-        words = self._query_words(text)
-        return self._fts(where, words, k) if words else []
-
     # -- internals --------------------------------------------------------------------------------
-    def _fts(self, where: str, words: str, limit: int) -> list[dict]:
-        # MatchQuery: the words are matched as terms, never parsed as a query language.
-        query = (self.table.search(MatchQuery(words, "search_text"), query_type="fts")
-                 .where(where, prefilter=True).select(READ_COLUMNS + ["_score"]).limit(limit))
-        hits = []
-        for r in query.to_list():
-            out = _row_out(r)
-            out["score"] = float(r["_score"])
-            hits.append(out)
-        return hits
-
     def _validate(self, rows: Sequence[Mapping[str, Any] | GalleryFields]) -> tuple[list[GalleryFields], np.ndarray]:
         """Every row through the schema's model; vectors checked together (per-row pydantic
         validation of 512 floats would cost more than the write)."""
@@ -570,7 +370,7 @@ class Gallery:
             try:
                 fields.append(GalleryFields.model_validate(data))
             except ValidationError as exc:
-                raise _invalid(exc, row=i) from None
+                raise invalid(exc, row=i) from None
         try:
             matrix = np.asarray(vectors, dtype=np.float32)
         except (ValueError, TypeError):
@@ -594,17 +394,17 @@ class Gallery:
         found: dict[str, dict] = {}
         for i in range(0, len(keys), _IN_CHUNK):
             chunk = keys[i:i + _IN_CHUNK]
-            for r in (self.table.search().where(_in(PRIMARY_KEY, chunk)).select(READ_COLUMNS + [PRIMARY_KEY])
+            for r in (self.table.search().where(in_list(PRIMARY_KEY, chunk)).select(READ_COLUMNS + [PRIMARY_KEY])
                       .limit(None).to_list()):
-                found[r[PRIMARY_KEY]] = _row_out(r)
+                found[r[PRIMARY_KEY]] = row_out(r)
         return found
 
     def _select(self, where: str, limit: int | None = None) -> list[dict]:
-        return [_row_out(r) for r in self.table.search().where(where).select(READ_COLUMNS).limit(limit).to_list()]
+        return [row_out(r) for r in self.table.search().where(where).select(READ_COLUMNS).limit(limit).to_list()]
 
     def _after_insert(self, inserted: int, users: set[str]) -> None:
         for user in users:
-            self._user_rows.pop(user, None)
+            self._search.user_changed(user)
         if not inserted:
             return
         self._since_optimize += inserted
@@ -655,62 +455,3 @@ class Gallery:
             names = frozenset(ix.name for ix in self.table.list_indices())
             self._indexes_seen = (time.monotonic(), names)
         return names
-
-    def _has_vector_index(self) -> bool:
-        return VECTOR_INDEX in self._index_names()
-
-    def _use_ann(self, user_id: str) -> bool:
-        if not self._has_vector_index():
-            return False
-        rows = self._user_rows.get(user_id)
-        if rows is None:
-            rows = self._user_rows[user_id] = self.count(user_id)
-        return rows > self.settings.flat_search_max_rows
-
-    def _check_k(self, k: Any) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.settings.search_max_k:
-            raise InvalidInput(f"k must be an integer in 1..{self.settings.search_max_k}", field="k")
-
-    def _query_vector(self, vector: Any) -> np.ndarray:
-        try:
-            q = np.asarray(vector, dtype=np.float32).reshape(-1)
-        except (ValueError, TypeError):
-            raise InvalidInput("the query vector must be numbers", field="vector") from None
-        if q.shape[0] != self.dim:
-            raise InvalidInput(f"the query vector has {q.shape[0]} values; this gallery's model makes {self.dim}",
-                               field="vector")
-        if not np.isfinite(q).all() or not q.any():
-            raise InvalidInput("the query vector is all zeros or not finite", field="vector")
-        return q
-
-    @staticmethod
-    def _query_words(text: Any) -> str:
-        if not isinstance(text, str):
-            raise InvalidInput("the text query must be a string", field="q")
-        if len(text) > _MAX_QUERY_CHARS:
-            raise InvalidInput(f"the text query is longer than {_MAX_QUERY_CHARS} characters", field="q")
-        return words_for_search(text).strip()
-
-
-def _vectors_of(tbl: pa.Table, dim: int) -> np.ndarray:
-    column = tbl.column("vector").combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if len(column) else np.empty((0, dim), np.float32)
-
-
-def _fuse(vector_hits: list[dict], text_hits: list[dict], k: int) -> list[dict]:
-    """Reciprocal rank fusion: scores from two scales (cosine, BM25) cannot be added, ranks can."""
-    scores: dict[str, float] = {}
-    rows: dict[str, dict] = {}
-    for ranked in (vector_hits, text_hits):
-        for rank, row in enumerate(ranked):
-            scores[row["img_id"]] = scores.get(row["img_id"], 0.0) + 1.0 / (_RRF_C + rank + 1)
-            rows.setdefault(row["img_id"], row)
-    best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
-    return [{**rows[i], "score": scores[i]} for i in best]
-
-
-def _invalid(exc: ValidationError, row: int | None = None) -> InvalidInput:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err.get("loc", ())) or None
-    where = f"row {row}: " if row is not None else ""
-    return InvalidInput(f"{where}{field}: {err.get('msg')}", field=field)
