@@ -104,10 +104,19 @@ def _zip_entries(url: str, handle: IO[bytes], limits, max_file_bytes: int) -> li
         raise InvalidInput(f"{url} is not a readable zip archive ({exc})", code="bad_zip", field="source") from None
     entries = []
     for info in infos:
+        if _is_archive(info.filename):
+            continue  # a nested archive is ignored, not opened and not counted (API.md)
         problem = _member_problem(info, max_file_bytes)
         entries.append(Entry(name=info.filename, url=url, member=info.filename, size=info.file_size,
                              code=problem and problem[0], message=problem and problem[1]))
     return entries
+
+
+_ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar", ".zst")
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(_ARCHIVES)
 
 
 def _member_problem(info: zipfile.ZipInfo, max_file_bytes: int) -> tuple[str, str] | None:

@@ -19,24 +19,20 @@ NAMESPACE = "atelier"
 # outlives a redeploy, and a new caller must not get an old writer that lacks a method it calls.
 # During a rolling upgrade the old and new writers may both commit for a while; the table's
 # primary key still keeps them from storing one (user, content) twice.
-PROTOCOL = 2
+PROTOCOL = 3  # 3: purge_status, and deletes schedule purges
 
 
-@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
-class GalleryWriter:
-    """Serialises every write of one gallery (one LanceDB URI and embedding model).
+class GalleryWrites:
+    """Every write of one gallery, and the purges its deletes owe; one per gallery in a cluster (the
+    GalleryWriter actor below), or in the process itself where no Ray runs (the in-process tier)."""
 
-    Writes run one at a time; the few reads callers without a gallery of their own need (ingestion's
-    read tasks: which hashes a user already has) run beside them in the "reads" group, so they never
-    wait behind a commit and those callers never import LanceDB.
-    """
+    def __init__(self, gallery):
+        from storage.gallery.purge import Purger, PurgeQueue
 
-    def __init__(self, settings: dict, dim: int, embed_model: str):
-        from storage.gallery import Gallery
+        self.gallery = gallery
+        self.purger = Purger(gallery, PurgeQueue(gallery.db, gallery.settings.gallery_table),
+                             gallery.settings.purge_within_s)
 
-        self.gallery = Gallery.open(StorageSettings(**settings), dim=dim, embed_model=embed_model)
-
-    @ray.method(concurrency_group="reads")
     def existing_hashes(self, user_id: str, hashes: list[str]) -> set[str]:
         return self.gallery.existing_hashes(user_id, hashes)
 
@@ -47,13 +43,45 @@ class GalleryWriter:
         return self.gallery.update(user_id, img_id, **fields)
 
     def delete(self, user_id: str, img_id: str) -> Any:
-        return self.gallery.delete(user_id, img_id)
+        row = self.gallery.delete(user_id, img_id)
+        if row is not None:
+            self.purger.schedule()
+        return row
 
     def delete_user(self, user_id: str) -> Any:
-        return self.gallery.delete_user(user_id)
+        count = self.gallery.delete_user(user_id)
+        self.purger.schedule()
+        return count
 
     def optimize(self) -> Any:
         return self.gallery.optimize()
+
+    def purge_status(self) -> dict:
+        """Pending purges, how many ran and when the last one ended (Unix seconds)."""
+        return self.purger.status()
+
+
+@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
+class GalleryWriter(GalleryWrites):
+    """Serialises every write of one gallery (one LanceDB URI and embedding model) for the whole cluster.
+
+    Writes run one at a time; the few reads callers without a gallery of their own need (ingestion's
+    read tasks: which hashes a user already has) run beside them in the "reads" group, so they never
+    wait behind a commit and those callers never import LanceDB. Purges run in a thread of their own.
+    """
+
+    def __init__(self, settings: dict, dim: int, embed_model: str):
+        from storage.gallery import Gallery
+
+        super().__init__(Gallery.open(StorageSettings(**settings), dim=dim, embed_model=embed_model))
+
+    @ray.method(concurrency_group="reads")
+    def existing_hashes(self, user_id: str, hashes: list[str]) -> set[str]:
+        return self.gallery.existing_hashes(user_id, hashes)
+
+    @ray.method(concurrency_group="reads")
+    def purge_status(self) -> dict:
+        return self.purger.status()
 
 
 def writer_name(settings: StorageSettings, embed_model: str) -> str:

@@ -38,7 +38,9 @@ class Library:
 
             self.writer = Calls(gallery_writer(settings, dim, embed_model))
         else:
-            self.writer = Calls(self.gallery, threads=True)
+            from storage.gallery_writer import GalleryWrites
+
+            self.writer = Calls(GalleryWrites(self.gallery), threads=True)
 
     # -- intake -----------------------------------------------------------------------------------
     async def admit(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
@@ -52,23 +54,38 @@ class Library:
                                        model_size=model_size)
 
     # -- reads ------------------------------------------------------------------------------------
+    async def _read(self, fn, *args, **kwargs):
+        """A read of the gallery; once more if a purge removed the files of the version it started on."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only a vanished version is retried; the rest propagate
+            if not _version_gone(exc):
+                raise
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
     async def find(self, user_id: str, content_hash: str) -> dict | None:
-        return await asyncio.to_thread(self.gallery.find_by_hash, user_id, content_hash)
+        return await self._read(self.gallery.find_by_hash, user_id, content_hash)
 
     async def get(self, user_id: str, img_id: str) -> dict:
-        return await asyncio.to_thread(self.gallery.get, user_id, img_id)
+        return await self._read(self.gallery.get, user_id, img_id)
+
+    async def owner(self, img_id: str) -> str | None:
+        return await self._read(self.gallery.owner_of, img_id)
 
     async def list(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[dict], str | None]:
-        return await asyncio.to_thread(self.gallery.list, user_id, limit=limit, cursor=cursor)
+        return await self._read(self.gallery.list, user_id, limit=limit, cursor=cursor)
 
     async def search(self, user_id: str, vector: np.ndarray, k: int, text: str | None = None) -> list[dict]:
-        return await asyncio.to_thread(self.gallery.search, user_id, vector, k=k, text=text)
+        return await self._read(self.gallery.search, user_id, vector, k=k, text=text)
 
     async def display(self, user_id: str, img_id: str) -> tuple[bytes, str]:
         """The stored display copy of a user's image, and its media type."""
         row = await self.get(user_id, img_id)
         key = row.get("display_uri") or row["image_uri"]
-        return await asyncio.to_thread(self.blobs.get, key), media_type(key)
+        try:
+            return await asyncio.to_thread(self.blobs.get, key), media_type(key)
+        except NotFound:  # the row outlived its blob (a delete in progress): to the caller, the image is gone
+            raise NotFound("no such image", code="image_not_found") from None
 
     # -- writes -----------------------------------------------------------------------------------
     async def store(self, user_id: str, image: IntakeResult, *, source: str, vector: np.ndarray,
@@ -95,7 +112,7 @@ class Library:
         row = await self.writer.delete(user_id, img_id)
         self.gallery.forget(user_id)
         if row is None:
-            raise NotFound("no such image")
+            raise NotFound("no such image", code="image_not_found")
         # The row is gone first, so no reader can reach a blob that is about to vanish.
         for key in {row.get("image_uri"), row.get("display_uri")} - {None, ""}:
             await asyncio.to_thread(self.blobs.delete, key)
@@ -104,3 +121,13 @@ class Library:
         await self.writer.delete_user(user_id)
         self.gallery.forget(user_id)
         await asyncio.to_thread(self.blobs.delete_prefix, user_prefix(user_id))
+
+
+def _version_gone(exc: BaseException) -> bool:
+    """Whether a read failed because the files of its table version were removed under it (a purge)."""
+    from storage.errors import AtelierError
+
+    if isinstance(exc, AtelierError):
+        return False
+    text = str(exc).lower()
+    return any(s in text for s in ("not found", "no such file", "does not exist", "object at location"))

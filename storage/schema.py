@@ -66,8 +66,9 @@ def words_for_search(text: str) -> str:
     return " ".join(w for w in _jieba().cut_for_search(text) if w.strip())
 
 
-def search_text_of(caption: str, description: str) -> str:
-    return words_for_search(f"{caption}\n{description}".strip())
+def search_text_of(caption: str, description: str, post_text: str = "") -> str:
+    """What full-text search matches: the user's caption, the vision model's description and the post text."""
+    return words_for_search("\n".join(t for t in (caption, description, post_text) if t).strip())
 
 
 def _json_default(value: Any) -> Any:
@@ -94,8 +95,9 @@ class GalleryFields(LanceModel):
         description="When the row was written, UTC (a naive value is taken as UTC).",
     )
     source: str = Field("upload", description="upload | generated | ingest")
-    caption: str = Field("", max_length=MAX_TEXT, description="The user's caption, or the Chinese post text made for it.")
+    caption: str = Field("", max_length=MAX_TEXT, description="What the user wrote about the image; never model output.")
     description: str = Field("", max_length=MAX_TEXT, description="What the vision model said about the image.")
+    post_text: str = Field("", max_length=MAX_TEXT, description="The Chinese post text the Writer made from the description.")
     embed_model: str = Field(min_length=1, max_length=256, description="Id of the embedding model that made `vector`.")
     meta: str = Field("{}", description="JSON object of extra facts (generation prompt, seed, size, model).")
     search_text: str = Field("", description="Derived: caption + description as words, the full-text index's input.")
@@ -146,7 +148,7 @@ class GalleryFields(LanceModel):
     @model_validator(mode="after")
     def _derived(self) -> "GalleryFields":
         # Derived columns are recomputed on every validation, so no caller can set them wrong.
-        self.search_text = search_text_of(self.caption, self.description)
+        self.search_text = search_text_of(self.caption, self.description, self.post_text)
         self.dedup_key = dedup_key(self.user_id, self.content_hash)
         return self
 

@@ -98,6 +98,13 @@ class StorageSettings(BaseSettings):
     search_max_k: int = Field(100, ge=1, description="Largest k a search may ask for.")
     list_max_limit: int = Field(200, ge=1, description="Largest page a gallery listing may ask for.")
     write_retry_attempts: int = Field(8, ge=1, description="Tries of one gallery commit before a 503.")
+    purge_within_s: float = Field(
+        300.0,
+        gt=0,
+        description="Deleted images (DELETE /api/images/{id}, DELETE /api/me) are physically gone from every "
+        "table version, data file and index within this many seconds (the gallery writer's purge); their blobs "
+        "go at once.",
+    )
     version_retention_s: float = Field(
         3600.0,
         ge=0,

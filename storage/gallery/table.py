@@ -49,7 +49,6 @@ from storage.schema import (
     arrow_schema,
     check_user_id,
     dedup_key,
-    search_text_of,
     words_for_search,
 )
 from storage.settings import StorageSettings
@@ -124,6 +123,9 @@ class Gallery:
             except ValueError:  # created meanwhile by another process
                 table = db.open_table(name)
         missing = [f.name for f in schema if f.name not in table.schema.names]
+        if missing == ["post_text"]:  # a table from before post texts had their own column
+            _add_text_column(table, "post_text")
+            missing = []
         if missing or table.schema.field("vector").type != schema.field("vector").type:
             raise RuntimeError(
                 f"gallery table {name} at {settings.lancedb_uri} has another schema (missing {missing}); "
@@ -143,10 +145,7 @@ class Gallery:
             if index not in names:
                 self._write(lambda c=column, i=index: self.table.create_index(c, config=BTree(), name=i))
         if FTS_INDEX not in names:
-            # Text arrives already split into words (words_for_search); stemming folds English forms.
-            config = FTS(base_tokenizer="simple", language="English", lower_case=True, stem=True,
-                         remove_stop_words=False, ascii_folding=True)
-            self._write(lambda: self.table.create_index("search_text", config=config, name=FTS_INDEX))
+            self._write(lambda: self.table.create_index("search_text", config=_fts_config(), name=FTS_INDEX))
         self._index_names(fresh=True)
 
     # -- writes -----------------------------------------------------------------------------------
@@ -191,23 +190,24 @@ class Gallery:
             "inserted": len(created),
         }
 
-    def update(self, user_id: str, img_id: str, *, caption: str | None = None,
-               description: str | None = None) -> dict:
-        """Set a row's caption and/or description (in every model's table); returns the row."""
+    def update(self, user_id: str, img_id: str, *, caption: str | None = None, description: str | None = None,
+               post_text: str | None = None) -> dict:
+        """Set a row's texts (in every model's table); returns the row. `caption` is the user's own
+        words: only a user's request may set it, never a model's answer (describe sets the others)."""
         with self._lock:
             row = self.get(user_id, img_id)
-            changed = {"caption": row["caption"] if caption is None else caption,
-                       "description": row["description"] if description is None else description}
+            given = {"caption": caption, "description": description, "post_text": post_text}
+            changed = {name: row.get(name, "") if value is None else value for name, value in given.items()}
             try:
                 checked = GalleryFields.model_validate({**row, **changed})
             except ValidationError as exc:
                 raise invalid(exc) from None
-            values = {"caption": checked.caption, "description": checked.description,
-                      "search_text": search_text_of(checked.caption, checked.description)}
+            values = {name: getattr(checked, name) for name in given}
+            values["search_text"] = checked.search_text
             where = f"{user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(checked.dedup_key)}"
             for table in self._model_tables():
                 self._write(lambda t=table: t.update(where=where, values=values))
-        return {**row, "caption": checked.caption, "description": checked.description}
+        return {**row, **{name: getattr(checked, name) for name in given}}
 
     def delete(self, user_id: str, img_id: str) -> dict | None:
         """Delete one of a user's images from every model's table; returns its row (so its blobs can
@@ -239,15 +239,17 @@ class Gallery:
         with self._lock:
             self._build_ann_index()
 
-    def _build_ann_index(self) -> None:
+    def _ann_config(self, dim: int):
         s = self.settings
         if s.ann_index_type == "IVF_HNSW_SQ":
-            config = HnswSq(distance_type="cosine", num_partitions=s.ann_num_partitions,
-                            max_iterations=s.ann_max_iterations)
-        else:
-            sub = s.ann_num_sub_vectors or (self.dim // 8 if self.dim % 8 == 0 else None)
-            config = IvfPq(distance_type="cosine", num_partitions=s.ann_num_partitions, num_sub_vectors=sub,
-                           max_iterations=s.ann_max_iterations)
+            return HnswSq(distance_type="cosine", num_partitions=s.ann_num_partitions,
+                          max_iterations=s.ann_max_iterations)
+        sub = s.ann_num_sub_vectors or (dim // 8 if dim % 8 == 0 else None)
+        return IvfPq(distance_type="cosine", num_partitions=s.ann_num_partitions, num_sub_vectors=sub,
+                     max_iterations=s.ann_max_iterations)
+
+    def _build_ann_index(self) -> None:
+        config = self._ann_config(self.dim)
         self._write(lambda: self.table.create_index("vector", config=config, name=VECTOR_INDEX, replace=True))
         self._index_names(fresh=True)
 
@@ -269,6 +271,40 @@ class Gallery:
                 self._build_ann_index()
         return {"rows": rows, "indexes": sorted(self._index_names(fresh=True))}
 
+    def purge(self) -> dict:
+        """Make what was deleted physically gone from every model's table of this gallery.
+
+        A delete only hides rows (a deletion vector), and the old versions, the data files and the
+        full-text and scalar indexes keep their values. Here fragments holding deleted rows are
+        rewritten without them (compaction materialises deletions), every index is rebuilt over what
+        remains, and every older version is removed with the files only it referenced. Readers that
+        were on a removed version re-read the latest one (`storage.library` retries such a read).
+        """
+        done = []
+        with self._lock:
+            for table in self._model_tables():
+                self._write(lambda t=table: t.to_lance().optimize.compact_files(
+                    materialize_deletions=True, materialize_deletions_threshold=0.0))
+                table.checkout_latest()
+                self._rebuild_indexes(table)
+                table.cleanup_old_versions(older_than=timedelta(0))
+                done.append(table.name)
+            self._index_names(fresh=True)
+            self._since_optimize = self._commits_since_optimize = 0
+        return {"tables": done}
+
+    def _rebuild_indexes(self, table) -> None:
+        """Every index of `table` built again from its current rows (an index keeps the values of rows
+        deleted since it was built)."""
+        names = {ix.name for ix in table.list_indices()}
+        for column, index in _SCALAR_INDEXES.items():
+            self._write(lambda c=column, i=index: table.create_index(c, config=BTree(), name=i, replace=True))
+        self._write(lambda: table.create_index("search_text", config=_fts_config(), name=FTS_INDEX, replace=True))
+        if VECTOR_INDEX in names:
+            dim = table.schema.field("vector").type.list_size
+            self._write(lambda: table.create_index("vector", config=self._ann_config(dim), name=VECTOR_INDEX,
+                                                   replace=True))
+
     # -- reads ------------------------------------------------------------------------------------
     def get(self, user_id: str, img_id: str) -> dict:
         if not isinstance(img_id, str) or not HEX32.match(img_id):
@@ -277,6 +313,13 @@ class Gallery:
         if not rows:
             raise NotFound("no such image", code="image_not_found")
         return rows[0]
+
+    def owner_of(self, img_id: str) -> str | None:
+        """The user an image belongs to, or None (for signed URLs, which must not carry the owner's id)."""
+        if not isinstance(img_id, str) or not HEX32.match(img_id):
+            return None
+        rows = (self.table.search().where(f"img_id = {sql_str(img_id)}").select(["user_id"]).limit(1).to_list())
+        return rows[0]["user_id"] if rows else None
 
     def find_by_hash(self, user_id: str, content_hash: str) -> dict | None:
         """The user's row for these bytes, if any (an upload answers 200 with it)."""
@@ -455,3 +498,19 @@ class Gallery:
             names = frozenset(ix.name for ix in self.table.list_indices())
             self._indexes_seen = (time.monotonic(), names)
         return names
+
+
+def _add_text_column(table, name: str) -> None:
+    """Add an empty string column to an existing table (a schema migration; concurrent openers race safely)."""
+    try:
+        table.add_columns({name: "CAST('' AS STRING)"})
+    except Exception:  # noqa: BLE001 - another process added it first: fine if it is there now
+        table.checkout_latest()
+        if name not in table.schema.names:
+            raise
+
+
+def _fts_config() -> FTS:
+    # Text arrives already split into words (words_for_search); stemming folds English forms.
+    return FTS(base_tokenizer="simple", language="English", lower_case=True, stem=True, remove_stop_words=False,
+               ascii_folding=True)
