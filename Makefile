@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install kit serve test bench clean
+.PHONY: venv install deps kit serve test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,19 @@ kit: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m deployments.local
 
-test: $(STAMP)
+# System packages the tests start for real (Debian's): found, or installed with apt-get (as root, or
+# through sudo). `make test` and .ci/run both come through here.
+DEBS := redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@missing=""; for bin in $(DEBS); do command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \
+		|| { echo "could not install$$missing: install it with your package manager, then run make test again"; exit 1; }; \
+	fi
+
+test: $(STAMP) deps
 	$(BIN)/python -m pytest
 
 clean:

@@ -55,7 +55,7 @@ def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: Stor
     return ProductService(
         models,
         policy=Policy(timeouts=ingress.timeouts, retry_after_s=ingress.retry_after_s,
-                      enhance_search=ingress.enhance_search),
+                      enhance_search=ingress.enhance_search, failure_ttl_s=caches.failure_ttl_s),
         cache=AnswerCache(lru_size=caches.lru_size, ttl_s=caches.ttl_s, redis_url=caches.redis_url),
         library_factory=open_library, stats=stats, idempotency=idempotency,
         ingest=None if (ingest is None or in_process) else IngestDesk(ingest, storage),

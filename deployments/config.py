@@ -126,6 +126,10 @@ class Caches(_Strict):
     lru_size: int = Field(4096, ge=0, description="Entries of each per-replica LRU (0 disables it).")
     ttl_s: float = Field(3600.0, gt=0, description="Lifetime of a cached prompt or text vector.")
     redis_url: str | None = Field(None, description="Optional shared second level, e.g. redis://127.0.0.1:6379/0.")
+    failure_ttl_s: float = Field(
+        30.0, gt=0, description="How long a search text the Writer failed to translate is searched untranslated "
+        "without asking the Writer again (per replica)."
+    )
 
 
 class IngressSpec(_Strict):

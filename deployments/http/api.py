@@ -57,6 +57,12 @@ async def readyz(svc: ProductService = Depends(service)):
     return JSONResponse(body, status_code=200 if not not_ready else 503)
 
 
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_schema(request: Request, user: str = Depends(caller)):
+    """The OpenAPI schema of every route, for API clients and generators; like every route, it needs a key."""
+    return request.app.openapi()
+
+
 @router.get("/api/stats")
 async def stats(user: str = Depends(caller), svc: ProductService = Depends(service)):
     return {"operations": await svc.operation_stats()}
@@ -136,7 +142,10 @@ async def delete_image(img_id: str, user: str = Depends(caller), svc: ProductSer
 async def image_file(request: Request, img_id: str, sig: str | None = Query(None, max_length=2000),
                      svc: ProductService = Depends(service)):
     """The display copy: with a valid signature (an <img> tag), or with the owner's key."""
-    user = request.app.state.edge.signer.verify(sig, img_id) if sig is not None else caller(request)
+    if sig is not None:
+        user = request.app.state.edge.signer.verify(sig, img_id, await svc.image_owner(img_id))
+    else:
+        user = caller(request)
     data, mime = await svc.image_file(user, img_id)
     return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=300",
                                                     "X-Content-Type-Options": "nosniff"})
@@ -153,7 +162,7 @@ def _check_k(request: Request, k: int) -> int:
 def _results(request: Request, user: str, hits: list[dict]) -> list[dict]:
     return [{"img_id": h["img_id"], "image_url": image_url(request, user, h["img_id"]),
              "score": float(h["score"]), "caption": h.get("caption") or "",
-             "description": h.get("description") or ""} for h in hits]
+             "description": h.get("description") or "", "post_text": h.get("post_text") or ""} for h in hits]
 
 
 @router.get("/api/search")

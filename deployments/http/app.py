@@ -7,6 +7,7 @@ and the service raise `AtelierError`s, the models raise `ModelError`s, and both 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from deployments.config import LATENCY_BOUNDARIES_S
 from deployments.models.errors import ModelError
@@ -28,6 +30,7 @@ from .auth import KeyRing, UrlSigner
 log = logging.getLogger("atelier.http")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _UNTRACKED = ("/healthz", "/readyz", "/metrics")
+CLIENT_CLOSED = 499  # the client closed the connection before the answer (nginx's code; never sent)
 
 
 def current_request_id() -> str:
@@ -76,6 +79,12 @@ async def _typed_error(request: Request, exc: Exception):
 
 async def _validation_error(request: Request, exc: RequestValidationError):
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":  # its loc is ("body", <character position>), no field name
+        at = [p for p in first.get("loc", ()) if isinstance(p, int)]
+        where = f" at character {at[0]}" if at else ""
+        return error_response(422, "invalid_json", f"the request body is not valid JSON{where}: "
+                                                   f"{(first.get('ctx') or {}).get('error', 'malformed')}",
+                              field="body")
     where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
     msg = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
     return error_response(422, "invalid_request", msg, field=where or None)
@@ -84,6 +93,11 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 async def _http_error(request: Request, exc: StarletteHTTPException):
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def _client_closed(request: Request, exc: ClientDisconnect):
+    # Nobody reads this answer; its status is what logs, stats and metrics record.
+    return Response(status_code=CLIENT_CLOSED)
 
 
 async def _bug(request: Request, exc: Exception):
@@ -101,10 +115,13 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     from .ingest import router as ingest_router
     from .openai import router as openai_router
 
+    # No /docs or /redoc (their pages load scripts from a public CDN), and the schema needs a key
+    # like every route but health (`GET /openapi.json` in api.py).
     app = FastAPI(
         title="atelier",
         version="0.1.0",
         description="Gallery search, prompt enhancement, FLUX generation and photo descriptions, served by Ray Serve.",
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.state.service = service
     app.state.edge = edge
@@ -112,6 +129,7 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.add_exception_handler(ModelError, _typed_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_closed)
     app.add_exception_handler(Exception, _bug)
     app.include_router(api_router)
     app.include_router(openai_router)
@@ -169,6 +187,11 @@ class EdgeMiddleware:
             except _BodyTooLarge:
                 if not status["sent"]:
                     await self._too_large(send_with_id, limit)
+            except (asyncio.CancelledError, ClientDisconnect):
+                # The client went away (Serve cancels the request): nginx's 499, not a server error.
+                if not status["sent"]:
+                    status["code"] = CLIENT_CLOSED
+                raise
         finally:
             self._record(scope, status["code"], time.perf_counter() - started)
             request_id.reset(token)
@@ -202,7 +225,7 @@ class EdgeMiddleware:
                 self._metrics[1].observe(seconds, tags={"route": op})
             except Exception:  # noqa: BLE001 - metrics must never fail a request
                 pass
-        self.service.record(op, seconds, code < 500)
+        self.service.record(op, seconds, code)
 
 
 class _BodyTooLarge(Exception):

@@ -25,14 +25,17 @@ def caller(request: Request) -> str:
 
 
 def image_url(request: Request, user_id: str, img_id: str) -> str:
-    """The signed, expiring URL of an image's display copy, relative to this service's root."""
+    """The signed, expiring URL of an image's display copy, absolute (API.md): clients, and the
+    official openai client, download it without knowing our base URL."""
     token = edge(request).signer.sign(user_id, img_id)
-    return f"{request.scope.get('root_path', '')}/api/images/{img_id}/file?sig={token}"
+    root = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
+    return f"{root}/api/images/{img_id}/file?sig={token}"
 
 
 def record_out(request: Request, user_id: str, row: dict) -> dict:
     """A gallery row as the API shows it."""
-    out = {k: row.get(k) for k in ("img_id", "width", "height", "content_hash", "caption", "description", "source")}
+    out = {k: row.get(k) for k in ("img_id", "width", "height", "content_hash", "caption", "description", "post_text",
+                                   "source")}
     created = row.get("created_at")
     out["created_at"] = created.isoformat() if hasattr(created, "isoformat") else created
     out["image_url"] = image_url(request, user_id, row["img_id"])

@@ -171,8 +171,7 @@ async def openai_images(request: Request, body: ImagesRequest, user: str = Depen
     for g in generated:
         item: dict[str, Any] = {"revised_prompt": g.used, "seed": g.painted["seed"]}
         if keep:
-            # Absolute, as OpenAI's are: clients download `url` without knowing our base URL.
-            item["url"] = f"{request.url.scheme}://{request.url.netloc}{image_url(request, user, g.row['img_id'])}"
+            item["url"] = image_url(request, user, g.row["img_id"])  # absolute, as OpenAI's are
         else:
             item["b64_json"] = base64.b64encode(g.painted["png"]).decode()
         data.append(item)
@@ -285,8 +284,10 @@ async def _own_image(request: Request, user: str, svc: ProductService, url: str,
             or not match or not sig):
         raise InvalidInput("image_url must be a data: URI (data:image/png;base64,...) or an image URL from this "
                            "service's gallery; other URLs are never fetched", code="url_not_allowed", field=where)
-    if edge(request).signer.verify(sig, match["img_id"]) != user:
-        raise NotFound("no such image", field=where)  # another user's link: no existence oracle
+    try:
+        edge(request).signer.verify(sig, match["img_id"], user)
+    except NotFound:
+        raise NotFound("no such image", code="image_not_found", field=where) from None  # no existence oracle
     data, _ = await svc.image_file(user, match["img_id"])
     return data
 

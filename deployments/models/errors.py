@@ -32,7 +32,7 @@ class ModelInputError(ModelError):
 class ModelNotFound(ModelError):
     """A role's checkpoint could not be found or loaded; the service cannot start that role."""
 
-    code = "model_not_found"
+    code = "model_load_failed"
     status = 503
 
 

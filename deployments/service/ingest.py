@@ -16,6 +16,7 @@ import re
 import time
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import AsyncIterator, BinaryIO
 
 from pipelines.config import IngestSpec
@@ -28,6 +29,15 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 MULTIPART_SLACK = 1024 * 1024  # part headers and boundaries on top of the files themselves
 PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
 ACTIVE = ("queued", "running")
+
+
+def public(status: dict) -> dict:
+    """A job's status as the API shows it: the ledger's Unix times as ISO 8601 UTC (API.md's rule)."""
+    out = dict(status)
+    for name, value in status.items():
+        if name.endswith("_at") and isinstance(value, (int, float)):
+            out[name] = datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="microseconds")
+    return out
 
 
 @dataclass
@@ -91,7 +101,7 @@ class IngestDesk:
                 raise Unavailable("the ingestion job could not be started; retry shortly",
                                   code="ingest_unavailable") from None
         status = opened["status"]
-        return status, not (status["state"] == "succeeded" and opened["action"] == "exists")
+        return public(status), not (status["state"] == "succeeded" and opened["action"] == "exists")
 
     def _stage(self, user: str, job_id: str, staged: _Staged):
         """Put the upload's bytes in the blob store, where the job's tasks (on any node) read them."""
@@ -123,18 +133,18 @@ class IngestDesk:
         status = await self.ledger().status.remote(job_id, user) if _JOB_ID.match(job_id) else None
         if status is None:
             raise NotFound("no such ingestion job", code="job_not_found")
-        return status
+        return public(status)
 
     async def list(self, user: str) -> list[dict]:
         """The user's jobs, newest first, without their error lists."""
-        return [{k: j[k] for k in PROGRESS_FIELDS} for j in await self.ledger().list.remote(user)]
+        return [public({k: j[k] for k in PROGRESS_FIELDS}) for j in await self.ledger().list.remote(user)]
 
     async def cancel(self, user: str, job_id: str) -> dict:
         """A queued job at once, a running one after its current commit (what was written stays)."""
         status = await self.ledger().cancel.remote(job_id, user) if _JOB_ID.match(job_id) else None
         if status is None:
             raise NotFound("no such ingestion job", code="job_not_found")
-        return status
+        return public(status)
 
     async def events(self, user: str, job_id: str, disconnected) -> AsyncIterator[dict]:
         """`progress` at every change of the counters or state, then one `done` (SSE events as dicts)."""
@@ -148,12 +158,12 @@ class IngestDesk:
                 if status is None:  # deleted meanwhile (DELETE /api/me)
                     yield {"event": "done", "data": json.dumps({"job_id": job_id, "state": "deleted"})}
                     return
-                progress = {k: status[k] for k in PROGRESS_FIELDS}
+                progress = public({k: status[k] for k in PROGRESS_FIELDS})
                 if progress != last:
                     last = progress
                     yield {"event": "progress", "data": json.dumps(progress)}
                 if status["state"] in ("succeeded", "failed", "cancelled"):
-                    yield {"event": "done", "data": json.dumps(status)}
+                    yield {"event": "done", "data": json.dumps(public(status))}
                     return
                 if await disconnected():
                     return

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import numpy as np
+from cachetools import TTLCache
 from PIL import Image
 
 from deployments.models.errors import ModelError, ModelInputError
@@ -38,6 +39,14 @@ def is_english(text: str) -> bool:
     return bool(_LATIN.match(text))
 
 
+def brief(exc: BaseException) -> str:
+    """One line about a failure: its type and first line. A Ray task error's text carries the whole
+    remote traceback, which would turn every degraded request into a screen of log."""
+    cause = getattr(exc, "cause", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:200]
+    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+
+
 def _callers_mistake(exc: BaseException) -> bool:
     """A 4xx from a model or storage: the caller must see it, never a silent fallback."""
     return isinstance(exc, (InvalidInput, ModelInputError))
@@ -50,6 +59,7 @@ class Policy:
     timeouts: Any
     retry_after_s: int = 2
     enhance_search: bool = True
+    failure_ttl_s: float = 30.0
 
 
 @dataclass
@@ -96,6 +106,8 @@ class ProductService:
         self.models, self.policy, self.cache = models, policy, cache
         self.stats, self.idempotency, self.ingest = stats, idempotency, ingest
         self._library_factory = library_factory
+        # Search texts the Writer just failed to translate (a short TTL, like answers have a long one).
+        self._failed: TTLCache = TTLCache(maxsize=4096, ttl=policy.failure_ttl_s)
         self._library = None
         self._library_lock = asyncio.Lock()
 
@@ -127,16 +139,25 @@ class ProductService:
                                   timeout=self.policy.timeouts.search_s)
 
     async def english(self, text: str, request_id: str = "-") -> tuple[str, bool]:
-        """Search text as CLIP should see it: (english, degraded). A failing Writer degrades, never fails."""
+        """Search text as CLIP should see it: (english, degraded). A failing Writer degrades, never fails.
+
+        A failed translation is remembered for `caches.failure_ttl_s` like an answer is for `ttl_s`:
+        the same query then searches its original text at once instead of waiting on the Writer again.
+        """
         if is_english(text) or not self.policy.enhance_search:
             return text, False
+        failed_key = AnswerCache.key("translate", (await self.models.info("writer"))["model_id"], text)
+        if failed_key in self._failed:
+            return text, True
         try:
             return await self._cached("translate", text, lambda: self.models.to_english(text),
                                       timeout=self.policy.timeouts.writer_s), False
         except Exception as exc:  # noqa: BLE001 - any Writer trouble means: search with the original text
             if _callers_mistake(exc):
                 raise
-            log.warning("request %s: writer unavailable for search (%s); using the original text", request_id, exc)
+            self._failed[failed_key] = True
+            log.warning("request %s: the writer could not translate a search query (%s); searching the original "
+                        "text, and so for the next %g s", request_id, brief(exc), self._failed.ttl)
             return text, True
 
     async def enhance(self, text: str, request_id: str = "-") -> tuple[str, bool]:
@@ -148,7 +169,7 @@ class ProductService:
         except Exception as exc:  # noqa: BLE001 - the original text is the fallback
             if _callers_mistake(exc):
                 raise
-            log.warning("request %s: prompt enhancement failed (%s); painting the original", request_id, exc)
+            log.warning("request %s: prompt enhancement failed (%s); painting the original", request_id, brief(exc))
             return text, True
 
     # -- health and operations --------------------------------------------------------------------
@@ -164,9 +185,9 @@ class ProductService:
     async def operation_stats(self) -> dict:
         return await self.stats.summary()
 
-    def record(self, op: str, seconds: float, ok: bool) -> None:
-        """Count one finished HTTP call (fire and forget: stats never slow or fail a request)."""
-        self.stats.record_nowait(op, seconds, ok)
+    def record(self, op: str, seconds: float, status: int) -> None:
+        """Count one finished HTTP call by its status (fire and forget: stats never slow or fail a request)."""
+        self.stats.record_nowait(op, seconds, status)
 
     async def delete_user(self, user: str) -> None:
         """Everything of a user: ingest jobs first (no job writes a row after this), rows, blobs, records."""
@@ -185,7 +206,7 @@ class ProductService:
         except Exception as exc:  # noqa: BLE001 - the text itself is the fallback, flagged degraded
             if _callers_mistake(exc):
                 raise
-            log.warning("request %s: post text failed (%s)", request_id, exc)
+            log.warning("request %s: post text failed (%s)", request_id, brief(exc))
             return description, True
 
     # -- gallery ----------------------------------------------------------------------------------
@@ -212,6 +233,10 @@ class ProductService:
     async def image_file(self, user: str, img_id: str) -> tuple[bytes, str]:
         """The stored display copy of a user's image and its media type."""
         return await (await self.library()).display(user, img_id)
+
+    async def image_owner(self, img_id: str) -> str | None:
+        """Who owns an image (for a signed URL, which does not carry its owner); None if nobody does."""
+        return await (await self.library()).owner(img_id)
 
     async def decode_image(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
                            model_size: int | None = None) -> Image.Image:
@@ -302,14 +327,14 @@ class ProductService:
     async def describe(self, user: str, image: Image.Image, *, img_id: str | None, instruction: str | None,
                        request_id: str = "-") -> Described:
         """Describe-then-write: the vision model's description, then the Writer's Chinese post text;
-        with an img_id both are saved on the caller's row."""
+        with an img_id both are saved on the caller's row (`description`, `post_text`), never over its caption."""
         async def run():
             try:
                 description = await self.models.describe(image, instruction)
             except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503 of this route only
                 if _callers_mistake(exc):
                     raise
-                log.warning("request %s: describer failed (%s)", request_id, exc)
+                log.warning("request %s: describer failed (%s)", request_id, brief(exc))
                 raise Unavailable("the vision model cannot answer right now; retry shortly",
                                   code="describer_unavailable", retry_after=self.policy.retry_after_s) from None
             try:
@@ -317,13 +342,14 @@ class ProductService:
                                               timeout=self.policy.timeouts.writer_s)
                 return description, post, False
             except Exception as exc:  # noqa: BLE001 - the Writer's input came from us; the description still stands
-                log.warning("request %s: post text failed (%s)", request_id, exc)
+                log.warning("request %s: post text failed (%s)", request_id, brief(exc))
                 return description, "", True
 
         description, post, degraded = await self.deadline(run(), self.policy.timeouts.describe_s,
                                                           "describing the image")
         if img_id is not None:
-            await (await self.library()).update(user, img_id, description=description, caption=post)
+            # The user's caption stays theirs: the model's texts go to their own columns.
+            await (await self.library()).update(user, img_id, description=description, post_text=post)
         info_d, info_w = await self.models.info("describer"), await self.models.info("writer")
         return Described(description=description, post_text=post, img_id=img_id, degraded=degraded,
                          random_weights=bool(info_d["random_weights"] or info_w["random_weights"]))
@@ -373,7 +399,7 @@ class ProductService:
             except (AtelierError, ModelError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503, as on /api/describe
-                log.warning("request %s: describer failed (%s)", request_id, exc)
+                log.warning("request %s: describer failed (%s)", request_id, brief(exc))
                 raise Unavailable("the vision model cannot answer right now; retry shortly",
                                   code="describer_unavailable", retry_after=self.policy.retry_after_s) from None
 

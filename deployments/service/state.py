@@ -15,7 +15,9 @@ from cachetools import TTLCache
 
 from storage.calls import Calls
 
-STATS_ACTOR = "atelier_stats"
+# Versioned like the gallery writer: the actor is detached and outlives a redeploy, and its
+# `record` now takes a status code (v1 took ok: bool).
+STATS_ACTOR = "atelier_stats_v2"
 IDEMPOTENCY_ACTOR = "atelier_idempotency"
 NAMESPACE = "atelier"
 
@@ -31,9 +33,10 @@ class StatsLedger:
         self._max: dict[str, float] = {}
         self._sum: dict[str, float] = defaultdict(float)
 
-    def record(self, op: str, seconds: float, ok: bool) -> None:
+    def record(self, op: str, seconds: float, status: int) -> None:
+        """One finished call; 5xx counts as an error (a 499, the client closing first, does not)."""
         self._count[op] += 1
-        self._errors[op] += 0 if ok else 1
+        self._errors[op] += 1 if status >= 500 else 0
         self._sum[op] += seconds
         self._durations[op].append(seconds)
         self._min[op] = min(self._min.get(op, seconds), seconds)
@@ -83,9 +86,9 @@ class IdempotencyLedger:
 
 
 class StatsCalls(Calls):
-    def record_nowait(self, op: str, seconds: float, ok: bool) -> None:
+    def record_nowait(self, op: str, seconds: float, status: int) -> None:
         try:
-            self.nowait("record", op, seconds, ok)
+            self.nowait("record", op, seconds, status)
         except Exception:  # noqa: BLE001 - the ledger restarting must not break serving
             pass
 

@@ -131,12 +131,14 @@ def test_describe_file_and_saved_image(service):
         body = r.json()
         assert isinstance(body["description"], str) and isinstance(body["caption_zh"], str)
         assert body["random_weights"] is True
-        rec = upload(c, png(32)).json()
+        rec = upload(c, png(32), caption="我自己写的").json()
         r = c.post("/api/describe", json={"img_id": rec["img_id"]})
         assert r.status_code == 200, r.text
         saved = c.get(f"/api/images/{rec['img_id']}").json()
         assert saved["description"] == r.json()["description"]
-        assert saved["caption"] == r.json()["caption_zh"]
+        # The model's post text has its own field; the user's caption is never overwritten (API.md).
+        assert saved["post_text"] == r.json()["caption_zh"]
+        assert saved["caption"] == "我自己写的"
         assert c.post("/api/describe", json={"nope": 1}).status_code == 400
         assert c.post("/api/describe", files={"file": ("x.png", b"GIF87a-not", "image/png")}).status_code in (400, 415)
 

@@ -14,55 +14,10 @@ import io
 
 import numpy as np
 import pytest
+from http_helpers import auth as _as, png as _png
 from PIL import Image
 
 pytestmark = pytest.mark.unit
-
-
-def _png(seed: int, size=(48, 40)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def surface(tiny_kit, tmp_path_factory):
-    """(app, keys): the whole HTTP surface over the tiny models, in this process."""
-    import torch
-    from fastapi.testclient import TestClient
-
-    from deployments.assemble import in_process_app
-    from deployments.config import IngressSpec
-    from deployments.http.auth import add_key
-    from deployments.models import (Describer, DescriberConfig, Embedder, EmbedderConfig, Painter, PainterConfig,
-                                    Writer, WriterConfig)
-    from deployments.service.models import LocalModels
-    from deployments.settings import ServiceSettings
-    from storage.settings import StorageSettings
-
-    torch.set_num_threads(1)
-    data = tmp_path_factory.mktemp("inprocess")
-    settings = ServiceSettings(keys_file=str(data / "keys.json"), url_secret_file=str(data / "url_secret"))
-    keys = {user: add_key(settings.keys_file, user) for user in ("alice", "bob")}
-    models = []
-    for cls, cfg, extra in ((Embedder, EmbedderConfig, {}), (Writer, WriterConfig, {"min_new_tokens": 4}),
-                            (Describer, DescriberConfig, {"min_new_tokens": 4}),
-                            (Painter, PainterConfig, {"default_steps": 1,
-                                                      "sizes": {"small": "64x64", "medium": "96x96"}})):
-        model = cls(cfg(model=str(tiny_kit / cls.role), num_threads=1, **extra))
-        model.warmup()
-        models.append(model)
-    app = in_process_app(LocalModels(*models), ingress=IngressSpec(),
-                         storage=StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs")),
-                         settings=settings)
-    with TestClient(app) as client:
-        yield client, keys
-
-
-def _as(surface, user: str | None = "alice") -> dict:
-    client, keys = surface
-    return {"Authorization": f"Bearer {keys[user]}"} if user else {}
 
 
 def test_health_readiness_and_request_ids(surface):

@@ -181,3 +181,27 @@ def test_route_body_limits_reach_the_middleware(service):
     with service.client("alice") as c:
         r = c.post("/api/images", files={"file": ("noise.png", buf.getvalue(), "image/png")})
         assert r.status_code == 201, r.text
+
+
+def test_job_times_are_iso_8601_utc_everywhere(service):
+    """API.md: timestamps in /api answers are ISO 8601 UTC (the job ledger keeps Unix seconds)."""
+    from datetime import datetime, timedelta
+
+    def utc(value: str) -> datetime:
+        stamp = datetime.fromisoformat(value)
+        assert stamp.utcoffset() == timedelta(0), value
+        return stamp
+
+    with service.client("bob") as c:
+        r = c.post("/api/init/upload", files=[("files", ("notes.txt", b"not a photo", "text/plain")),
+                                              ("files", ("more.txt", b"still not a photo", "text/plain"))])
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        status = wait_for(c, job_id)
+        events = read_events(c, job_id)
+        listed = [j for j in c.get("/api/init/upload").json()["items"] if j["job_id"] == job_id][0]
+    assert (status["state"], status["failed"]) == ("succeeded", 2)
+    assert utc(status["started_at"]) <= utc(status["finished_at"])
+    assert utc(listed["finished_at"]) == utc(status["finished_at"])
+    assert all(utc(data["finished_at"]) for _, data in events if data.get("finished_at"))
+
