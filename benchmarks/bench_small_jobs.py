@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_small_jobs", description=__doc__)
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--label", default="before the fast path (main at 07f4719)")
+    parser.add_argument("--label", default="this code", help="what the row of the table names")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

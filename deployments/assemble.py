@@ -52,14 +52,17 @@ def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: Stor
         return await asyncio.to_thread(Library, storage, dim=dim, embed_model=embed_model,
                                        writer="local" if in_process else "actor")
 
-    return ProductService(
+    desk = None if (ingest is None or in_process) else IngestDesk(ingest, storage)
+    service = ProductService(
         models,
         policy=Policy(timeouts=ingress.timeouts, retry_after_s=ingress.retry_after_s,
                       enhance_search=ingress.enhance_search, failure_ttl_s=caches.failure_ttl_s),
         cache=AnswerCache(lru_size=caches.lru_size, ttl_s=caches.ttl_s, redis_url=caches.redis_url),
-        library_factory=open_library, stats=stats, idempotency=idempotency,
-        ingest=None if (ingest is None or in_process) else IngestDesk(ingest, storage),
+        library_factory=open_library, stats=stats, idempotency=idempotency, ingest=desk,
     )
+    if desk is not None:
+        desk.attach(service.keep_ingested)  # small jobs run through the service, like single uploads
+    return service
 
 
 def in_process_app(models: ModelGateway, *, ingress: IngressSpec, storage: StorageSettings,

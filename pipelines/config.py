@@ -80,7 +80,11 @@ class IngestSpec(_Strict):
     )
     max_files: int = Field(10_000, ge=1, description="Most files one job may hold (multipart files or zip entries).")
     zip: ZipLimits = Field(default_factory=ZipLimits)
-    poll_s: float = Field(0.25, gt=0, description="How often the SSE stream re-reads a job's status.")
+    poll_s: float = Field(0.25, gt=0, description="How often the SSE stream re-reads a job's progress log.")
+    fast_path_max_files: int = Field(
+        16, ge=0, description="An upload of at most this many files (not a zip) is stored by the ingress through "
+        "the running Embedder, like single uploads, instead of a Ray Data job; 0 sends every upload to Ray Data."
+    )
     embedder: EmbedderConfig | None = Field(
         None, description="The embedding model of the jobs; left empty, the app's `embedder.model` (same table)."
     )

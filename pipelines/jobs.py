@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.config import IngestSpec
 
 NAMESPACE = "atelier"
-LEDGER_ACTOR = "atelier_ingest_jobs"
+# Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log).
+LEDGER_ACTOR = "atelier_ingest_jobs_v2"
+PROGRESS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
+MAX_PROGRESS_EVENTS = 50_000  # per job; a longer log keeps its last entries (the stream then skips some)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 COUNTERS = ("total", "done", "skipped_duplicates", "failed")
@@ -114,6 +117,7 @@ class JobLedger:
             "attempt": attempt,
             "cancel": False, "submission": submission, **{c: 0 for c in COUNTERS},
         }
+        self._log(rec)
         return {"action": "created" if submission == 1 else "restarted", "status": self._public(rec),
                 "submission": submission}
 
@@ -179,6 +183,7 @@ class JobLedger:
         rec.update(state="running", attempt=rec["attempt"] + 1, started_at=time.time(), finished_at=None,
                    message=None, errors=[], beat=time.time(), cancel=False, **{c: 0 for c in COUNTERS})
         self._claims[(job_id, rec["attempt"])] = {}
+        self._log(rec)
         return rec["attempt"]
 
     def claim(self, job_id: str, attempt: int, pairs: list[tuple[str, int]]) -> dict[str, int]:
@@ -200,9 +205,12 @@ class JobLedger:
             return "stop" if job_id in self._forgotten else "unknown"
         if rec["attempt"] != attempt or rec["state"] != "running":
             return "stop"
+        before = tuple(rec[c] for c in COUNTERS)
         rec.update({c: int(counters[c]) for c in COUNTERS if c in counters})
         rec["errors"].extend(errors)
         rec["beat"] = time.time()
+        if tuple(rec[c] for c in COUNTERS) != before:
+            self._log(rec)
         return "stop" if rec["cancel"] else "go"
 
     def restore(self, spec: dict, attempt: int, started_at: float, counters: dict, errors: list[dict]) -> None:
@@ -249,6 +257,27 @@ class JobLedger:
         rec["state"] = state
         rec["finished_at"] = time.time()
         self._drop_claims(rec["job_id"])
+        self._log(rec)
+
+    @staticmethod
+    def _log(rec: dict) -> None:
+        """One progress entry per change of state or counters: the event stream sends each one."""
+        log = rec.setdefault("log", [])
+        log.append({k: rec[k] for k in PROGRESS})
+        rec["logged"] = rec.get("logged", 0) + 1
+        if len(log) > MAX_PROGRESS_EVENTS:
+            del log[: len(log) - MAX_PROGRESS_EVENTS]
+
+    def progress(self, job_id: str, user_id: str, since: int) -> dict | None:
+        """Progress entries after the `since`-th (counted over the job's life), and the status now;
+        None when the job is absent or another user's."""
+        rec = self._jobs.get(job_id)
+        if rec is None or rec["user_id"] != user_id:
+            return None
+        self._settle(rec)
+        log, logged = rec.get("log", []), rec.get("logged", 0)
+        first = logged - len(log)  # entries before this one were trimmed
+        return {"events": log[max(0, since - first):], "next": logged, "status": self._public(rec)}
 
     def _drop_claims(self, job_id: str) -> None:
         for key in [k for k in self._claims if k[0] == job_id]:

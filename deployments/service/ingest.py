@@ -29,6 +29,7 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 MULTIPART_SLACK = 1024 * 1024  # part headers and boundaries on top of the files themselves
 PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
 ACTIVE = ("queued", "running")
+SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
 
 
 def public(status: dict) -> dict:
@@ -61,6 +62,66 @@ class IngestDesk:
     def __init__(self, spec: IngestSpec, storage: StorageSettings):
         self.spec, self.storage = spec, storage
         self._ledger = None
+        self._keep = None  # the service's keep_ingested, for small jobs run here (attach())
+        self._tasks: set[asyncio.Task] = set()
+
+    def attach(self, keep) -> None:
+        """`keep(user, name, data, job_id, seen) -> "done" | "skipped_duplicates"` stores one file of a small job."""
+        self._keep = keep
+
+    def _fast(self, staged: "_Staged") -> bool:
+        limit = self.spec.fast_path_max_files
+        return self._keep is not None and staged.zip_data is None and 0 < len(staged.files) <= limit
+
+    async def _run_small(self, spec, files: list[tuple[str, bytes]]) -> None:
+        """A small job in this replica, under the same ledger rules as a Ray Data driver: an attempt, a
+        report (and heartbeat) per file, cancel before the next file starts, the same counting and errors."""
+        from deployments.models.errors import ModelError
+        from storage.errors import AtelierError
+
+        ledger, job_id, user = self.ledger(), spec.job_id, spec.user_id
+        attempt = await ledger.begin.remote(job_id)
+        if attempt is None:
+            return
+        counters = {"total": len(files), "done": 0, "skipped_duplicates": 0, "failed": 0}
+        state, message, seen = "succeeded", None, set()
+        stop = asyncio.Event()
+        reporting = asyncio.Lock()
+        # A few files at once: the Embedder batches them, intake decodes run in parallel threads.
+        slots = asyncio.Semaphore(SMALL_JOB_CONCURRENCY)
+
+        async def one(name: str, data: bytes) -> None:
+            async with slots:
+                if stop.is_set():
+                    return
+                errors, outcome = [], "failed"
+                try:
+                    outcome = await self._keep(user, name, data, job_id, seen)
+                except (AtelierError, ModelError) as exc:
+                    errors.append({"name": name, "code": exc.code, "message": exc.message})
+                async with reporting:  # one report per file, in the order they finish
+                    counters[outcome] += 1
+                    if await ledger.report.remote(job_id, attempt, counters, errors) != "go":
+                        stop.set()
+
+        try:
+            if await ledger.report.remote(job_id, attempt, counters, []) != "go":
+                stop.set()
+            await asyncio.gather(*(one(name, data) for name, data in files))
+            if stop.is_set() and sum(counters[c] for c in ("done", "skipped_duplicates", "failed")) < len(files):
+                state = "cancelled"
+        except Exception as exc:  # noqa: BLE001 - the job fails as a whole; the same upload again resumes it
+            log.exception("small ingestion job %s failed", job_id)
+            state, message = "failed", f"the job failed ({type(exc).__name__}); upload again to resume"
+        finally:
+            await ledger.finish.remote(job_id, attempt, state, counters, [], message)
+            if state != "failed" and spec.staged_prefix:
+                await asyncio.to_thread(self._unstage, spec.staged_prefix)
+
+    def _unstage(self, prefix: str) -> None:
+        from storage.blobs import open_blob_store
+
+        open_blob_store(self.storage).delete_prefix(prefix)
 
     @property
     def body_limit(self) -> int:
@@ -92,7 +153,13 @@ class IngestDesk:
         if opened["action"] == "conflict":
             raise InvalidInput("this Idempotency-Key was used for another upload; use a new key",
                                code="idempotency_conflict", field="Idempotency-Key")
-        if opened["action"] in ("created", "restarted"):
+        if opened["action"] in ("created", "restarted") and self._fast(staged):
+            # A few files: stored here through the running Embedder, as single uploads are, instead
+            # of a Ray Data pipeline that first starts a driver, tasks and a model of its own.
+            task = asyncio.create_task(self._run_small(spec, staged.files))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif opened["action"] in ("created", "restarted"):
             try:
                 await asyncio.to_thread(submit, spec, opened["submission"])
             except Exception as exc:  # noqa: BLE001 - the job is marked failed, the client may retry
@@ -147,23 +214,23 @@ class IngestDesk:
         return public(status)
 
     async def events(self, user: str, job_id: str, disconnected) -> AsyncIterator[dict]:
-        """`progress` at every change of the counters or state, then one `done` (SSE events as dicts)."""
+        """One `progress` event per change of the job's counters or state (the ledger logs each one,
+        so none is lost between two reads of the stream), then one `done` (SSE events as dicts)."""
         await self.status(user, job_id)  # 404 before the stream starts
         ledger, poll = self.ledger(), self.spec.poll_s
 
         async def stream():
-            last = None
+            seen = 0
             while True:
-                status = await ledger.status.remote(job_id, user)
-                if status is None:  # deleted meanwhile (DELETE /api/me)
+                got = await ledger.progress.remote(job_id, user, seen)
+                if got is None:  # deleted meanwhile (DELETE /api/me)
                     yield {"event": "done", "data": json.dumps({"job_id": job_id, "state": "deleted"})}
                     return
-                progress = public({k: status[k] for k in PROGRESS_FIELDS})
-                if progress != last:
-                    last = progress
-                    yield {"event": "progress", "data": json.dumps(progress)}
-                if status["state"] in ("succeeded", "failed", "cancelled"):
-                    yield {"event": "done", "data": json.dumps(public(status))}
+                for entry in got["events"]:
+                    yield {"event": "progress", "data": json.dumps(public(entry))}
+                seen = got["next"]
+                if got["status"]["state"] in ("succeeded", "failed", "cancelled"):
+                    yield {"event": "done", "data": json.dumps(public(got["status"]))}
                     return
                 if await disconnected():
                     return

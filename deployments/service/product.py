@@ -221,6 +221,22 @@ class ProductService:
         vector = await self.models.embed_image(image.model_image)
         return await lib.store(user, image, source="upload", vector=vector, caption=caption)
 
+    async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str, seen: set[str]) -> str:
+        """One file of a small ingestion job: skipped by its hash before any decode when the user (or this
+        job) has it, else checked, embedded and kept like an upload; returns the counter it adds to."""
+        content_hash = hashlib.sha256(data).hexdigest()
+        if content_hash in seen:  # claimed by another file of this job (before any await: files run at once)
+            return "skipped_duplicates"
+        seen.add(content_hash)
+        lib = await self.library()
+        if await lib.find(user, content_hash) is not None:
+            return "skipped_duplicates"
+        image = await lib.admit(data, filename=name)
+        vector = await self.models.embed_image(image.model_image)
+        _, created = await lib.store(user, image, source="ingest", vector=vector,
+                                     meta={"ingest_job": job_id, "name": name})
+        return "done" if created else "skipped_duplicates"
+
     async def list_images(self, user: str, limit: int, cursor: str | None) -> tuple[list[dict], str | None]:
         return await (await self.library()).list(user, limit, cursor)
 

@@ -205,3 +205,28 @@ def test_job_times_are_iso_8601_utc_everywhere(service):
     assert utc(listed["finished_at"]) == utc(status["finished_at"])
     assert all(utc(data["finished_at"]) for _, data in events if data.get("finished_at"))
 
+
+
+def test_a_small_job_answers_at_once_and_reports_every_file(service, tiny_kit):
+    """A few files go through the running Embedder (no Ray Data start-up), under the same ledger: 202
+    before any embedding, one progress event per stored, skipped or failed file, the same counting."""
+    gallery = open_gallery(tiny_kit, service.data / "lancedb", service.data / "blobs")
+    files = ([(f"small-{i}.jpg", jpeg(60_000 + i)) for i in range(5)]
+             + [("again.jpg", jpeg(60_000)), ("notes.txt", b"not a photo")])
+    with service.client("alice") as c:
+        r = post_files(c, files)
+        assert r.status_code == 202, r.text
+        assert (r.json()["state"], r.json()["done"]) == ("queued", 0)
+        job_id = r.json()["job_id"]
+        events = read_events(c, job_id)
+        status = c.get(f"/api/init/upload/{job_id}").json()
+        again = post_files(c, files)
+    assert (status["state"], status["total"], status["done"], status["skipped_duplicates"], status["failed"]) == (
+        "succeeded", 7, 5, 1, 1), status
+    assert [e["name"] for e in status["errors"]] == ["notes.txt"]
+    handled = [d["done"] + d["skipped_duplicates"] + d["failed"] for e, d in events if e == "progress"]
+    assert sorted(set(handled)) == list(range(8)), handled  # every file moved the counters on its own
+    assert all(0 <= b - a <= 1 for a, b in zip(handled, handled[1:])), handled
+    ours = [row for row in all_rows(gallery, "alice") if row["meta"].get("ingest_job") == job_id]
+    assert len(ours) == 5 and {row["source"] for row in ours} == {"ingest"}
+    assert again.status_code == 200 and again.json()["job_id"] == job_id
