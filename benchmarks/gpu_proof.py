@@ -473,18 +473,24 @@ def _generate_step(ctx: Ctx, model, *, batch: int, prompt: int, new: int, runs: 
     return go
 
 
+def _greedy_model(ctx: Ctx, sec: Section, cls, config):
+    """A generator built on the device that never stops early (no EOS): every run makes its full length."""
+    with ctx.build():
+        model = cls(config).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    sec.rec["parameters"] = n_params(model)
+    sec.rec["memory"]["weights_gib"] = weights_gib(model)
+    return model
+
+
 def run_writer(ctx: Ctx, sec: Section) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     plan = ctx.plan
     text = qwen2_text(ctx.kit, vlm=False)
     config = Qwen2Config(**text, bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    with ctx.build():
-        model = Qwen2ForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    sec.rec["parameters"] = n_params(model)
-    sec.rec["memory"]["weights_gib"] = weights_gib(model)
+    model = _greedy_model(ctx, sec, Qwen2ForCausalLM, config)
     common = dict(prompt=plan["writer_prompt"], new=plan["writer_new"], vocab=text["vocab_size"])
     with torch.inference_mode():
         # production: one request at a time, dynamic cache, no compile (deployments/models/writer.py)
@@ -505,12 +511,7 @@ def run_describer(ctx: Ctx, sec: Section) -> None:
 
     plan = ctx.plan
     config, image, image_tokens = internvl_config(ctx.kit)
-    with ctx.build():
-        model = InternVLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    sec.rec["parameters"] = n_params(model)
-    sec.rec["memory"]["weights_gib"] = weights_gib(model)
+    model = _greedy_model(ctx, sec, InternVLForConditionalGeneration, config)
     vocab = config.text_config.vocab_size
 
     def step(new: int, runs: int) -> Callable[[], dict]:

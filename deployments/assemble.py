@@ -15,7 +15,7 @@ from deployments.http.app import Edge, create_app
 from deployments.http.auth import KeyRing, UrlSigner, load_secret
 from deployments.service import Policy, ProductService
 from deployments.service.cache import AnswerCache
-from deployments.service.ingest import IngestDesk
+from deployments.service.ingest import IngestDesk, upload_body_limit
 from deployments.service.models import ModelGateway
 from deployments.settings import ServiceSettings
 from pipelines.config import IngestSpec
@@ -32,7 +32,7 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
     limits = {"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
               "/v1/chat/completions": 4 * upload}
     if ingest is not None:
-        limits["/api/init/upload"] = IngestDesk(ingest, storage).body_limit
+        limits["/api/init/upload"] = upload_body_limit(ingest)
     return Edge(keys=KeyRing.load(settings.keys_file), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
                 body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=1 << 20,
                 max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)

@@ -16,8 +16,6 @@ import pyarrow as pa
 from lancedb.pydantic import LanceModel, Vector
 from pydantic import Field, create_model, field_validator, model_validator
 
-from storage.rows import new_row  # noqa: F401 - the row factory, kept importable without LanceDB
-
 SOURCES = ("upload", "generated", "ingest")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -32,6 +32,11 @@ ACTIVE = ("queued", "running")
 SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
 
 
+def upload_body_limit(spec: IngestSpec) -> int:
+    """The largest POST /api/init/upload body: the files' limit plus the multipart framing."""
+    return spec.max_upload_bytes + MULTIPART_SLACK
+
+
 def public(status: dict) -> dict:
     """A job's status as the API shows it: the ledger's Unix times as ISO 8601 UTC (API.md's rule)."""
     out = dict(status)
@@ -122,10 +127,6 @@ class IngestDesk:
         from storage.blobs import open_blob_store
 
         open_blob_store(self.storage).delete_prefix(prefix)
-
-    @property
-    def body_limit(self) -> int:
-        return self.spec.max_upload_bytes + MULTIPART_SLACK
 
     def ledger(self):
         if self._ledger is None:

@@ -218,8 +218,15 @@ class ProductService:
         existing = await lib.find(user, image.content_hash)
         if existing is not None:
             return existing, False
+        return await self._embed_and_store(user, image, source="upload", caption=caption)
+
+    async def _embed_and_store(self, user: str, image, *, source: str, caption: str | None = None,
+                               meta: dict | None = None) -> tuple[dict, bool]:
+        """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
+        image enters a gallery from the service (upload, generation, a small ingestion job) ends here."""
         vector = await self.models.embed_image(image.model_image)
-        return await lib.store(user, image, source="upload", vector=vector, caption=caption)
+        return await (await self.library()).store(user, image, source=source, vector=vector, caption=caption,
+                                                  meta=meta)
 
     async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str, seen: set[str]) -> str:
         """One file of a small ingestion job: skipped by its hash before any decode when the user (or this
@@ -232,9 +239,8 @@ class ProductService:
         if await lib.find(user, content_hash) is not None:
             return "skipped_duplicates"
         image = await lib.admit(data, filename=name)
-        vector = await self.models.embed_image(image.model_image)
-        _, created = await lib.store(user, image, source="ingest", vector=vector,
-                                     meta={"ingest_job": job_id, "name": name})
+        _, created = await self._embed_and_store(user, image, source="ingest",
+                                                 meta={"ingest_job": job_id, "name": name})
         return "done" if created else "skipped_duplicates"
 
     async def list_images(self, user: str, limit: int, cursor: str | None) -> tuple[list[dict], str | None]:
@@ -303,11 +309,11 @@ class ProductService:
     async def _keep_generated(self, user: str, g: Generated) -> dict:
         lib = await self.library()
         image = await lib.admit(g.painted["png"], content_type="image/png")
-        vector = await self.models.embed_image(image.model_image)
         p = g.painted
-        row, _ = await lib.store(user, image, source="generated", vector=vector, caption=g.original,
-                                 meta={"prompt_original": g.original, "prompt_used": g.used, "seed": p["seed"],
-                                       "size": p["size"], "model": p["model_id"], "steps": p["steps"]})
+        row, _ = await self._embed_and_store(user, image, source="generated", caption=g.original,
+                                             meta={"prompt_original": g.original, "prompt_used": g.used,
+                                                   "seed": p["seed"], "size": p["size"], "model": p["model_id"],
+                                                   "steps": p["steps"]})
         return row
 
     async def writer_random(self) -> bool:
