@@ -28,13 +28,19 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
     settings = settings or ServiceSettings()
     secret = load_secret(settings.url_secret.get_secret_value() if settings.url_secret else None,
                          settings.url_secret_file)
+    # Each route's body limit is what its largest valid request needs; everything else (small JSON,
+    # GET, DELETE) gets the 64 KiB default. Checked against Content-Length before any byte is read,
+    # and again while a chunked body streams in.
     upload = storage.max_upload_bytes + 256 * 1024  # multipart framing on top of the file
+    text = 1 << 20
     limits = {"/api/images": upload, "/api/search/by-image": upload, "/api/describe": upload,
-              "/v1/chat/completions": 4 * upload}
+              "/v1/embeddings": text,
+              # One image per conversation as a base64 data URI (4/3 of its bytes) and the messages.
+              "/v1/chat/completions": -(-storage.max_upload_bytes * 4 // 3) + text}
     if ingest is not None:
         limits["/api/init/upload"] = upload_body_limit(ingest)
     return Edge(keys=KeyRing.load(settings.keys_file), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
-                body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=1 << 20,
+                body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=64 * 1024,
                 max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)
 
 

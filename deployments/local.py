@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .http.auth import add_key
+from .http.proxy import PROXY_ENV
 from .models.configs import MARKER
 from .settings import ServiceSettings
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_kit(args.kit)
     key = ensure_demo_key()
+    # Ray's processes inherit this environment: the gate in Serve's HTTP proxy (deployments.http.proxy).
+    os.environ.update(PROXY_ENV)
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=8265,
              namespace="atelier", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
     LOCAL_ADDRESS_FILE.write_text(ray.get_runtime_context().gcs_address + "\n")

@@ -39,8 +39,11 @@ def ray_cluster(tmp_path_factory):
     """One small real Ray cluster for the whole run; explicit CPUs, no dashboard."""
     import ray
 
+    from deployments.http.proxy import PROXY_ENV
+
     secrets_dir = tmp_path_factory.mktemp("secrets")
     env = {
+        **PROXY_ENV,  # the gate in Serve's HTTP proxy, as every deployment runs it
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "ATELIER_KEYS_FILE": str(secrets_dir / "keys.json"),

@@ -12,10 +12,9 @@ import contextvars
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +25,7 @@ from deployments.models.errors import ModelError
 from storage.errors import AtelierError
 
 from .auth import KeyRing, UrlSigner
+from .gate import Gate, new_request_id
 
 log = logging.getLogger("atelier.http")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -45,7 +45,7 @@ class Edge:
     keys: KeyRing
     signer: UrlSigner
     body_limits: dict[str, int] = field(default_factory=dict)
-    default_body_limit: int = 1 << 20
+    default_body_limit: int = 64 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024
     max_search_k: int = 100
 
@@ -136,6 +136,8 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.include_router(ingest_router)
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
                        echo_request_id=echo_request_id)
+    # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
+    app.add_middleware(Gate, keys=edge.keys, echo_request_id=echo_request_id)
     return app
 
 
@@ -151,7 +153,7 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             return await self.asgi(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rid = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        rid = headers.get("x-request-id") or new_request_id()  # the gate in front kept or made a safe one
         token = request_id.set(rid)
         limit = self.edge.limit_for(scope.get("path", ""))
         started = time.perf_counter()
@@ -179,7 +181,7 @@ class EdgeMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        raise _BodyTooLarge()
+                        raise _BodyTooLarge(limit)
                 return message
 
             try:
@@ -228,5 +230,9 @@ class EdgeMiddleware:
         self.service.record(op, seconds, code)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive` when a body streams past its limit. An HTTPException so that FastAPI's
+    body parsing re-raises it (it turns any other error into a 400) and the error map answers 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")

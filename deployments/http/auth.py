@@ -6,12 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
 
 from storage.errors import AtelierError, NotFound
+
+log = logging.getLogger("atelier.auth")
 
 
 class Unauthorized(AtelierError):
@@ -23,24 +27,65 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-class KeyRing:
-    """API keys as sha256 digests -> user id. The file never holds a usable key."""
+class BadHeader(AtelierError):
+    code = "invalid_header"
+    status = 400
 
-    def __init__(self, digests: dict[str, str]):
+
+# RFC 9110 11.1: the scheme is case-insensitive; RFC 6750 2.1: exactly one space, then a b64token.
+_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9\-._~+/]+=*)")
+
+
+class KeyRing:
+    """API keys as sha256 digests -> user id. The file never holds a usable key.
+
+    Loaded from a file, the ring follows it: a key added or removed with `python -m deployments.keys`
+    counts from the next request, on every replica and proxy, without a restart (one `stat` per lookup;
+    a file that cannot be read keeps the keys last read).
+    """
+
+    def __init__(self, digests: dict[str, str], path: str | os.PathLike | None = None):
         self._digests = dict(digests)
+        self._path = Path(path) if path is not None else None
+        self._seen: tuple | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "KeyRing":
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"no API key file at {p}; create one with `python -m deployments.keys add USER`")
-        data = json.loads(p.read_text())
-        return cls({entry["sha256"]: entry["user"] for entry in data.get("keys", [])})
+        ring = cls({}, p)
+        ring._follow()
+        return ring
 
-    def user_for(self, authorization: str | None) -> str:
-        if not authorization or not authorization.startswith("Bearer "):
+    def _follow(self) -> None:
+        if self._path is None:
+            return
+        try:
+            st = os.stat(self._path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen == self._seen:
+                return
+            data = json.loads(self._path.read_text())
+            self._digests = {entry["sha256"]: entry["user"] for entry in data.get("keys", [])}
+            self._seen = seen
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("API key file %s could not be read (%s); keeping the %d keys read before",
+                        self._path, type(exc).__name__, len(self._digests))
+
+    def user_for(self, authorization: str | bytes | None) -> str:
+        """The user of an `Authorization: Bearer <key>` value; `Unauthorized` for anything else."""
+        if isinstance(authorization, bytes):
+            try:
+                authorization = authorization.decode("ascii")
+            except UnicodeDecodeError:
+                raise Unauthorized("the Authorization header is not ASCII; send `Authorization: Bearer <key>`") \
+                    from None
+        match = _BEARER.fullmatch(authorization or "")
+        if match is None:
             raise Unauthorized("send `Authorization: Bearer <key>`")
-        presented = _digest(authorization[len("Bearer "):].strip())
+        self._follow()
+        presented = _digest(match[1])
         user = None
         # Compare against every digest in constant time, so timing tells nothing about near misses.
         for digest, uid in self._digests.items():

@@ -35,6 +35,8 @@ async def init_upload(request: Request, idempotency_key: str | None = Header(Non
     try:
         form = await request.form(max_files=desk.spec.max_files, max_fields=8)
     except HTTPException as exc:
+        if exc.status_code == 413:  # the body streamed past its limit: the error map answers 413
+            raise
         raise InvalidInput(f"the upload could not be read ({exc.detail}); send at most {desk.spec.max_files} files",
                            field="files") from None
     try:

@@ -75,7 +75,18 @@ class ModelRole:
 
     @property
     def model_id(self) -> str:
+        """Where the checkpoint came from (hub id or folder): for caches and logs, never shown to users."""
         return self.config.model
+
+    @property
+    def public_name(self) -> str:
+        """The name users see: the configured one, else the hub id, else `atelier-<role>` for a folder."""
+        if self.config.served_name:
+            return self.config.served_name
+        source = self.config.model
+        if _HUB_ID.fullmatch(source) and not Path(source).exists():
+            return source
+        return f"atelier-{self.role}"
 
     @property
     def random_weights(self) -> bool:

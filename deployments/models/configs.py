@@ -21,6 +21,10 @@ class ModelConfig(BaseModel):
 
     model: str = Field(..., description="Hub id (org/name) or local folder of a Hugging Face-format checkpoint.")
     revision: str | None = Field(None, description="Hub revision (commit, tag or branch) to pin; ignored for folders.")
+    served_name: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The name users see (/v1/models, answers, errors). Default: the hub id, or "
+                    "'atelier-<role>' for a local folder, whose path is never shown.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto' is bfloat16 on a GPU and float32 on the CPU."

@@ -181,7 +181,8 @@ class LocalModels:
 
     async def info(self, role: str) -> dict:
         model = self.models[role]
-        return {"role": model.role, "model_id": model.model_id, "random_weights": model.random_weights}
+        return {"role": model.role, "model_id": model.model_id, "name": model.public_name,
+                "random_weights": model.random_weights}
 
     async def ready(self, role: str, timeout_s: float) -> bool:
         self.models[role].check_health()

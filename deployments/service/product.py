@@ -378,14 +378,14 @@ class ProductService:
 
     # -- chat -------------------------------------------------------------------------------------
     async def served_model(self, requested: str | None, *roles: str) -> dict:
-        """The info of the role a request's `model` names (its id or the role's name); None means the first role."""
+        """The info of the role a request's `model` names (its public name or the role); None means the first role."""
         infos = [await self.models.info(role) for role in roles]
         if requested is None:
             return infos[0]
         for role, info in zip(roles, infos):
-            if requested in (info["model_id"], role):
+            if requested in (info["name"], role):
                 return info
-        names = ", ".join(repr(info["model_id"]) for info in infos)
+        names = ", ".join(repr(info["name"]) for info in infos)
         raise NotFound(f"model {requested!r} is not served here; use {names} or leave model out (GET /v1/models "
                        "lists them)", code="model_not_found", field="model")
 

@@ -49,7 +49,8 @@ class RoleShell:
 
     def info(self) -> dict:
         """What the ingress shows users about this model (and whether its answers are noise)."""
-        return {"role": self.model.role, "model_id": self.model.model_id, "random_weights": self.model.random_weights}
+        return {"role": self.model.role, "model_id": self.model.model_id, "name": self.model.public_name,
+                "random_weights": self.model.random_weights}
 
     def ready(self) -> bool:
         self.model.check_health()

@@ -39,11 +39,13 @@ def _data_uri(data: bytes, mime: str = "image/png") -> str:
 def test_models_lists_the_four_roles(client, model_ids, tiny_kit):
     models = client.models.list().data
     assert {m.owned_by for m in models} == {"atelier"}
-    assert model_ids == {role: str(tiny_kit / role) for role in ("embedder", "writer", "describer", "painter")}
+    # The checkpoints are local folders: users see the public names, never the paths.
+    assert model_ids == {role: f"atelier-{role}" for role in ("embedder", "writer", "describer", "painter")}
     assert client.models.retrieve(model_ids["writer"]).id == model_ids["writer"]
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("gpt-4o")
     assert err.value.code == "model_not_found"
+    assert "atelier-writer" in err.value.message and str(tiny_kit) not in err.value.message
 
 
 def test_embeddings_decode_from_the_default_base64(client, model_ids, tiny_kit):

@@ -85,7 +85,9 @@ def test_the_schema_needs_a_key_and_no_cdn_pages_are_served(surface):
     schema = client.get("/openapi.json", headers=auth(surface))
     assert schema.status_code == 200 and "/api/search" in schema.json()["paths"]
     for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):
-        r = client.get(page)
+        # A stranger learns nothing, not even whether the page exists; a user finds nothing there.
+        assert client.get(page).status_code == 401
+        r = client.get(page, headers=auth(surface))
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
