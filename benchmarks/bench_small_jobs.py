@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.local_graph import start
+
 SECTION = "## Small bulk jobs"
 
 
@@ -34,46 +35,6 @@ def photo(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def start(data: Path) -> tuple[str, str]:
-    """The local graph on `data`; returns (base URL, an API key)."""
-    import ray
-    import yaml
-    from ray import serve
-
-    os.environ.update({"ATELIER_KEYS_FILE": str(data / "keys.json"), "ATELIER_URL_SECRET_FILE": str(data / "secret")})
-    from deployments.app import build_app
-    from deployments.config import AppArgs
-    from deployments.http.auth import add_key
-    from deployments.local import ensure_kit
-
-    kit = ROOT / "models" / "tiny"
-    ensure_kit(kit)
-    key = add_key(data / "keys.json", "bench")
-    spec = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())["applications"][0]["args"]
-    for role in ("embedder", "writer", "describer", "painter"):
-        spec[role]["model"]["model"] = str(kit / role)
-    spec["storage"].update(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs"))
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ATELIER_KEYS_FILE": str(data / "keys.json"),
-           "ATELIER_URL_SECRET_FILE": str(data / "secret")}
-    ray.init(num_cpus=4, include_dashboard=False, namespace="atelier", runtime_env={"env_vars": env},
-             log_to_driver=False)
-    port = 8123
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(AppArgs.model_validate(spec)), name="atelier", route_prefix="/", blocking=False)
-    base = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                return base, key
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("the local graph did not become ready")
 
 
 def one_job(client, files: list[bytes]) -> float:

@@ -1,0 +1,54 @@
+"""The local graph for benchmarks: serve_config.local.yaml's app (the tiny kit, resources for 2 cores)
+on a temp data folder, with Serve's proxy gated as in every deployment."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(data: Path, port: int = 8123) -> tuple[str, str]:
+    """The local graph on `data`; returns (base URL, an API key)."""
+    import ray
+    import yaml
+    from ray import serve
+
+    os.environ.update({"ATELIER_KEYS_FILE": str(data / "keys.json"), "ATELIER_URL_SECRET_FILE": str(data / "secret")})
+    from deployments.app import build_app
+    from deployments.config import AppArgs
+    from deployments.http.auth import add_key
+    from deployments.local import ensure_kit
+
+    kit = ROOT / "models" / "tiny"
+    ensure_kit(kit)
+    key = add_key(data / "keys.json", "bench")
+    spec = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())["applications"][0]["args"]
+    for role in ("embedder", "writer", "describer", "painter"):
+        spec[role]["model"]["model"] = str(kit / role)
+    spec["storage"].update(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs"))
+    try:
+        from deployments.http.proxy import PROXY_ENV
+    except ImportError:  # a checkout from before the proxy gate (issue 16), measured as it was
+        PROXY_ENV = {}
+    os.environ.update(PROXY_ENV)
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ATELIER_KEYS_FILE": str(data / "keys.json"),
+           "ATELIER_URL_SECRET_FILE": str(data / "secret")}
+    ray.init(num_cpus=4, include_dashboard=False, namespace="atelier", runtime_env={"env_vars": env},
+             log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(AppArgs.model_validate(spec)), name="atelier", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                return base, key
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("the local graph did not become ready")
