@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install deps kit serve test bench clean
+.PHONY: venv install deps kit serve stop test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,9 +20,14 @@ venv install: $(STAMP)
 kit: $(STAMP)
 	$(BIN)/python -m deployments.kit build --size tiny models/tiny
 
-# Builds the tiny kit if missing, prints a demo API key, serves serve_config.local.yaml on 127.0.0.1:8000.
+# Builds the tiny kit if missing, makes a demo API key, starts a local Ray head (`ray start`, token auth
+# on, dashboard on 127.0.0.1:8265) and `serve deploy`s serve_config.local.yaml on 127.0.0.1:8000;
+# returns once /readyz answers 200. `make stop` shuts Serve down and stops that cluster only.
 serve: $(STAMP)
-	$(BIN)/python -m deployments.local
+	$(BIN)/python -m deployments.local up
+
+stop: $(STAMP)
+	$(BIN)/python -m deployments.local stop
 
 # System packages the tests start for real (Debian's): found, or installed with apt-get (as root, or
 # through sudo). `make test` and .ci/run both come through here.

@@ -5,7 +5,7 @@
 
 from ray.serve import Application
 
-from .config import AppArgs
+from .config import AppArgs, BatchOptions, IngressTuning
 from .serving.ingress import Ingress
 from .serving.roles import DescriberDeployment, EmbedderDeployment, PainterDeployment, WriterDeployment
 
@@ -25,10 +25,12 @@ def compose(args: AppArgs, model_classes: dict[str, type] | None = None) -> Appl
         bound_args = (spec.model.model_dump(),) + ((classes[role],) if role in classes else ())
         return deployment.options(**spec.deployment.serve_options(), **extra).bind(*bound_args)
 
-    embedder = bind(EmbedderDeployment, args.embedder, "embedder", user_config=args.embedder.batching.model_dump())
+    # Live settings start at their defaults; the serve config's `deployments:` section overrides them.
+    embedder = bind(EmbedderDeployment, args.embedder, "embedder", user_config=BatchOptions().model_dump())
     writer = bind(WriterDeployment, args.writer, "writer")
     describer = bind(DescriberDeployment, args.describer, "describer")
     painter = bind(PainterDeployment, args.painter, "painter")
-    return Ingress.options(**args.ingress.deployment.serve_options()).bind(
+    return Ingress.options(**args.ingress.deployment.serve_options(),
+                           user_config=IngressTuning().model_dump()).bind(
         embedder, writer, describer, painter, args.ingress_args()
     )

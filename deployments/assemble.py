@@ -10,7 +10,7 @@ import asyncio
 
 from fastapi import FastAPI
 
-from deployments.config import IngressSpec
+from deployments.config import IngressSpec, IngressTuning
 from deployments.http.app import Edge, create_app
 from deployments.http.auth import KeyRing, UrlSigner, load_secret
 from deployments.service import Policy, ProductService
@@ -45,12 +45,14 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
 
 
 def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: StorageSettings,
-                    ingest: IngestSpec | None, in_process: bool) -> ProductService:
-    """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process."""
+                    ingest: IngestSpec | None, in_process: bool,
+                    tuning: IngressTuning | None = None) -> ProductService:
+    """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process.
+    `tuning` is the live settings to start with (the ingress's reconfigure() applies later ones)."""
     from deployments.service import state
     from storage.library import Library
 
-    caches = ingress.caches
+    tuning = tuning or IngressTuning()
     stats, idempotency = state.in_process() if in_process else state.shared()
 
     async def open_library(dim: int, embed_model: str) -> Library:
@@ -61,9 +63,8 @@ def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: Stor
     desk = None if (ingest is None or in_process) else IngestDesk(ingest, storage)
     service = ProductService(
         models,
-        policy=Policy(timeouts=ingress.timeouts, retry_after_s=ingress.retry_after_s,
-                      enhance_search=ingress.enhance_search, failure_ttl_s=caches.failure_ttl_s),
-        cache=AnswerCache(lru_size=caches.lru_size, ttl_s=caches.ttl_s, redis_url=caches.redis_url),
+        policy=Policy.of(tuning),
+        cache=AnswerCache(lru_size=tuning.caches.lru_size, ttl_s=tuning.caches.ttl_s, redis_url=ingress.redis_url),
         library_factory=open_library, stats=stats, idempotency=idempotency, ingest=desk,
     )
     if desk is not None:

@@ -19,14 +19,18 @@ from storage.settings import StorageArgs
 
 from .models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
 
-__all__ = ["AppArgs", "BatchOptions", "DeploymentOptions", "IngestSpec", "IngressArgs", "IngressSpec", "ZipLimits"]
+__all__ = ["LIVE_SETTINGS", "AppArgs", "BatchOptions", "DeploymentOptions", "IngestSpec", "IngressArgs", "IngressSpec",
+           "IngressTuning", "ZipLimits"]
 
 # Buckets of every latency histogram the service exports (model calls and HTTP routes), in seconds.
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 
 
 class BatchOptions(BaseModel):
-    """Live-tunable batching (the deployment's user_config); reconfigure() applies changes without restarts."""
+    """The Embedder's live settings: its user_config, set in the serve config's `deployments:` section
+    (not in `args`), applied by reconfigure() on the running replicas without a restart."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most requests folded into one forward pass.")
     batch_wait_timeout_s: float = Field(
@@ -90,7 +94,6 @@ class DeploymentOptions(_Strict):
 
 class EmbedderSpec(_Strict):
     model: EmbedderConfig = Field(default_factory=EmbedderConfig)
-    batching: BatchOptions = Field(default_factory=BatchOptions)
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(max_ongoing_requests=64))
 
 
@@ -125,22 +128,34 @@ class Timeouts(_Strict):
 class Caches(_Strict):
     lru_size: int = Field(4096, ge=0, description="Entries of each per-replica LRU (0 disables it).")
     ttl_s: float = Field(3600.0, gt=0, description="Lifetime of a cached prompt or text vector.")
-    redis_url: str | None = Field(None, description="Optional shared second level, e.g. redis://127.0.0.1:6379/0.")
     failure_ttl_s: float = Field(
         30.0, gt=0, description="How long a search text the Writer failed to translate is searched untranslated "
         "without asking the Writer again (per replica)."
     )
 
 
+class IngressTuning(_Strict):
+    """The ingress's live settings: its user_config, set in the serve config's `deployments:` section
+    (not in `args`: Serve hashes `args` into the code version, so editing them restarts every replica),
+    applied by Ingress.reconfigure() on the running replicas."""
+
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    caches: Caches = Field(default_factory=Caches)
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
+    enhance_search: bool = Field(True, description="Translate non-English search text with the Writer before CLIP.")
+
+
+# Which deployments have live settings (user_config), and their models; the others take none.
+LIVE_SETTINGS: dict[str, type[BaseModel]] = {"Embedder": BatchOptions, "Ingress": IngressTuning}
+
+
 class IngressSpec(_Strict):
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=256)
     )
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    caches: Caches = Field(default_factory=Caches)
     signed_url_ttl_s: int = Field(3600, ge=10, description="Lifetime of a signed image URL.")
-    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
-    enhance_search: bool = Field(True, description="Translate non-English search text with the Writer before CLIP.")
+    redis_url: str | None = Field(
+        None, description="Shared second level of the answer caches (Redis), e.g. redis://127.0.0.1:6379/0.")
 
 
 class AppArgs(_Strict):
@@ -196,14 +211,25 @@ def check_file(path: Path) -> list[str]:
     for i, app in enumerate(doc.get("applications") or []):
         if app.get("import_path") != "deployments.app:build_app":
             continue  # another project's application: its args are not ours to judge
-        try:
-            AppArgs.model_validate(app.get("args") or {})
-        except ValidationError as exc:
-            for err in exc.errors():
-                where = f"applications[{i}].args.{_where(err)}"
-                hint = ("unknown key: check its spelling against deployments/config.py and storage/settings.py"
-                        if err["type"] == "extra_forbidden" else err["msg"])
-                problems.append(f"{path}: {where}: {hint}")
+        checks = [(f"applications[{i}].args", AppArgs, app.get("args") or {})]
+        for j, dep in enumerate(app.get("deployments") or []):
+            if "user_config" not in dep:
+                continue
+            where = f"applications[{i}].deployments[{j}].user_config"
+            model = LIVE_SETTINGS.get(dep.get("name"))
+            if model is None:
+                problems.append(f"{path}: {where}: deployment {dep.get('name')!r} has no live settings; only "
+                                f"{', '.join(LIVE_SETTINGS)} take a user_config")
+                continue
+            checks.append((where, model, dep["user_config"] or {}))
+        for where, model, value in checks:
+            try:
+                model.model_validate(value)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    hint = ("unknown key: check its spelling against deployments/config.py and storage/settings.py"
+                            if err["type"] == "extra_forbidden" else err["msg"])
+                    problems.append(f"{path}: {where}.{_where(err)}: {hint}")
     return problems
 
 

@@ -1,13 +1,23 @@
-"""`python -m deployments.local`: the quickstart. Builds the tiny kit if missing, makes a demo key,
-starts Ray (dashboard on 127.0.0.1:8265) and serves serve_config.local.yaml on 127.0.0.1:8000."""
+"""`python -m deployments.local`: the quickstart, through Ray's own tools.
+
+    python -m deployments.local [up]    # `make serve`
+    python -m deployments.local stop    # `make stop`
+
+`up` builds the tiny kit if missing, makes a demo key, starts a local Ray head with `ray start`
+(bound to 127.0.0.1, explicit small resources, token auth on, the dashboard on 127.0.0.1:8265),
+deploys `serve_config.local.yaml` with `serve deploy` (Serve's declarative path, so `serve config`,
+`serve status` and a later `serve deploy` all work), waits until `/readyz` answers 200 and prints
+the key and what a second shell needs. The cluster keeps running after it returns; `stop` shuts
+Serve down and stops Ray.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
+import shutil
+import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,8 +29,9 @@ from .http.proxy import PROXY_ENV
 from .models.configs import MARKER
 from .settings import ServiceSettings
 
-LOCAL_KEY_FILE = Path("data/local_demo_key")
-LOCAL_ADDRESS_FILE = Path("data/local_ray_address")  # for `python -m pipelines.ingest --address ...`
+ROOT = Path(__file__).resolve().parents[1]
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
 
 
 def ensure_kit(folder: Path) -> None:
@@ -34,30 +45,58 @@ def ensure_kit(folder: Path) -> None:
 
 
 def ensure_demo_key() -> str:
-    """The local demo user's key. Kept in plain text under data/ for the quickstart only."""
-    settings = ServiceSettings()
-    if LOCAL_KEY_FILE.is_file() and Path(settings.keys_file).is_file():
-        return LOCAL_KEY_FILE.read_text().strip()
-    key = add_key(settings.keys_file, "demo")
-    LOCAL_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
-    LOCAL_KEY_FILE.write_text(key)
-    os.chmod(LOCAL_KEY_FILE, 0o600)
+    """The local demo user's key, kept in plain text beside the key file (data/local_demo_key by
+    default) for the quickstart only."""
+    keys_file = Path(ServiceSettings().keys_file)
+    plain = keys_file.with_name("local_demo_key")
+    if plain.is_file() and keys_file.is_file():
+        return plain.read_text().strip()
+    key = add_key(keys_file, "demo")
+    plain.parent.mkdir(parents=True, exist_ok=True)
+    plain.write_text(key)
+    os.chmod(plain, 0o600)
     return key
 
 
-def serve_config(path: Path, *, blocking: bool = True) -> None:
-    """Deploy every application of a Serve config file the way `serve deploy` would, in this process."""
-    from ray import serve
+def cluster_env() -> dict[str, str]:
+    """The environment every process of the local cluster inherits from `ray start`, and the CLI's.
 
-    from .app import build_app
-    from .config import AppArgs
+    `RAY_AUTH_MODE=token` is what Ray's CLI needs to send the token `ray start` keeps in
+    ~/.ray/auth_token; the rest reaches Serve's proxy and the replicas: the proxy's gate, one torch
+    thread per process, this checkout on the import path, and the secrets' files by absolute path.
+    """
+    settings = ServiceSettings()
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ, **PROXY_ENV,
+        "RAY_AUTH_MODE": "token",
+        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": path,
+        "ATELIER_KEYS_FILE": str(Path(settings.keys_file).resolve()),
+        "ATELIER_URL_SECRET_FILE": str(Path(settings.url_secret_file).resolve()),
+    }
 
-    config = yaml.safe_load(path.read_text())
-    http = config.get("http_options", {})
-    serve.start(http_options={k: http[k] for k in ("host", "port", "request_timeout_s") if k in http})
-    for spec in config["applications"]:
-        args = AppArgs.model_validate(spec.get("args", {}))
-        serve.run(build_app(args), name=spec["name"], route_prefix=spec.get("route_prefix", "/"), blocking=False)
+
+def _ray_bin(name: str) -> str:
+    # The CLIs of this venv, whatever PATH says.
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([_ray_bin(args[0]), *args[1:]], env=env, cwd=ROOT, check=check, text=True,
+                          capture_output=not check)
+
+
+def cluster_running(port: int) -> bool:
+    """Whether a GCS listens on the port (a TCP connect: `ray status` on a dead address retries for long)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def wait_ready(url: str, timeout_s: float = 600) -> None:
@@ -73,50 +112,100 @@ def wait_ready(url: str, timeout_s: float = 600) -> None:
     raise TimeoutError(f"{url} did not become ready in {timeout_s:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.local", description=__doc__)
-    parser.add_argument("--config", type=Path, default=Path("serve_config.local.yaml"))
-    parser.add_argument("--kit", type=Path, default=Path("models/tiny"))
-    parser.add_argument("--num-cpus", type=float, default=4,
-                        help="logical CPUs Ray may hand out (replicas ask for fractions of one)")
-    parser.add_argument("--detach", action="store_true", help="return once ready, leaving Ray and Serve running")
-    args = parser.parse_args(argv)
-
-    import ray
-
+def up(args) -> int:
     ensure_kit(args.kit)
     key = ensure_demo_key()
-    # Ray's processes inherit this environment: the gate in Serve's HTTP proxy (deployments.http.proxy).
-    os.environ.update(PROXY_ENV)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=8265,
-             namespace="atelier", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    LOCAL_ADDRESS_FILE.write_text(ray.get_runtime_context().gcs_address + "\n")
-    serve_config(args.config)
+    env = cluster_env()
+    dashboard = f"http://127.0.0.1:{args.dashboard_port}"
+    if cluster_running(args.port):
+        print(f"a Ray cluster already runs at 127.0.0.1:{args.port}: deploying onto it", flush=True)
+    else:
+        run_cli("ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={args.port}",
+                f"--num-cpus={args.num_cpus:g}", "--num-gpus=0", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={args.dashboard_port}", "--disable-usage-stats",
+                env=env)
+    run_cli("serve", "deploy", str(args.config), f"--address={dashboard}", env=env)
     http = yaml.safe_load(args.config.read_text()).get("http_options", {})
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     wait_ready(base + "/readyz")
     print(
-        f"\natelier is up at {base}  (Ray dashboard: http://127.0.0.1:8265)\n"
+        f"\natelier is up at {base}  (Ray dashboard: {dashboard})\n"
         f"API key of the local user 'demo':  {key}\n"
         "The models are random-weight stand-ins: their text and images are noise, and answers say so "
         "(\"random_weights\": true).\n\n"
         f"  curl {base}/readyz\n"
-        f"  curl -H 'Authorization: Bearer {key}' '{base}/api/search?q=sunset&k=5'\n"
-        f"  .venv/bin/python -m pipelines.ingest --address {LOCAL_ADDRESS_FILE.read_text().strip()} "
-        f"--config {args.config} --user demo FOLDER_OR_ZIP\n",
+        f"  curl -H 'Authorization: Bearer {key}' '{base}/api/search?q=sunset&k=5'\n\n"
+        "From any shell (Ray's token auth is on; the CLI finds the token in ~/.ray/auth_token):\n"
+        "  export RAY_AUTH_MODE=token\n"
+        "  .venv/bin/serve status;  .venv/bin/serve config;  .venv/bin/ray status\n"
+        f"  .venv/bin/serve deploy {args.config}      # roll out an edited config\n"
+        f"  .venv/bin/ray job submit --address {dashboard} -- python -c 'print(1)'\n"
+        f"  .venv/bin/python -m pipelines.ingest --address 127.0.0.1:{args.port} --config {args.config} "
+        "--user demo FOLDER_OR_ZIP\n"
+        "  make stop\n",
         flush=True,
     )
-    if args.detach:
-        return 0
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
     return 0
+
+
+def stop(args) -> int:
+    env = cluster_env()
+    if cluster_running(args.port):
+        run_cli("serve", "shutdown", "-y", f"--address=http://127.0.0.1:{args.dashboard_port}", env=env, check=False)
+    stopped = stop_cluster(args.port)
+    print(f"stopped the Ray cluster at 127.0.0.1:{args.port} ({stopped} processes)", flush=True)
+    return 0
+
+
+def stop_cluster(port: int, grace_s: float = 15) -> int:
+    """Stop the Ray cluster whose GCS listens on `port`, and only that one (`ray stop` would stop every
+    Ray process of this user, other clusters and test runs included): its daemons are the processes
+    that name the port, and everything else of it (workers, agents, dashboard modules) descends from them."""
+    import re
+
+    import psutil
+
+    names_port = re.compile(rf"(:|--gcs_server_port=|--port=){port}(?!\d)")
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.pid != os.getpid() and any("ray" in a for a in cmd[:3]) and any(names_port.search(a) for a in cmd):
+            roots.append(proc)
+    everything = {p.pid: p for root in roots for p in [root, *_descendants(root)]}
+    for proc in everything.values():
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(everything.values()), timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(everything)
+
+
+def _descendants(proc) -> list:
+    try:
+        return proc.children(recursive=True)
+    except Exception:  # noqa: BLE001 - gone already
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=("up", "stop"), default="up")
+    parser.add_argument("--config", type=Path, default=Path("serve_config.local.yaml"))
+    parser.add_argument("--kit", type=Path, default=Path("models/tiny"))
+    parser.add_argument("--num-cpus", type=float, default=4,
+                        help="logical CPUs Ray may hand out (replicas ask for fractions of one)")
+    parser.add_argument("--port", type=int, default=GCS_PORT, help="the head's GCS port")
+    parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # the config's relative paths (models/tiny, data/) are the checkout's
+    return up(args) if args.command == "up" else stop(args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,15 @@ class AnswerCache:
 
             self.redis = aioredis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
+    def resize(self, *, lru_size: int, ttl_s: float) -> None:
+        """New limits for the LRU (emptied only when they change)."""
+        if self.lru is not None and (self.lru.maxsize, self.ttl_s) == (lru_size, ttl_s):
+            return
+        if self.lru is None and not lru_size and self.ttl_s == ttl_s:
+            return
+        self.ttl_s = ttl_s
+        self.lru = TTLCache(maxsize=lru_size, ttl=ttl_s) if lru_size else None
+
     @staticmethod
     def key(kind: str, model_id: str, text: str) -> str:
         return f"atelier:{kind}:{model_id}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -54,12 +54,17 @@ def _callers_mistake(exc: BaseException) -> bool:
 
 @dataclass
 class Policy:
-    """The knobs of the product's behaviour (from the ingress section of the config)."""
+    """The knobs of the product's behaviour: the ingress's live settings (IngressTuning)."""
 
     timeouts: Any
     retry_after_s: int = 2
     enhance_search: bool = True
     failure_ttl_s: float = 30.0
+
+    @classmethod
+    def of(cls, tuning) -> "Policy":
+        return cls(timeouts=tuning.timeouts, retry_after_s=tuning.retry_after_s,
+                   enhance_search=tuning.enhance_search, failure_ttl_s=tuning.caches.failure_ttl_s)
 
 
 @dataclass
@@ -110,6 +115,15 @@ class ProductService:
         self._failed: TTLCache = TTLCache(maxsize=4096, ttl=policy.failure_ttl_s)
         self._library = None
         self._library_lock = asyncio.Lock()
+
+    def tune(self, tuning) -> None:
+        """Apply new live settings (an IngressTuning) to the running service: the next request uses them.
+        Caches whose size or lifetime changed start empty; unchanged ones keep what they hold."""
+        policy = Policy.of(tuning)
+        if policy.failure_ttl_s != self.policy.failure_ttl_s:
+            self._failed = TTLCache(maxsize=4096, ttl=policy.failure_ttl_s)
+        self.policy = policy
+        self.cache.resize(lru_size=tuning.caches.lru_size, ttl_s=tuning.caches.ttl_s)
 
     # -- plumbing ---------------------------------------------------------------------------------
     async def library(self):

@@ -12,7 +12,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assemble import edge_for, product_service
-from deployments.config import IngressArgs
+from deployments.config import IngressArgs, IngressTuning
 from deployments.http.app import create_app
 from deployments.service.models import ServeModels
 
@@ -27,6 +27,10 @@ class Ingress:
         self.service = product_service(ServeModels(embedder, writer, describer, painter), ingress=config.ingress,
                                        storage=storage, ingest=config.ingest, in_process=False)
         self.edge = edge_for(config.ingress, storage, config.ingest)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """The live settings (timeouts, caches, Retry-After, search translation), without a restart."""
+        self.service.tune(IngressTuning.model_validate(user_config or {}))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.service, self.edge, serve_metrics=True)

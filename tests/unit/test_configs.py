@@ -49,7 +49,8 @@ def test_local_config_differs_only_in_models_and_resources():
 @pytest.mark.parametrize(
     "patch, where",
     [
-        ({"embedder": {"batching": {"max_batch_size": 0}}}, "max_batch_size"),
+        ({"embedder": {"batching": {"max_batch_size": 32}}}, "batching"),  # live settings live in user_config
+        ({"ingress": {"timeouts": {"search_s": 5}}}, "timeouts"),
         ({"painter": {"model": {"sizes": {"small": "500x500"}}}}, "sizes"),
         ({"writer": {"deployment": {"ray_actor_options": {"num_gpu": 1}}}}, "num_gpu"),
         ({"typo_section": {}}, "typo_section"),
@@ -84,6 +85,24 @@ def test_config_command_names_a_misspelt_or_forbidden_key(tmp_path, section, key
     done = _check(bad)
     assert done.returncode == 1
     assert f"args.{section}.{key}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name, user_config, where", [
+    ("Embedder", {"max_batch_size": 0}, "deployments[0].user_config.max_batch_size"),
+    ("Ingress", {"timeouts": {"search_sec": 5}}, "deployments[1].user_config.timeouts.search_sec"),
+    ("Writer", {"anything": 1}, "has no live settings"),
+])
+def test_config_command_checks_the_live_settings(tmp_path, name, user_config, where):
+    config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
+    deployments = config["applications"][0]["deployments"]
+    entry = next((d for d in deployments if d["name"] == name), None)
+    if entry is None:
+        deployments.append(entry := {"name": name})
+    entry["user_config"] = user_config
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    done = _check(bad)
+    assert done.returncode == 1 and where in done.stderr, done.stderr
 
 
 def test_config_command_refuses_what_serve_itself_refuses(tmp_path):
