@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks.local_graph import start
+from benchmarks.results_md import publish
 
 SECTION = "## The HTTP edge under strangers' bodies"
 ROUTES = ["/api/text", "/api/generate/image", "/api/images", "/api/search/by-image", "/api/describe",
@@ -190,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {args.label} | {name} | {statistics.median(values) * 1e3:.1f} | "
                      f"{pct(values, 0.99) * 1e3:.1f} | {pct(values, 0.99) / idle_p99:.2f}x | {answers} | {pushed} |")
     lines += ["", "Goal (issue 16): with strangers sending, p99 at most 2x the idle p99."]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        from benchmarks.results_md import write_section
-
-        write_section(SECTION, text)
+    publish(SECTION, lines, write=not args.no_write)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.local_graph import start
+from benchmarks.results_md import publish
 
 SECTION = "## Small bulk jobs"
 
@@ -95,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Goal (issue 12): (a) no slower than (b), i.e. (a)/(b) <= 1.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        from benchmarks.results_md import write_section
-
-        write_section(SECTION, text)
+    publish(SECTION, lines, write=not args.no_write)
     return 0
 
 

@@ -7,6 +7,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def publish(section: str, lines: list[str], *, write: bool = True) -> None:
+    """Print a benchmark's section and, unless `write` is false (--no-write), put it in RESULTS.md."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(section, text)
+
+
 def write_section(section: str, text: str, path: Path = RESULTS) -> None:
     """Replace `section` (its heading line up to the next `## `) or append it, leaving every other
     section as it is on disk now; written to a temp file and renamed, so a reader never sees half."""
