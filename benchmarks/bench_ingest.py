@@ -91,7 +91,7 @@ def part_pipeline(kit: Path, files: list[Path], work: Path, tuning: dict) -> dic
     from pipelines.ingest import IngestRun, run_job
     from pipelines.jobs import JobSpec, ledger
 
-    ray.init(num_cpus=CORES, include_dashboard=False, namespace="atelier", log_to_driver=False)
+    ray.init(address="local", num_cpus=CORES, include_dashboard=False, namespace="atelier", log_to_driver=False)
     ingest = IngestSpec(**tuning, embedder=EmbedderConfig(model=str(kit), num_threads=tuning["embed_threads"]))
     spec = JobSpec(job_id="0" * 32, user_id="bench", files=[{"name": f.name, "url": f.as_uri()} for f in files],
                    storage={"lancedb_uri": str(work / "lancedb"), "blob_root": str(work / "blobs")},

@@ -67,7 +67,7 @@ def start_ray(threads: int) -> None:
     for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_fixed(10), reraise=True,
                             before_sleep=lambda _: ray.shutdown()):
         with attempt:
-            ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False, namespace="bench",
+            ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False, namespace="bench",
                      runtime_env={"env_vars": worker_env(threads)})
 
 

@@ -36,7 +36,7 @@ def start(data: Path, port: int = 8123) -> tuple[str, str]:
     os.environ.update(PROXY_ENV)
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ATELIER_KEYS_FILE": str(data / "keys.json"),
            "ATELIER_URL_SECRET_FILE": str(data / "secret")}
-    ray.init(num_cpus=4, include_dashboard=False, namespace="atelier", runtime_env={"env_vars": env},
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="atelier", runtime_env={"env_vars": env},
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(AppArgs.model_validate(spec)), name="atelier", route_prefix="/", blocking=False)

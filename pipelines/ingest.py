@@ -436,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.config.is_file():
             parser.error(f"--config {args.config} is not a file")
         spec = spec_from_config(args.config, args.user, args.sources, job_id=args.job_id)
-    local = {"num_cpus": args.num_cpus} if args.num_cpus and not (args.address or os.environ.get("RAY_ADDRESS")) else {}
-    ray.init(address=args.address, namespace=NAMESPACE, **local)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    # No address: a small cluster of its own ("local"), never whichever cluster `ray start` last recorded.
+    local = {"num_cpus": args.num_cpus} if args.num_cpus and not address else {}
+    ray.init(address=address or "local", namespace=NAMESPACE, **local)
     jobs = ledger()
     if args.job:
         raw = ray.get(jobs.spec.remote(args.job))

@@ -50,8 +50,9 @@ def ray_cluster(tmp_path_factory):
         "ATELIER_URL_SECRET_FILE": str(secrets_dir / "url_secret"),
     }
     os.environ.update(env)
-    # Logical CPUs, not cores: every replica, actor and task asks for a fraction of one.
-    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, namespace="atelier",
+    # Logical CPUs, not cores: every replica, actor and task asks for a fraction of one. address="local":
+    # a cluster of its own, even when `ray start` (make serve, tests/ops) left a cluster file behind.
+    ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, namespace="atelier",
              runtime_env={"env_vars": env}, log_to_driver=False)
     yield {"secrets": secrets_dir, "env": env}
     from ray import serve
