@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -16,6 +17,11 @@ import torch
 from .configs import MARKER, ModelConfig
 from .errors import ModelNotFound
 
+# The cancel flag of the call running in this context. The serving shell sets it before handing a
+# call to a worker thread (asyncio.to_thread copies the context) and sets the event when the
+# request is cancelled; the models look at it between denoising steps and generated tokens.
+CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("atelier_cancel", default=None)
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 BUILD_HINT = "build the offline stand-ins with `python -m deployments.kit build --size tiny models/tiny`"
 
@@ -25,8 +31,13 @@ class ModelRole:
 
     role: ClassVar[str] = "model"
 
+    # What a role counts as it works ("steps", "tokens"), for metrics and for cancellation tests.
+    work_unit: ClassVar[str | None] = None
+
     def __init__(self, config: ModelConfig):
         self.config = config
+        self.work_done = 0
+        self.on_work: Any = None  # the serving shell's hook: called with each unit of work done
         self._lock = threading.RLock()
         self._loaded = False
         self._random_weights = False
@@ -68,6 +79,11 @@ class ModelRole:
             from .errors import ModelUnavailable
 
             raise ModelUnavailable(f"{self.role} is not loaded")
+
+    def _did_work(self, units: int = 1) -> None:
+        self.work_done += units
+        if self.on_work is not None:
+            self.on_work(units)
 
     @property
     def loaded(self) -> bool:

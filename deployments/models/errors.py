@@ -44,6 +44,13 @@ class ModelUnavailable(ModelError):
     retry_after = 1.0
 
 
+class Cancelled(ModelError):
+    """The caller went away or cancelled: the model stopped at its next step or token (nginx's 499)."""
+
+    code = "cancelled"
+    status = 499
+
+
 class EmbedderInputError(ModelInputError):
     code = "invalid_embedder_input"
 

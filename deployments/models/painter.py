@@ -12,9 +12,9 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
-from .base import ModelRole
+from .base import CANCEL, ModelRole
 from .configs import _WXH, PainterConfig
-from .errors import PainterInputError
+from .errors import Cancelled, PainterInputError
 
 @dataclass(frozen=True)
 class PaintResult:
@@ -33,6 +33,7 @@ class PaintResult:
 
 class Painter(ModelRole):
     role: ClassVar[str] = "painter"
+    work_unit: ClassVar[str] = "steps"
 
     def __init__(self, config: PainterConfig):
         super().__init__(config)
@@ -119,6 +120,15 @@ class Painter(ModelRole):
         seed = secrets.randbelow(2**31) if seed is None else seed
         self.load()
         pipe = self._pipe
+        cancel = CANCEL.get()
+
+        def step_end(pipeline, step, timestep, tensors):
+            # Count each denoising step; once the request is cancelled, the pipeline skips the rest.
+            self._did_work(1)
+            if cancel is not None and cancel.is_set():
+                pipeline._interrupt = True
+            return tensors
+
         with self._paint_lock, torch.inference_mode():
             t0 = time.perf_counter()
             prompt_embeds, pooled, _ = pipe.encode_prompt(
@@ -129,7 +139,10 @@ class Painter(ModelRole):
             image = pipe(
                 prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, height=h, width=w,
                 num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pil",
+                callback_on_step_end=step_end,
             ).images[0]
             t2 = time.perf_counter()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"the request was cancelled; denoising stopped after {self.work_done} steps in all")
         return PaintResult(image=image, seed=seed, width=w, height=h, steps=steps, guidance=guidance,
                            timings={"encode_s": t1 - t0, "denoise_decode_s": t2 - t1, "total_s": t2 - t0})

@@ -9,9 +9,9 @@ from typing import ClassVar, Iterator, Literal, Sequence
 import torch
 from pydantic import BaseModel
 
-from .base import ModelRole
+from .base import CANCEL, ModelRole
 from .configs import WriterConfig
-from .errors import ModelUnavailable, WriterInputError
+from .errors import Cancelled, ModelUnavailable, WriterInputError
 
 ENHANCE_SYSTEM = (
     "You turn a short idea, written in any language, into one rich English prompt for a text-to-image "
@@ -43,6 +43,7 @@ class ChatResult:
 
 class Writer(ModelRole):
     role: ClassVar[str] = "writer"
+    work_unit: ClassVar[str] = "tokens"
 
     def __init__(self, config: WriterConfig):
         super().__init__(config)
@@ -102,6 +103,7 @@ class Writer(ModelRole):
         with self._generate_lock, torch.inference_mode():
             _seed(seed)
             out = self._model.generate(**inputs, **gen_kwargs)
+        _raise_if_cancelled(gen_kwargs)
         new = out[0, inputs["input_ids"].shape[1]:]
         text = self._tokenizer.decode(new, skip_special_tokens=True)
         hit_eos = bool(len(new)) and int(new[-1]) in self._eos_ids()
@@ -140,7 +142,8 @@ class Writer(ModelRole):
             )
         inputs = {k: v.to(self._device) for k, v in inputs.items()}
         gen = dict(max_new_tokens=max_new, min_new_tokens=min(self.config.min_new_tokens, max_new),
-                   pad_token_id=self._tokenizer.pad_token_id, eos_token_id=sorted(self._eos_ids()))
+                   pad_token_id=self._tokenizer.pad_token_id, eos_token_id=sorted(self._eos_ids()),
+                   stopping_criteria=_watch(self, CANCEL.get()))
         if temperature > 0:
             gen.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
@@ -170,6 +173,7 @@ class Writer(ModelRole):
         thread.join()
         if errors:
             raise errors[0]
+        _raise_if_cancelled(gen_kwargs)
 
     def _eos_ids(self) -> set[int]:
         ids = self._model.generation_config.eos_token_id
@@ -215,3 +219,28 @@ def _seed(seed: int | None) -> None:
         torch.manual_seed(seed)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(seed)
+
+
+def _watch(writer: "Writer", cancel: threading.Event | None):
+    """generate()'s stopping criteria: count each new token, and stop at the next one once the
+    request is cancelled, so a replica whose caller went away is free again within a token."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Watch(StoppingCriteria):
+        def __init__(self):
+            self.cancel = cancel
+
+        def __call__(self, input_ids, scores, **kwargs):
+            writer._did_work(1)
+            stop = cancel is not None and cancel.is_set()
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Watch()])
+
+
+def _raise_if_cancelled(gen_kwargs: dict) -> None:
+    for criterion in gen_kwargs.get("stopping_criteria") or ():
+        cancel = getattr(criterion, "cancel", None)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the request was cancelled; generation stopped")
+

@@ -7,6 +7,7 @@ that), runs calls off the event loop, counts and times them with Serve metrics, 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any, AsyncIterator, Callable, Type
 
@@ -16,7 +17,7 @@ from ray import serve
 from ray.serve import metrics
 
 from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
-from deployments.models.base import ModelRole
+from deployments.models.base import CANCEL, ModelRole
 from deployments.models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
 
 class RoleShell:
@@ -34,18 +35,41 @@ class RoleShell:
             f"atelier_{role.role}_latency_s", description=f"{role.role} call latency in seconds",
             boundaries=LATENCY_BOUNDARIES_S, tag_keys=("op",),
         )
+        self.cancelled = 0
+        if role.work_unit:
+            # atelier_painter_steps, atelier_writer_tokens: the work done, cancelled calls' included.
+            work = metrics.Counter(f"atelier_{role.role}_{role.work_unit}",
+                                   description=f"{role.work_unit} the {role.role} computed")
+            role.on_work = lambda units: work.inc(units)
 
-    async def _run(self, op: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-        """Run a blocking model call in a worker thread so health checks and batching keep flowing."""
+    async def _run(self, op: str, fn: Callable[..., Any], *args, cancel: threading.Event | None = None,
+                   **kwargs) -> Any:
+        """Run a blocking model call in a worker thread so health checks and batching keep flowing.
+
+        When the request is cancelled (the client went away; Serve cancels the call through every
+        handle), the call's cancel flag is set, and the model stops at its next step or token
+        instead of computing an answer nobody reads."""
         t0 = time.perf_counter()
         outcome = "error"
+        cancel = cancel or threading.Event()
+        token = CANCEL.set(cancel)  # asyncio.to_thread copies this context into the worker thread
         try:
             result = await asyncio.to_thread(fn, *args, **kwargs)
             outcome = "ok"
             return result
+        except asyncio.CancelledError:
+            cancel.set()
+            self.cancelled += 1
+            outcome = "cancelled"
+            raise
         finally:
+            CANCEL.reset(token)
             self._requests.inc(tags={"op": op, "outcome": outcome})
             self._latency.observe(time.perf_counter() - t0, tags={"op": op})
+
+    def progress(self) -> dict:
+        """Work done so far on this replica (steps, tokens) and calls cancelled: for tests and operators."""
+        return {"unit": self.model.work_unit, "done": self.model.work_done, "cancelled": self.cancelled}
 
     def info(self) -> dict:
         """What the ingress shows users about this model (and whether its answers are noise)."""
@@ -134,13 +158,21 @@ class WriterDeployment(RoleShell):
 
     async def chat_stream(self, messages: list[dict], **params) -> AsyncIterator[str]:
         """Text pieces as they are decoded; call through a handle with .options(stream=True)."""
-        pieces = await self._run("chat_stream", self.model.chat, messages, stream=True, **params)
+        cancel = threading.Event()  # the stream's generation runs on after this first call returns
+        pieces = await self._run("chat_stream", self.model.chat, messages, stream=True, cancel=cancel, **params)
         sentinel = object()
-        while True:
-            piece = await asyncio.to_thread(next, pieces, sentinel)
-            if piece is sentinel:
-                return
-            yield piece
+        finished = False
+        try:
+            while True:
+                piece = await asyncio.to_thread(next, pieces, sentinel)
+                if piece is sentinel:
+                    finished = True
+                    return
+                yield piece
+        finally:
+            if not finished:  # the consumer went away (or was cancelled) first: stop generating
+                cancel.set()
+                self.cancelled += 1
 
     def count_tokens(self, text: str) -> int:
         return self.model.count_tokens(text)

@@ -79,3 +79,22 @@ def test_presets_must_sit_on_the_16_pixel_grid():
 def test_missing_model_names_the_role(tmp_path):
     with pytest.raises(ModelNotFound, match="painter"):
         Painter(PainterConfig(model=str(tmp_path / "absent"))).load()
+
+
+def test_a_set_cancel_flag_stops_denoising_at_the_next_step(painter):
+    import threading
+
+    from deployments.models.base import CANCEL
+    from deployments.models.errors import Cancelled
+
+    cancel, before = threading.Event(), painter.work_done
+    painter.on_work = lambda units: cancel.set()  # cancelled as soon as the first step is done
+    token = CANCEL.set(cancel)
+    try:
+        with pytest.raises(Cancelled):
+            painter.paint("a lighthouse", size="small", steps=8, seed=1)
+    finally:
+        CANCEL.reset(token)
+        painter.on_work = None
+    assert painter.work_done - before == 1
+    assert painter.paint("a lighthouse", size="small", steps=2, seed=1).steps == 2  # free and whole again

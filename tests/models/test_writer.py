@@ -66,3 +66,22 @@ def test_bad_inputs_raise_typed_errors(writer, call, field):
         call(writer)
     assert info.value.field == field
     assert info.value.status == 400
+
+
+def test_a_set_cancel_flag_stops_generation_at_the_next_token(writer):
+    import threading
+
+    from deployments.models.base import CANCEL
+    from deployments.models.errors import Cancelled
+
+    cancel, before = threading.Event(), writer.work_done
+    writer.on_work = lambda units: cancel.set() if writer.work_done - before >= 2 else None
+    token = CANCEL.set(cancel)
+    try:
+        with pytest.raises(Cancelled):
+            writer.chat([{"role": "user", "content": "hello"}], max_new_tokens=12, seed=0)
+    finally:
+        CANCEL.reset(token)
+        writer.on_work = None
+    assert writer.work_done - before == 2  # the token on which the flag was seen ended it
+    assert writer.chat([{"role": "user", "content": "hello"}], max_new_tokens=4, seed=0).completion_tokens == 4

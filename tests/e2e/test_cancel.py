@@ -1,0 +1,84 @@
+"""Cancellation stops compute (issue 13): a cancelled request frees the Painter at the next denoising
+step and the Writer at the next token, on real Serve replicas.
+
+Each role runs here as an application of its own with room for a second call, so that `progress()`
+answers while a generation runs (the local graph's Painter takes one request at a time), and the
+Writer may not stop before 1024 tokens (the local graph's random-weight Writer may end after 8).
+A client hanging up over HTTP reaches the same code: Serve cancels the request through every
+handle call it awaits (tests/e2e/test_client_hangup.py covers the HTTP side)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def roles(ray_cluster, tiny_kit):
+    from ray import serve
+
+    from deployments.serving.roles import PainterDeployment, WriterDeployment
+
+    opts = dict(num_replicas=1, max_ongoing_requests=4, ray_actor_options={"num_cpus": 0.1})
+    writer = serve.run(WriterDeployment.options(**opts).bind(
+        {"model": str(tiny_kit / "writer"), "num_threads": 1, "min_new_tokens": 1024}),
+        name="cancel_writer", route_prefix=None, blocking=False)
+    painter = serve.run(PainterDeployment.options(**opts).bind(
+        {"model": str(tiny_kit / "painter"), "num_threads": 1}),
+        name="cancel_painter", route_prefix=None, blocking=False)
+    for handle in (writer, painter):
+        handle.info.remote().result(timeout_s=300)
+    yield {"writer": writer, "painter": painter}
+    for name in ("cancel_writer", "cancel_painter"):
+        serve.delete(name, _blocking=False)
+
+
+def _cancel_midway(handle, response) -> tuple[dict, dict]:
+    """Wait until the call has done some work, cancel it, wait until the replica says so."""
+    before = handle.progress.remote().result()
+    deadline = time.monotonic() + 120
+    while handle.progress.remote().result()["done"] == before["done"]:
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.02)
+    response.cancel()
+    deadline = time.monotonic() + 60
+    while (after := handle.progress.remote().result())["cancelled"] == before["cancelled"]:
+        assert time.monotonic() < deadline, "the call was never cancelled on the replica"
+        time.sleep(0.05)
+    return before, after
+
+
+def _settled(handle) -> dict:
+    """Progress once the interrupted call has stopped counting."""
+    last = handle.progress.remote().result()
+    while True:
+        time.sleep(0.5)
+        now = handle.progress.remote().result()
+        if now == last:
+            return now
+        last = now
+
+
+def test_a_cancelled_generation_stops_denoising_and_frees_the_painter(roles):
+    painter, steps = roles["painter"], 50
+    start = painter.progress.remote().result()
+    response = painter.paint.remote("a slow storm over the sea", size="512x512", steps=steps, seed=1)
+    _cancel_midway(painter, response)
+    done = _settled(painter)["done"] - start["done"]
+    assert 1 <= done < steps, done
+    out = painter.paint.remote("next", size="64x64", steps=1, seed=2).result(timeout_s=120)
+    assert out["steps"] == 1 and out["png"].startswith(b"\x89PNG")
+
+
+def test_a_cancelled_answer_stops_the_writer_at_the_next_token(roles):
+    writer, asked = roles["writer"], 1024
+    start = writer.progress.remote().result()
+    response = writer.chat.remote([{"role": "user", "content": "a long story"}], max_new_tokens=asked)
+    _cancel_midway(writer, response)
+    done = _settled(writer)["done"] - start["done"]
+    assert 1 <= done < asked, done
+    out = writer.chat.remote([{"role": "user", "content": "hi"}], max_new_tokens=3).result(timeout_s=120)
+    assert out.completion_tokens == 3
