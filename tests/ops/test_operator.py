@@ -123,8 +123,13 @@ def test_ray_tools_work_from_a_second_shell(operator):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(operator.dashboard + "/api/serve/applications/", timeout=30)
     assert refused.value.code == 401
-    job = operator.cli("ray", "job", "submit", f"--address={operator.dashboard}", "--",
-                       "python", "-c", "print('hello from a job')")
+    for _ in range(12):
+        job = operator.cli("ray", "job", "submit", f"--address={operator.dashboard}", "--",
+                           "python", "-c", "print('hello from a job')")
+        # Ray's own transient answer while the head's job agent registers after a start ("try again later").
+        if "No available agent" not in job.stdout + job.stderr:
+            break
+        time.sleep(5)
     assert job.returncode == 0 and "hello from a job" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
 
 
