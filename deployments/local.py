@@ -122,7 +122,8 @@ def up(args) -> int:
     else:
         run_cli("ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={args.port}",
                 f"--num-cpus={args.num_cpus:g}", "--num-gpus=0", "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={args.dashboard_port}", "--disable-usage-stats",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={args.dashboard_port}",
+                f"--dashboard-agent-listen-port={args.agent_port}", "--disable-usage-stats",
                 env=env)
     run_cli("serve", "deploy", str(args.config), f"--address={dashboard}", env=env)
     http = yaml.safe_load(args.config.read_text()).get("http_options", {})
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="logical CPUs Ray may hand out (replicas ask for fractions of one)")
     parser.add_argument("--port", type=int, default=GCS_PORT, help="the head's GCS port")
     parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT)
+    parser.add_argument("--agent-port", type=int, default=52365,
+                        help="the head's dashboard agent (job submission goes through it); another Ray "
+                             "cluster on this machine holds 52365 already")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the config's relative paths (models/tiny, data/) are the checkout's
     return up(args) if args.command == "up" else stop(args)
