@@ -28,9 +28,7 @@ class AnswerCache:
 
     def resize(self, *, lru_size: int, ttl_s: float) -> None:
         """New limits for the LRU (emptied only when they change)."""
-        if self.lru is not None and (self.lru.maxsize, self.ttl_s) == (lru_size, ttl_s):
-            return
-        if self.lru is None and not lru_size and self.ttl_s == ttl_s:
+        if (self.lru.maxsize if self.lru is not None else 0, self.ttl_s) == (lru_size, ttl_s):
             return
         self.ttl_s = ttl_s
         self.lru = TTLCache(maxsize=lru_size, ttl=ttl_s) if lru_size else None
