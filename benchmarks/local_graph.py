@@ -16,10 +16,17 @@ def start(data: Path, port: int = 8123) -> tuple[str, str]:
     import yaml
     from ray import serve
 
-    os.environ.update({"ATELIER_KEYS_FILE": str(data / "keys.json"), "ATELIER_URL_SECRET_FILE": str(data / "secret")})
+    os.environ.update({"ATELIER_KEYS_FILE": str(data / "keys.json"), "ATELIER_KEYS_URI": str(data / "lancedb"),
+                       "ATELIER_URL_SECRET_FILE": str(data / "secret")})
     from deployments.app import build_app
     from deployments.config import AppArgs
-    from deployments.http.auth import add_key
+    try:
+        from deployments.http.auth import key_store
+
+        def add_key(_path, user):
+            return key_store().add(user)[1]
+    except ImportError:  # a checkout from before the key table (issue 13), measured as it was
+        from deployments.http.auth import add_key
     from deployments.local import ensure_kit
 
     kit = ROOT / "models" / "tiny"
@@ -35,7 +42,7 @@ def start(data: Path, port: int = 8123) -> tuple[str, str]:
         PROXY_ENV = {}
     os.environ.update(PROXY_ENV)
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ATELIER_KEYS_FILE": str(data / "keys.json"),
-           "ATELIER_URL_SECRET_FILE": str(data / "secret")}
+           "ATELIER_KEYS_URI": str(data / "lancedb"), "ATELIER_URL_SECRET_FILE": str(data / "secret")}
     ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="atelier", runtime_env={"env_vars": env},
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

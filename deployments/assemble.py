@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from deployments.config import IngressSpec, IngressTuning
 from deployments.http.app import Edge, create_app
-from deployments.http.auth import KeyRing, UrlSigner, load_secret
+from deployments.http.auth import KeyRing, UrlSigner, key_store, load_secret
 from deployments.service import Policy, ProductService
 from deployments.service.cache import AnswerCache
 from deployments.service.ingest import IngestDesk, upload_body_limit
@@ -39,7 +39,7 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
               "/v1/chat/completions": -(-storage.max_upload_bytes * 4 // 3) + text}
     if ingest is not None:
         limits["/api/init/upload"] = upload_body_limit(ingest)
-    return Edge(keys=KeyRing.load(settings.keys_file), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
+    return Edge(keys=KeyRing.open(key_store(settings)), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
                 body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=64 * 1024,
                 max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .http.auth import add_key
+from .http.auth import key_store
 from .http.proxy import PROXY_ENV
 from .models.configs import MARKER
 from .settings import ServiceSettings
@@ -44,37 +44,60 @@ def ensure_kit(folder: Path) -> None:
             build(role, "tiny", folder)
 
 
-def ensure_demo_key() -> str:
-    """The local demo user's key, kept in plain text beside the key file (data/local_demo_key by
-    default) for the quickstart only."""
-    keys_file = Path(ServiceSettings().keys_file)
-    plain = keys_file.with_name("local_demo_key")
-    if plain.is_file() and keys_file.is_file():
-        return plain.read_text().strip()
-    key = add_key(keys_file, "demo")
+def keys_uri(config: Path) -> str:
+    """Where the cluster's key table lives: ATELIER_KEYS_URI, else the gallery's database as the config
+    names it; a local folder as an absolute path, since the proxy and the replicas get it from the
+    environment."""
+    from storage.settings import StorageSettings
+
+    uri = ServiceSettings().keys_uri
+    if not uri:
+        apps = yaml.safe_load(config.read_text()).get("applications") or [{}]
+        uri = ((apps[0].get("args") or {}).get("storage") or {}).get("lancedb_uri") or StorageSettings().lancedb_uri
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def ensure_demo_key(uri: str) -> str:
+    """The local demo user's key, kept in plain text beside the URL secret (data/local_demo_key by
+    default) for the quickstart only; made again if the key table no longer holds it."""
+    from .http.auth import KeyRing, Unauthorized
+
+    store = key_store(ServiceSettings(keys_uri=uri))
+    plain = Path(ServiceSettings().url_secret_file).with_name("local_demo_key")
+    if plain.is_file():
+        key = plain.read_text().strip()
+        try:
+            if KeyRing.open(store).user_for(f"Bearer {key}") == "demo":
+                return key
+        except Unauthorized:
+            pass
+    _, key = store.add("demo")
     plain.parent.mkdir(parents=True, exist_ok=True)
     plain.write_text(key)
     os.chmod(plain, 0o600)
     return key
 
 
-def cluster_env() -> dict[str, str]:
+def cluster_env(keys: str | None = None) -> dict[str, str]:
     """The environment every process of the local cluster inherits from `ray start`, and the CLI's.
 
     `RAY_AUTH_MODE=token` is what Ray's CLI needs to send the token `ray start` keeps in
     ~/.ray/auth_token; the rest reaches Serve's proxy and the replicas: the proxy's gate, one torch
-    thread per process, this checkout on the import path, and the secrets' files by absolute path.
+    thread per process, this checkout on the import path, the key table and the URL secret's file by
+    absolute path.
     """
     settings = ServiceSettings()
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {
+    env = {
         **os.environ, **PROXY_ENV,
         "RAY_AUTH_MODE": "token",
         "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PYTHONPATH": path,
-        "ATELIER_KEYS_FILE": str(Path(settings.keys_file).resolve()),
         "ATELIER_URL_SECRET_FILE": str(Path(settings.url_secret_file).resolve()),
     }
+    if keys:
+        env["ATELIER_KEYS_URI"] = keys
+    return env
 
 
 def _ray_bin(name: str) -> str:
@@ -114,8 +137,9 @@ def wait_ready(url: str, timeout_s: float = 600) -> None:
 
 def up(args) -> int:
     ensure_kit(args.kit)
-    key = ensure_demo_key()
-    env = cluster_env()
+    keys = keys_uri(args.config)
+    key = ensure_demo_key(keys)
+    env = cluster_env(keys)
     dashboard = f"http://127.0.0.1:{args.dashboard_port}"
     if cluster_running(args.port):
         print(f"a Ray cluster already runs at 127.0.0.1:{args.port}: deploying onto it", flush=True)
@@ -126,6 +150,10 @@ def up(args) -> int:
                 f"--dashboard-agent-listen-port={args.agent_port}", "--disable-usage-stats",
                 env=env)
     run_cli("serve", "deploy", str(args.config), f"--address={dashboard}", env=env)
+    # What `python -m deployments.keys` finds by itself, run from this checkout.
+    default_keys = key_store().uri
+    default_keys = default_keys if "://" in default_keys else str(Path(default_keys).resolve())
+    keys_flag = "" if keys == default_keys else f" --uri {keys}"
     http = yaml.safe_load(args.config.read_text()).get("http_options", {})
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     wait_ready(base + "/readyz")
@@ -143,6 +171,7 @@ def up(args) -> int:
         f"  .venv/bin/ray job submit --address {dashboard} -- python -c 'print(1)'\n"
         f"  .venv/bin/python -m pipelines.ingest --address 127.0.0.1:{args.port} --config {args.config} "
         "--user demo FOLDER_OR_ZIP\n"
+        f"  .venv/bin/python -m deployments.keys{keys_flag} add USER     # live: no restart\n"
         "  make stop\n",
         flush=True,
     )

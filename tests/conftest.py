@@ -46,7 +46,7 @@ def ray_cluster(tmp_path_factory):
         **PROXY_ENV,  # the gate in Serve's HTTP proxy, as every deployment runs it
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "ATELIER_KEYS_FILE": str(secrets_dir / "keys.json"),
+        "ATELIER_KEYS_URI": str(secrets_dir / "lancedb"),  # the key table; the gallery is elsewhere
         "ATELIER_URL_SECRET_FILE": str(secrets_dir / "url_secret"),
     }
     os.environ.update(env)
@@ -102,10 +102,10 @@ def service(ray_cluster, tiny_kit, tmp_path_factory) -> Service:
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.http.auth import add_key
+    from deployments.http.auth import key_store
 
-    keys_file = ray_cluster["env"]["ATELIER_KEYS_FILE"]
-    keys = {user: add_key(keys_file, user) for user in ("alice", "bob")}
+    store = key_store()  # ATELIER_KEYS_URI, as the proxy and the replicas read it
+    keys = {user: store.add(user)[1] for user in ("alice", "bob")}
     data = tmp_path_factory.mktemp("data")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,10 +11,12 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 
 from storage.errors import AtelierError, NotFound
+from storage.keys import KeyStore, digest
 
 log = logging.getLogger("atelier.auth")
 
@@ -21,10 +24,6 @@ log = logging.getLogger("atelier.auth")
 class Unauthorized(AtelierError):
     code = "unauthorized"
     status = 401
-
-
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 class BadHeader(AtelierError):
@@ -37,41 +36,47 @@ _BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9\-._~+/]+=*)")
 
 
 class KeyRing:
-    """API keys as sha256 digests -> user id. The file never holds a usable key.
+    """API keys as sha256 digests -> user id, following the cluster's key table (`storage.keys`).
 
-    Loaded from a file, the ring follows it: a key added or removed with `python -m deployments.keys`
-    counts from the next request, on every replica and proxy, without a restart (one `stat` per lookup;
-    a file that cannot be read keeps the keys last read).
+    Each lookup asks the table for its latest version and re-reads it when it moved, so a key added or
+    revoked with `python -m deployments.keys` counts from the next request, on every replica and proxy,
+    without a restart. A table that cannot be read keeps the keys last read (and logs why). A ring made
+    from a plain dict (`KeyRing({digest: user})`) is fixed.
     """
 
-    def __init__(self, digests: dict[str, str], path: str | os.PathLike | None = None):
+    def __init__(self, digests: dict[str, str], store: KeyStore | None = None):
         self._digests = dict(digests)
-        self._path = Path(path) if path is not None else None
-        self._seen: tuple | None = None
+        self._store = store
+        self._dataset = None
+        self._version: int | None = None
+        self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "KeyRing":
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"no API key file at {p}; create one with `python -m deployments.keys add USER`")
-        ring = cls({}, p)
+    def open(cls, store: KeyStore) -> "KeyRing":
+        ring = cls({}, store)
         ring._follow()
         return ring
 
+    @property
+    def remote(self) -> bool:
+        return self._store is not None and self._store.remote
+
     def _follow(self) -> None:
-        if self._path is None:
+        if self._store is None:
             return
-        try:
-            st = os.stat(self._path)
-            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if seen == self._seen:
-                return
-            data = json.loads(self._path.read_text())
-            self._digests = {entry["sha256"]: entry["user"] for entry in data.get("keys", [])}
-            self._seen = seen
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("API key file %s could not be read (%s); keeping the %d keys read before",
-                        self._path, type(exc).__name__, len(self._digests))
+        with self._lock:
+            try:
+                if self._dataset is None:
+                    self._dataset = self._store.dataset()
+                latest = self._dataset.latest_version
+                if latest == self._version:
+                    return
+                self._dataset = self._dataset.checkout_version(latest)
+                self._digests = self._store.read(self._dataset)
+                self._version = latest
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not lock everyone out
+                log.warning("the API key table at %s could not be read (%s: %s); keeping the %d keys read before",
+                            self._store.uri, type(exc).__name__, exc, len(self._digests))
 
     def user_for(self, authorization: str | bytes | None) -> str:
         """The user of an `Authorization: Bearer <key>` value; `Unauthorized` for anything else."""
@@ -85,29 +90,29 @@ class KeyRing:
         if match is None:
             raise Unauthorized("send `Authorization: Bearer <key>`")
         self._follow()
-        presented = _digest(match[1])
-        user = None
-        # Compare against every digest in constant time, so timing tells nothing about near misses.
-        for digest, uid in self._digests.items():
-            if hmac.compare_digest(digest, presented):
-                user = uid
+        # A dict lookup by the digest of a 256-bit random secret: its timing says nothing usable
+        # about the key (finding a near miss would need a sha256 preimage).
+        user = self._digests.get(digest(match[1]))
         if user is None:
             raise Unauthorized("the API key is not valid")
         return user
 
+    async def authenticate(self, authorization: str | bytes | None) -> str:
+        """`user_for` from async code: a table in an object store is checked off the event loop."""
+        if self.remote:
+            return await asyncio.to_thread(self.user_for, authorization)
+        return self.user_for(authorization)
 
-def add_key(path: str | os.PathLike, user: str) -> str:
-    """Create a new key for `user`, store its digest, and return the key (shown once)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(p.read_text()) if p.is_file() else {"keys": []}
-    key = "atl_" + secrets.token_urlsafe(32)
-    data["keys"].append({"user": user, "sha256": _digest(key)})
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, p)
-    return key
+
+def key_store(settings=None) -> KeyStore:
+    """The cluster's key table, where the environment says (`ServiceSettings.keys_uri`)."""
+    from deployments.settings import ServiceSettings
+    from storage.settings import StorageSettings
+
+    settings = settings or ServiceSettings()
+    storage = StorageSettings()
+    return KeyStore(settings.keys_uri or storage.lancedb_uri, table=settings.keys_table,
+                    storage_options=storage.lancedb_storage_options)
 
 
 def load_secret(value: str | None, path: str | os.PathLike) -> bytes:

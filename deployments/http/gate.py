@@ -106,7 +106,7 @@ class Gate:
                 auths = [v for k, v in headers if k.lower() == b"authorization"]
                 if len(auths) > 1:
                     raise BadHeader("more than one Authorization header; send exactly one", field="authorization")
-                user = self.keys().user_for(auths[0] if auths else None)
+                user = await self.keys().authenticate(auths[0] if auths else None)
             except AtelierError as exc:
                 # Answered from the headers alone: the body is never read, so close the connection
                 # rather than drain what the client may still be sending.

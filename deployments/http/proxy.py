@@ -8,7 +8,7 @@ proxy process when it is named by the environment of every Ray node:
 
 (`PROXY_ENV` below; `python -m deployments.local`, the tests and the KubeRay manifest set it). The
 proxy then answers `401`/`400` from the headers, cleans `X-Request-ID` before Serve reads or logs it,
-and answers its own errors in JSON. The keys come from `ATELIER_KEYS_FILE`, like the replicas'.
+and answers its own errors in JSON. The keys come from the cluster's key table (`storage.keys`), like the replicas'.
 """
 
 from __future__ import annotations
@@ -24,22 +24,19 @@ def middlewares() -> list:
     """Serve's proxy callback: the list of Starlette middlewares its ASGI app is wrapped in."""
     from starlette.middleware import Middleware
 
-    from deployments.settings import ServiceSettings
-
-    from .auth import KeyRing
+    from .auth import KeyRing, key_store
     from .gate import Gate
 
     _quiet_server_header()
-    path = ServiceSettings().keys_file
     ring: list[KeyRing] = []
 
     def keys() -> KeyRing:
-        # Opened on first use: the proxy may start before the key file is written.
+        # Opened on first use, not while Serve starts the proxy; retried until it opens.
         if not ring:
             try:
-                ring.append(KeyRing.load(path))
-            except FileNotFoundError:
-                log.warning("no API key file at %s yet: every keyed route answers 401", path)
+                ring.append(KeyRing.open(key_store()))
+            except Exception as exc:  # noqa: BLE001 - the store may not be reachable yet
+                log.warning("the API key table is not readable yet (%s): keyed routes answer 401", exc)
                 return KeyRing({})
         return ring[0]
 

@@ -33,14 +33,15 @@ def surface(tiny_models, tmp_path_factory):
 
     from deployments.assemble import in_process_app
     from deployments.config import IngressSpec
-    from deployments.http.auth import add_key
+    from deployments.http.auth import key_store
     from deployments.service.models import LocalModels
     from deployments.settings import ServiceSettings
     from storage.settings import StorageSettings
 
     data = tmp_path_factory.mktemp("inprocess")
-    settings = ServiceSettings(keys_file=str(data / "keys.json"), url_secret_file=str(data / "url_secret"))
-    keys = {user: add_key(settings.keys_file, user) for user in ("alice", "bob")}
+    settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
+    store = key_store(settings)
+    keys = {user: store.add(user)[1] for user in ("alice", "bob")}
     models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
     app = in_process_app(models, ingress=IngressSpec(),
                          storage=StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs")),

@@ -46,10 +46,10 @@ class Operator:
         self.write_config(lambda app: None)
         # What the service's processes get: its own key and secret files (the local start makes the key).
         base_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # not this suite's cluster
-        self.env = {**base_env, "ATELIER_KEYS_FILE": str(tmp / "keys.json"),
+        self.env = {**{k: v for k, v in base_env.items() if k != "ATELIER_KEYS_URI"},
                     "ATELIER_URL_SECRET_FILE": str(tmp / "url_secret")}
         # A second shell has only the README's one line.
-        self.shell = {**base_env, "RAY_AUTH_MODE": "token"}
+        self.shell = {**self.env, "RAY_AUTH_MODE": "token"}
 
     def write_config(self, edit, path: Path | None = None) -> Path:
         config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
@@ -106,6 +106,7 @@ def operator(tiny_kit, tmp_path_factory):
     started = op.local("up")
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     assert "export RAY_AUTH_MODE=token" in started.stdout and op.key() in started.stdout
+    op.printed = started.stdout
     yield op
     if not op.stopped:
         op.local("stop")
@@ -129,6 +130,19 @@ def test_ray_tools_work_from_a_second_shell(operator):
     job = operator.cli("ray", "job", "submit", f"--address={operator.dashboard}", "--",
                        "python", "-c", "print('hello from a job')")
     assert job.returncode == 0 and "hello from a job" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+
+
+def test_the_printed_keys_command_adds_a_key_the_running_service_takes_at_once(operator):
+    line = next(line for line in operator.printed.splitlines() if "-m deployments.keys" in line)
+    argv = line.split("#")[0].split()
+    assert argv[0] == ".venv/bin/python" and argv[-2:] == ["add", "USER"]
+    added = subprocess.run([sys.executable, *argv[1:-1], "erin"], cwd=ROOT, env=operator.shell,
+                           capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    r = httpx.get(operator.base + "/api/images", headers={"Authorization": f"Bearer {added.stdout.strip()}"},
+                  timeout=60)
+    assert r.status_code == 200 and r.json()["items"] == []
+    assert (operator.tmp / "lancedb" / "api_keys.lance").is_dir()  # beside the gallery, as the config names it
 
 
 def test_the_readme_ingest_command_ingests_into_the_running_service(operator, tmp_path):

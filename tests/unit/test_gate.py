@@ -1,14 +1,18 @@
 """The gate's rules in-process (the e2e tier checks them in Serve's proxy and replica): the proxy's own
-plain-text errors become JSON, and the key ring follows its file."""
+plain-text errors become JSON, and the key ring follows the key table."""
 
 from __future__ import annotations
+
+import pytest
 
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from deployments.http.auth import KeyRing, add_key
+from deployments.http.auth import KeyRing, Unauthorized
+from storage.errors import InvalidInput, NotFound
+from storage.keys import KeyStore, digest
 from deployments.http.gate import Gate, clean_headers, needs_key
 
 
@@ -24,8 +28,9 @@ def _proxy_like_app():
 
 
 def test_plain_text_errors_of_the_proxy_become_json_with_retry_after(tmp_path):
-    key = add_key(tmp_path / "keys.json", "alice")
-    app = Gate(_proxy_like_app(), keys=KeyRing.load(tmp_path / "keys.json"), json_errors=True)
+    store = KeyStore(str(tmp_path / "lancedb"))
+    _, key = store.add("alice")
+    app = Gate(_proxy_like_app(), keys=KeyRing.open(store), json_errors=True)
     with TestClient(app) as client:
         auth = {"Authorization": f"Bearer {key}"}
         r = client.get("/busy", headers=auth)
@@ -37,14 +42,31 @@ def test_plain_text_errors_of_the_proxy_become_json_with_retry_after(tmp_path):
         assert len(r.headers.get_list("x-request-id")) == 1
 
 
-def test_a_key_added_to_the_file_counts_at_once(tmp_path):
-    path = tmp_path / "keys.json"
-    first = add_key(path, "alice")
-    ring = KeyRing.load(path)
-    second = add_key(path, "bob")  # another process, later: no restart, no reload call
+def test_the_ring_follows_the_key_table_written_by_another_store(tmp_path):
+    uri = str(tmp_path / "lancedb")
+    _, first = KeyStore(uri).add("alice")
+    ring = KeyRing.open(KeyStore(uri))
+    other = KeyStore(uri)  # another process's view, later: no restart, no reload call
+    bob_id, second = other.add("bob")
     assert ring.user_for(f"Bearer {first}") == "alice" and ring.user_for(f"Bearer {second}") == "bob"
-    path.write_text("{ not json")  # a broken file keeps the keys read before
-    assert ring.user_for(f"Bearer {second}") == "bob"
+    other.revoke("bob", bob_id)
+    with pytest.raises(Unauthorized):
+        ring.user_for(f"Bearer {second}")
+    assert ring.user_for(f"Bearer {first}") == "alice"
+
+
+def test_the_key_table_keeps_digests_only_and_refuses_bad_ids(tmp_path):
+    store = KeyStore(str(tmp_path / "lancedb"))
+    key_id, key = store.add("o'brien")  # a quote in a user id is a literal, not SQL
+    assert key.startswith(f"atl_{key_id}_")
+    stored = store.table().to_arrow().to_pylist()
+    assert [r["sha256"] for r in stored] == [digest(key)] and key not in repr(stored)
+    assert [r["key_id"] for r in store.list("o'brien")] == [key_id] and "sha256" not in store.list()[0]
+    with pytest.raises(InvalidInput):
+        store.revoke("o'brien", "x' OR '1'='1")
+    with pytest.raises(NotFound):
+        store.revoke("o'brien", "0" * 12)
+    assert store.revoke("o'brien", key_id) == 1 and store.list() == []
 
 
 def test_which_requests_need_a_key():

@@ -1,0 +1,141 @@
+"""API keys: one small LanceDB table of sha256 digests beside the gallery, read by every proxy and replica.
+
+The table (`api_keys` in the gallery's database by default) is the one place keys live, so a key added
+or revoked with `python -m deployments.keys` counts on every node without a restart. A key is shown
+once when it is made; the table keeps only its digest, the user it belongs to, a short public id
+(for `list` and `revoke`) and when it was made.
+
+Readers (`KeyRing` in deployments.http.auth) keep the table in memory and ask Lance for its latest
+version on each lookup: a directory listing for a local folder (tens of microseconds), one LIST
+request for an object store. A new version is read in full; the table holds a few rows per user.
+Writers commit with Lance's optimistic concurrency, retried on conflict, so concurrent adds all land.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from storage.errors import InvalidInput, NotFound
+from storage.gallery.filters import sql_str
+from storage.schema import check_user_id
+
+KEY_PREFIX = "atl_"
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+
+SCHEMA = pa.schema([
+    pa.field("key_id", pa.string(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+])
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _conflict(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("commit conflict", "retryable", "too many concurrent writers",
+                                   "already exists", "was not found"))
+
+
+class KeyStore:
+    """The key table at `uri` (a LanceDB folder or object-store URI)."""
+
+    def __init__(self, uri: str, *, table: str = "api_keys", storage_options: dict[str, str] | None = None):
+        self.uri = uri
+        self.table_name = table
+        self.storage_options = dict(storage_options or {})
+        self._db = None
+        self._table = None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the table is in an object store (a version check is then a network round trip)."""
+        return "://" in self.uri and not self.uri.startswith("file://")
+
+    def _retrying(self) -> Retrying:
+        return Retrying(retry=retry_if_exception(_conflict), stop=stop_after_attempt(8),
+                        wait=wait_random_exponential(multiplier=0.02, max=1.0), reraise=True)
+
+    def table(self):
+        """The LanceDB table, made empty on first use (two processes racing to make it both end with it)."""
+        if self._table is None:
+            import lancedb
+
+            if self._db is None:
+                self._db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
+            db = self._db
+
+            def open_or_create():
+                if self.table_name in db.table_names():
+                    return db.open_table(self.table_name)
+                return db.create_table(self.table_name, schema=SCHEMA, exist_ok=True)
+
+            self._table = self._retrying()(open_or_create)
+        return self._table
+
+    def dataset(self):
+        """The table as a Lance dataset, for readers' cheap `latest_version` checks."""
+        return self.table().to_lance()
+
+    # -- writes -----------------------------------------------------------------------------------
+    def add(self, user_id: str) -> tuple[str, str]:
+        """A new key for `user_id`: returns `(key_id, key)`; the key is not kept and cannot be shown again."""
+        user_id = _user(user_id)
+        key_id = secrets.token_hex(6)
+        key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        row = {"key_id": key_id, "user_id": user_id, "sha256": digest(key),
+               "created_at": datetime.now(timezone.utc)}
+        table = self.table()
+        self._retrying()(lambda: table.add(pa.Table.from_pylist([row], schema=SCHEMA)))
+        return key_id, key
+
+    def revoke(self, user_id: str, key_id: str | None = None) -> int:
+        """Remove one of the user's keys (or all with `key_id=None`); returns how many went.
+        `NotFound` when there was none."""
+        user_id = _user(user_id)
+        where = f"user_id = {sql_str(user_id)}"
+        if key_id is not None:
+            if not _KEY_ID.fullmatch(key_id or ""):
+                raise InvalidInput("a key id is 12 hex digits, as `list` shows it", code="invalid_key_id",
+                                   field="key")
+            where += f" AND key_id = {sql_str(key_id)}"
+        table = self.table()
+        before = table.count_rows(where)
+        if before == 0:
+            raise NotFound(f"user {user_id!r} has no such key" if key_id else f"user {user_id!r} has no keys",
+                           code="key_not_found")
+        self._retrying()(lambda: table.delete(where))
+        return before
+
+    # -- reads ------------------------------------------------------------------------------------
+    def list(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Every key (or one user's): id, user and creation time; never the digest."""
+        table = self.table()
+        table.checkout_latest()
+        rows = table.to_arrow().select(["key_id", "user_id", "created_at"]).to_pylist()
+        if user_id is not None:
+            rows = [r for r in rows if r["user_id"] == user_id]
+        return sorted(rows, key=lambda r: (r["user_id"], r["created_at"], r["key_id"]))
+
+    @staticmethod
+    def read(dataset) -> dict[str, str]:
+        """digest -> user id of one version of the table (a `dataset()` or one of its checkouts)."""
+        table = dataset.to_table(columns=["sha256", "user_id"])
+        return dict(zip(table.column("sha256").to_pylist(), table.column("user_id").to_pylist()))
+
+
+def _user(user_id: str) -> str:
+    try:
+        return check_user_id(user_id)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="invalid_user_id", field="user") from None
