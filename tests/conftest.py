@@ -52,9 +52,13 @@ def ray_cluster(tmp_path_factory):
     os.environ.update(env)
     # Logical CPUs, not cores: every replica, actor and task asks for a fraction of one. address="local":
     # a cluster of its own, even when `ray start` (make serve, tests/ops) left a cluster file behind.
+    # Metrics: the node's export port is fixed, so tests/ops/test_observability.py's Prometheus can
+    # scrape it, and workers report every second instead of every ten.
+    metrics_port = _free_port()
     ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, namespace="atelier",
-             runtime_env={"env_vars": env}, log_to_driver=False)
-    yield {"secrets": secrets_dir, "env": env}
+             runtime_env={"env_vars": env}, log_to_driver=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    yield {"secrets": secrets_dir, "env": env, "metrics_port": metrics_port}
     from ray import serve
 
     serve.shutdown()

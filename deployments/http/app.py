@@ -217,13 +217,13 @@ class EdgeMiddleware:
                     from ray.serve import metrics
 
                     self._metrics = (
-                        metrics.Counter("atelier_http_requests", description="HTTP requests by route and status class",
+                        metrics.Counter("atelier_http_requests", description="HTTP requests by route and status code",
                                         tag_keys=("route", "status")),
                         metrics.Histogram("atelier_http_latency_s", description="HTTP latency by route, seconds",
                                           boundaries=LATENCY_BOUNDARIES_S, tag_keys=("route",)),
                     )
                 # Tagged by route template (never by user or id) so cardinality stays bounded.
-                self._metrics[0].inc(tags={"route": op, "status": f"{code // 100}xx"})
+                self._metrics[0].inc(tags={"route": op, "status": str(code)})
                 self._metrics[1].observe(seconds, tags={"route": op})
             except Exception:  # noqa: BLE001 - metrics must never fail a request
                 pass

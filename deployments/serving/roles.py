@@ -19,6 +19,7 @@ from ray.serve import metrics
 from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
 from deployments.models.base import CANCEL, ModelRole
 from deployments.models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+from deployments.models.errors import ModelError
 
 class RoleShell:
     """A thin Serve shell around one plain model role; subclasses only name their typed methods."""
@@ -27,13 +28,14 @@ class RoleShell:
         self.model = role
         # Warm up before the constructor returns: Serve reports the replica ready only after that.
         role.warmup()
-        tags = ("op", "outcome")
+        # One family for every role, tagged by role, so one dashboard panel or alert covers them all.
         self._requests = metrics.Counter(
-            f"atelier_{role.role}_requests", description=f"{role.role} calls by operation and outcome", tag_keys=tags
+            "atelier_model_requests", description="model calls by role, operation and outcome "
+            "(ok, rejected: the input was refused, error, cancelled)", tag_keys=("role", "op", "outcome"),
         )
         self._latency = metrics.Histogram(
-            f"atelier_{role.role}_latency_s", description=f"{role.role} call latency in seconds",
-            boundaries=LATENCY_BOUNDARIES_S, tag_keys=("op",),
+            "atelier_model_latency_s", description="model call latency by role and operation, seconds",
+            boundaries=LATENCY_BOUNDARIES_S, tag_keys=("role", "op"),
         )
         self.cancelled = 0
         if role.work_unit:
@@ -62,10 +64,14 @@ class RoleShell:
             self.cancelled += 1
             outcome = "cancelled"
             raise
+        except ModelError as exc:
+            outcome = "rejected" if 400 <= exc.status < 500 else "error"
+            raise
         finally:
             CANCEL.reset(token)
-            self._requests.inc(tags={"op": op, "outcome": outcome})
-            self._latency.observe(time.perf_counter() - t0, tags={"op": op})
+            role = self.model.role
+            self._requests.inc(tags={"role": role, "op": op, "outcome": outcome})
+            self._latency.observe(time.perf_counter() - t0, tags={"role": role, "op": op})
 
     def progress(self) -> dict:
         """Work done so far on this replica (steps, tokens) and calls cancelled: for tests and operators."""
