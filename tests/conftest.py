@@ -128,3 +128,30 @@ def service(ray_cluster, tiny_kit, tmp_path_factory) -> Service:
     else:
         raise RuntimeError("the local graph did not become ready")
     return Service(base, keys, data)
+
+
+def serve_log_records(deployment: str, app: str | None = None, request_id: str | None = None,
+                      timeout_s: float = 30) -> list[dict]:
+    """The JSON records of a deployment's replica logs on this cluster (Serve writes them under the
+    session's logs/serve/), optionally one request's; waits up to `timeout_s` for at least one."""
+    import json
+    import time
+
+    import ray
+
+    folder = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs" / "serve"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = []
+        for path in folder.glob(f"replica_*{deployment}*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (app is None or record.get("application") == app) and \
+                        (request_id is None or record.get("request_id") == request_id):
+                    records.append(record)
+        if records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)

@@ -28,6 +28,7 @@ from .auth import KeyRing, UrlSigner
 from .gate import Gate, new_request_id
 
 log = logging.getLogger("atelier.http")
+access = logging.getLogger("atelier.access")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _UNTRACKED = ("/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # the client closed the connection before the answer (nginx's code; never sent)
@@ -208,7 +209,14 @@ class EdgeMiddleware:
     def _record(self, scope, code: int, seconds: float) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None)
-        if path is None or path in _UNTRACKED:
+        if path in _UNTRACKED:
+            return
+        # One access line per request, fields for log search (the request id and Serve's route come
+        # from Serve's log context); the route template, never the path, so no id or user is in it.
+        access.info("%s %s %d %.1fms", scope.get("method"), path or "(no route)", code, seconds * 1000,
+                    extra={"method": scope.get("method"), "route_template": path, "status": code,
+                           "latency_ms": round(seconds * 1000, 1)})
+        if path is None:
             return
         op = f"{scope['method']} {path}"
         if self._serve_metrics:

@@ -15,13 +15,15 @@ from deployments.assemble import edge_for, product_service
 from deployments.config import IngressArgs, IngressTuning
 from deployments.http.app import create_app
 from deployments.service.models import ServeModels
+from deployments.serving.logs import INGRESS_LOGGING, into_serve_log
 
 
-@serve.deployment(name="Ingress")
+@serve.deployment(name="Ingress", logging_config=INGRESS_LOGGING)
 @serve.ingress()
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
                  painter: DeploymentHandle, args: dict):
+        into_serve_log()
         config = IngressArgs.model_validate(args)
         storage = config.storage.settings()
         self.service = product_service(ServeModels(embedder, writer, describer, painter), ingress=config.ingress,

@@ -20,11 +20,13 @@ from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
 from deployments.models.base import CANCEL, ModelRole
 from deployments.models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
 from deployments.models.errors import ModelError
+from deployments.serving.logs import LOGGING, into_serve_log
 
 class RoleShell:
     """A thin Serve shell around one plain model role; subclasses only name their typed methods."""
 
     def __init__(self, role: ModelRole):
+        into_serve_log()
         self.model = role
         # Warm up before the constructor returns: Serve reports the replica ready only after that.
         role.warmup()
@@ -98,7 +100,7 @@ def _model_class(default: str, given: type | None) -> type:
     return getattr(import_module("deployments.models"), default)
 
 
-@serve.deployment(name="Embedder")
+@serve.deployment(name="Embedder", logging_config=LOGGING)
 class EmbedderDeployment(RoleShell):
     """CLIP image and text vectors, batched across concurrent requests."""
 
@@ -143,7 +145,7 @@ def _one_per_input(vectors: np.ndarray, inputs: list) -> list[np.ndarray]:
     return list(vectors)
 
 
-@serve.deployment(name="Writer")
+@serve.deployment(name="Writer", logging_config=LOGGING)
 class WriterDeployment(RoleShell):
     """Prompt enhancement, Chinese post texts and chat, with token streaming."""
 
@@ -184,7 +186,7 @@ class WriterDeployment(RoleShell):
         return self.model.count_tokens(text)
 
 
-@serve.deployment(name="Describer")
+@serve.deployment(name="Describer", logging_config=LOGGING)
 class DescriberDeployment(RoleShell):
     """What a vision-language model sees in one image."""
 
@@ -203,7 +205,7 @@ class DescriberDeployment(RoleShell):
                                max_new_tokens=max_new_tokens, seed=seed)
 
 
-@serve.deployment(name="Painter")
+@serve.deployment(name="Painter", logging_config=LOGGING)
 class PainterDeployment(RoleShell):
     """FLUX text-to-image; answers PNG bytes and the facts of the generation."""
 

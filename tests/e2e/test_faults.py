@@ -84,14 +84,23 @@ def test_painter_overload_answers_503_with_retry_after_never_500(faults):
 
 
 def test_generation_degrades_when_the_writer_is_down(faults):
+    import uuid
+
+    from tests.conftest import serve_log_records
+
+    rid = f"degrade-{uuid.uuid4().hex[:8]}"
     with faults.client() as c:
-        r = c.post("/faults/api/generate/image",
+        r = c.post("/faults/api/generate/image", headers={"X-Request-ID": rid},
                    json={"text": "海边的日落", "size": "small", "save_to_gallery": False, "seed": 1})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["degraded"] is True
         assert body["prompt"] == {"original": "海边的日落", "used": "海边的日落"}
         assert body["size"] == "64x64"
+    # The app's warning is in the Ingress replica's Serve log, as JSON, beside its request.
+    warnings = [r for r in serve_log_records("Ingress", "faults", rid) if r["levelname"] == "WARNING"]
+    assert warnings and warnings[0]["name"] == "atelier.service", serve_log_records("Ingress", "faults", rid)
+    assert "prompt enhancement failed" in warnings[0]["message"]
 
 
 def _embedder_replicas(app: str) -> list[str]:
