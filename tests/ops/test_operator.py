@@ -145,6 +145,38 @@ def test_the_printed_keys_command_adds_a_key_the_running_service_takes_at_once(o
     assert (operator.tmp / "lancedb" / "api_keys.lance").is_dir()  # beside the gallery, as the config names it
 
 
+def test_the_readme_prometheus_command_scrapes_the_cluster(operator, tmp_path):
+    import shutil
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    # The README's command, with a data folder and port of the test's own.
+    prom = subprocess.Popen([shutil.which("prometheus"), "--config.file=deployments/observability/prometheus.yml",
+                             f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={tmp_path}",
+                             "--log.level=warn"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=operator.base, headers={"Authorization": f"Bearer {operator.key()}"},
+                          timeout=60) as c:
+            deadline = time.monotonic() + 120
+            series: list = []
+            while not series:
+                assert time.monotonic() < deadline, "no ray_atelier_http_requests_total from the local cluster"
+                assert c.get("/api/images").status_code == 200
+                time.sleep(2)
+                try:
+                    r = httpx.get(url + "/api/v1/query", params={"query": "ray_atelier_http_requests_total"},
+                                  timeout=10)
+                    series = r.json()["data"]["result"] if r.status_code == 200 else []
+                except httpx.HTTPError:
+                    pass
+        assert any(s["metric"]["route"] == "GET /api/images" for s in series), series
+        rules = httpx.get(url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+        assert rules and rules[0]["name"] == "atelier"
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+
+
 def test_the_readme_ingest_command_ingests_into_the_running_service(operator, tmp_path):
     import numpy as np
     from PIL import Image
