@@ -148,6 +148,7 @@ def up(args) -> int:
                 f"--num-cpus={args.num_cpus:g}", "--num-gpus=0", "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={args.dashboard_port}",
                 f"--dashboard-agent-listen-port={args.agent_port}", "--disable-usage-stats",
+                *([f"--metrics-export-port={args.metrics_export_port}"] if args.metrics_export_port else []),
                 env=env)
     run_cli("serve", "deploy", str(args.config), f"--address={dashboard}", env=env)
     # What `python -m deployments.keys` finds by itself, run from this checkout.
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-port", type=int, default=52365,
                         help="the head's dashboard agent (job submission goes through it); another Ray "
                              "cluster on this machine holds 52365 already")
+    parser.add_argument("--metrics-export-port", type=int, default=None,
+                        help="the head's Prometheus metrics port (default: Ray picks one and lists it in "
+                             "/tmp/ray/prom_metrics_service_discovery.json)")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the config's relative paths (models/tiny, data/) are the checkout's
     return up(args) if args.command == "up" else stop(args)

@@ -10,6 +10,9 @@ import pytest
 # Two cores for everything: keep torch from spawning a thread per core in every process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's cluster runs with Ray's token auth, as the README starts it: this process joins it as a
+# driver, and Ray reads the mode when it is imported.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @pytest.fixture(scope="session")
@@ -34,35 +37,85 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Cluster:
+    """This run's Ray cluster, started the README's way: `python -m deployments.local up` (`ray start`
+    with token auth, a dashboard, `serve deploy` of serve_config.local.yaml pointed at the test kit, a
+    temp data folder and free ports). The suite's driver joins it; tests/ops works it from a "second
+    shell" with only what the README says, and its last test stops it (`make stop`)."""
+
+    def __init__(self, tmp: Path, kit: Path):
+        self.tmp, self.kit = tmp, kit
+        self.gcs, self.dashboard_port, self.http = _free_port(), _free_port(), _free_port()
+        # Ports of its own: another Ray cluster on this machine (`make serve`) may hold the defaults.
+        self.agent, self.metrics_port = _free_port(), _free_port()
+        self.stopped = False
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.base = f"http://127.0.0.1:{self.http}"
+        self.config = tmp / "serve_config.yaml"
+        self.write_config(lambda app: None)
+        base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ATELIER_KEYS_URI")}
+        # What the service's processes get (the local start adds the rest); workers report metrics
+        # every second instead of every ten, for tests/ops/test_observability.py's Prometheus.
+        self.env = {**base_env, "ATELIER_URL_SECRET_FILE": str(tmp / "url_secret"),
+                    "RAY_metrics_report_interval_ms": "1000"}
+        # A second shell has only the README's one line.
+        self.shell = {**self.env, "RAY_AUTH_MODE": "token"}
+        self.printed = ""
+
+    def write_config(self, edit, path: Path | None = None) -> Path:
+        import yaml
+
+        root = Path(__file__).resolve().parents[1]
+        config = yaml.safe_load((root / "serve_config.local.yaml").read_text())
+        config["http_options"]["port"] = self.http
+        app = config["applications"][0]
+        for role in ("embedder", "writer", "describer", "painter"):
+            app["args"][role]["model"]["model"] = str(self.kit / role)
+        app["args"]["storage"].update(lancedb_uri=str(self.tmp / "lancedb"), blob_root=str(self.tmp / "blobs"))
+        app["args"]["painter"]["model"]["sizes"] = {"small": "64x64", "medium": "96x96", "large": "128x128"}
+        edit(app)
+        path = path or self.config
+        path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        return path
+
+    def local(self, command: str):
+        import subprocess
+        import sys
+
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run([sys.executable, "-m", "deployments.local", command, "--config", str(self.config),
+                               "--kit", str(self.kit), "--port", str(self.gcs),
+                               "--dashboard-port", str(self.dashboard_port), "--agent-port", str(self.agent),
+                               "--metrics-export-port", str(self.metrics_port)],
+                              cwd=root, env=self.env, capture_output=True, text=True, timeout=900)
+
+    def key(self) -> str:
+        return (self.tmp / "local_demo_key").read_text().strip()
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """One small real Ray cluster for the whole run; explicit CPUs, no dashboard."""
+def ray_cluster(tiny_kit, tmp_path_factory) -> Cluster:
+    """One small real Ray cluster for the whole run, started as the README starts it, with the
+    service deployed; this process joins it as a driver."""
     import ray
 
-    from deployments.http.proxy import PROXY_ENV
-
-    secrets_dir = tmp_path_factory.mktemp("secrets")
-    env = {
-        **PROXY_ENV,  # the gate in Serve's HTTP proxy, as every deployment runs it
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "ATELIER_KEYS_URI": str(secrets_dir / "lancedb"),  # the key table; the gallery is elsewhere
-        "ATELIER_URL_SECRET_FILE": str(secrets_dir / "url_secret"),
-    }
-    os.environ.update(env)
-    # Logical CPUs, not cores: every replica, actor and task asks for a fraction of one. address="local":
-    # a cluster of its own, even when `ray start` (make serve, tests/ops) left a cluster file behind.
-    # Metrics: the node's export port is fixed, so tests/ops/test_observability.py's Prometheus can
-    # scrape it, and workers report every second instead of every ten.
-    metrics_port = _free_port()
-    ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, namespace="atelier",
-             runtime_env={"env_vars": env}, log_to_driver=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 1000})
-    yield {"secrets": secrets_dir, "env": env, "metrics_port": metrics_port}
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"), tiny_kit)
+    started = cluster.local("up")
+    if started.returncode != 0:
+        cluster.local("stop")
+        raise RuntimeError("`python -m deployments.local up` failed:\n" + started.stdout[-3000:] + started.stderr[-3000:])
+    cluster.printed = started.stdout
+    # The key table and URL secret the cluster reads, for the fixtures' own keys; the token for the driver.
+    os.environ.update({"ATELIER_KEYS_URI": str(cluster.tmp / "lancedb"),
+                       "ATELIER_URL_SECRET_FILE": str(cluster.tmp / "url_secret")})
+    os.environ.pop("RAY_ADDRESS", None)
+    try:
+        ray.init(address=f"127.0.0.1:{cluster.gcs}", namespace="atelier", log_to_driver=False)
+        yield cluster
+    finally:  # whatever failed, the cluster does not outlive the run
+        ray.shutdown()
+        if not cluster.stopped:
+            cluster.local("stop")
 
 
 def local_args(kit: Path, data: Path, **overrides):
@@ -100,34 +153,20 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(ray_cluster, tiny_kit, tmp_path_factory) -> Service:
-    """The local graph (tiny models, real LanceDB and blobs in a temp folder) served over HTTP."""
-    import httpx
-    from ray import serve
-
-    from deployments.app import build_app
+def service(ray_cluster) -> Service:
+    """The service the cluster runs (tiny models, real LanceDB and blobs in a temp folder) over HTTP,
+    with keys for two users."""
     from deployments.http.auth import key_store
 
-    store = key_store()  # ATELIER_KEYS_URI, as the proxy and the replicas read it
+    store = key_store()  # ATELIER_KEYS_URI: the table the proxy and the replicas read
     keys = {user: store.add(user)[1] for user in ("alice", "bob")}
-    data = tmp_path_factory.mktemp("data")
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(local_args(tiny_kit, data)), name="atelier", route_prefix="/", blocking=False)
-    base = f"http://127.0.0.1:{port}"
-    import time
+    return Service(ray_cluster.base, keys, ray_cluster.tmp)
 
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        raise RuntimeError("the local graph did not become ready")
-    return Service(base, keys, data)
+
+def pytest_collection_modifyitems(items):
+    """`make stop` ends the shared cluster: tests/ops' stop test runs last."""
+    last = [item for item in items if item.name == "test_stop_stops_this_cluster_only"]
+    items[:] = [item for item in items if item not in last] + last
 
 
 def serve_log_records(deployment: str, app: str | None = None, request_id: str | None = None,

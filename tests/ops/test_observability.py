@@ -60,7 +60,8 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "prometheus.yml"
         config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            # Ray's export of a node that has run the suite is megabytes: give a scrape time to finish.
+            "global": {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "3s"},
             "rule_files": [str(OBS / "alerts.yaml")],
             "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
         }))
@@ -88,6 +89,10 @@ class Prometheus:
         r = httpx.get(self.url + "/api/v1/label/__name__/values", timeout=30)
         return set(r.json()["data"])
 
+    def targets(self) -> list:
+        r = httpx.get(self.url + "/api/v1/targets", timeout=30)
+        return [(t["scrapeUrl"], t["health"], t["lastError"]) for t in r.json()["data"]["activeTargets"]]
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -95,7 +100,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus(ray_cluster, tmp_path_factory):
-    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), ray_cluster["metrics_port"])
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), ray_cluster.metrics_port)
     yield prom
     prom.stop()
 
@@ -117,11 +122,12 @@ def _traffic(service, round_no: int) -> None:
         assert c.get("/api/images/not-a-real-id").status_code == 404
         assert c.get("/api/search", params={"q": "x", "k": 0}).status_code in (400, 422)
 
-    # Overload: 12 generations at once against the Painter's 1 slot + 4 queued.
+    # Overload: 12 generations at once against the Painter's 1 slot + 4 queued, long enough (40
+    # steps each) that the queue is still there at the next scrape.
     def generate(i: int) -> int:
         with service.client("alice") as c:
             return c.post("/api/generate/image", json={"text": f"a storm {round_no}", "size": "large",
-                                                       "save_to_gallery": False, "seed": i, "steps": 6}).status_code
+                                                       "save_to_gallery": False, "seed": i, "steps": 40}).status_code
 
     with cf.ThreadPoolExecutor(12) as pool:
         codes = list(pool.map(generate, range(12)))
@@ -181,19 +187,21 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
     ray.get(ledger().list.remote("nobody"))
     deadline = time.monotonic() + 60
     while not prometheus.range('ray_atelier_ingest_jobs_ended_total{state="failed"}', start):
-        assert time.monotonic() < deadline, "the ledger's counters never reached Prometheus"
+        assert time.monotonic() < deadline, ("the ledger's counters never reached Prometheus", prometheus.targets(),
+                                             sorted(n for n in prometheus.names() if "atelier" in n))
         time.sleep(1)
     _ingest(service, tiny_kit, tmp_path)
     targets = panel_targets()
     missing = targets
-    for round_no in range(6):
+    for round_no in range(10):
         _traffic(service, round_no)
-        time.sleep(3)  # a report (1 s) and a scrape (1 s) later
+        time.sleep(8)  # a report (1 s) and two scrapes (3 s) later
         missing = [(title, expr) for title, expr in targets
                    if not any(v > 0 for v in prometheus.range(expr, start))]
         if not missing:
             break
-    assert not missing, "panels with no non-zero sample after traffic:\n" + "\n".join(f"{t}: {e}" for t, e in missing)
+    assert not missing, ("panels with no non-zero sample after traffic:\n" + "\n".join(f"{t}: {e}" for t, e in missing),
+                         prometheus.targets())
 
     names = prometheus.names()
     for name in ("ray_atelier_model_requests_total", "ray_atelier_model_latency_s_bucket",

@@ -1,12 +1,12 @@
-"""The service as an operator runs it (issue 13): started by the README's command (`ray start` +
-`serve deploy`, token auth on), then worked from a "second shell" with only what the README says:
-Ray's CLI, the dashboard's REST API, `ray job submit`, the ingest CLI, live settings rolled out with
-`serve deploy`, and a stop that leaves other Ray clusters (this suite's own) running."""
+"""The service as an operator runs it (issue 13): the suite's cluster is started by the README's command
+(`python -m deployments.local up`: `ray start` + `serve deploy`, token auth on); these tests work it
+from a "second shell" with only what the README says: Ray's CLI, the dashboard's REST API, `ray job
+submit`, the keys and ingest CLIs, Prometheus, live settings rolled out with `serve deploy`, and
+`make stop` (last)."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -31,44 +31,14 @@ def _free_port() -> int:
 
 
 class Operator:
-    """A local service started with `python -m deployments.local up` on its own ports and data."""
+    """A second shell on the suite's cluster (tests/conftest.py `Cluster`, started with `python -m
+    deployments.local up`): Ray's CLI with only `RAY_AUTH_MODE=token`, and the dashboard's REST API."""
 
-    def __init__(self, tmp: Path, kit: Path):
-        self.tmp, self.kit = tmp, kit
-        self.gcs, self.dashboard_port, self.http = _free_port(), _free_port(), _free_port()
-        # This suite's own cluster already holds the agent's default port (52365): without a port of
-        # its own the head's job agent cannot start, and `ray job submit` finds "No available agent".
-        self.agent = _free_port()
-        self.stopped = False
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self.base = f"http://127.0.0.1:{self.http}"
-        self.config = tmp / "serve_config.yaml"
-        self.write_config(lambda app: None)
-        # What the service's processes get: its own key and secret files (the local start makes the key).
-        base_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # not this suite's cluster
-        self.env = {**{k: v for k, v in base_env.items() if k != "ATELIER_KEYS_URI"},
-                    "ATELIER_URL_SECRET_FILE": str(tmp / "url_secret")}
-        # A second shell has only the README's one line.
-        self.shell = {**self.env, "RAY_AUTH_MODE": "token"}
+    def __init__(self, cluster):
+        self.cluster = cluster
 
-    def write_config(self, edit, path: Path | None = None) -> Path:
-        config = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
-        config["http_options"]["port"] = self.http
-        app = config["applications"][0]
-        for role in ("embedder", "writer", "describer", "painter"):
-            app["args"][role]["model"]["model"] = str(self.kit / role)
-        app["args"]["storage"].update(lancedb_uri=str(self.tmp / "lancedb"), blob_root=str(self.tmp / "blobs"))
-        app["args"]["painter"]["model"]["sizes"] = {"small": "64x64", "medium": "96x96", "large": "128x128"}
-        edit(app)
-        path = path or self.config
-        path.write_text(yaml.safe_dump(config, allow_unicode=True))
-        return path
-
-    def local(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "deployments.local", command, "--config", str(self.config),
-                               "--kit", str(self.kit), "--port", str(self.gcs),
-                               "--dashboard-port", str(self.dashboard_port), "--agent-port", str(self.agent)],
-                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=900)
+    def __getattr__(self, name):
+        return getattr(self.cluster, name)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=ROOT, env=self.shell, capture_output=True,
@@ -96,20 +66,16 @@ class Operator:
             time.sleep(1)
         raise TimeoutError(f"the application did not settle: {self.applications().get('atelier', {}).get('status')}")
 
-    def key(self) -> str:
-        return (self.tmp / "local_demo_key").read_text().strip()
-
 
 @pytest.fixture(scope="module")
-def operator(tiny_kit, tmp_path_factory):
-    op = Operator(tmp_path_factory.mktemp("operator"), tiny_kit)
-    started = op.local("up")
-    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-    assert "export RAY_AUTH_MODE=token" in started.stdout and op.key() in started.stdout
-    op.printed = started.stdout
-    yield op
-    if not op.stopped:
-        op.local("stop")
+def operator(ray_cluster):
+    return Operator(ray_cluster)
+
+
+def test_the_start_printed_the_key_and_how_a_second_shell_authenticates(operator):
+    assert "export RAY_AUTH_MODE=token" in operator.printed and operator.key() in operator.printed
+    r = httpx.get(operator.base + "/api/images", headers={"Authorization": f"Bearer {operator.key()}"}, timeout=60)
+    assert r.status_code == 200
 
 
 def test_ray_tools_work_from_a_second_shell(operator):
@@ -218,8 +184,7 @@ def test_live_settings_reconfigure_in_place_and_args_replace_replicas(operator):
         operator.wait_running(applied)
         assert operator.replica_ids() == replicas  # reconfigured in place
 
-        def larger_cache(app):
-            impatient(app)
+        def larger_cache(app):  # the live settings as they were, and an args edit
             app["args"]["storage"]["vector_cache_mb"] = 64
 
         deployed = operator.cli("serve", "deploy", str(operator.write_config(larger_cache)),
@@ -232,13 +197,13 @@ def test_live_settings_reconfigure_in_place_and_args_replace_replicas(operator):
 
 
 def test_stop_stops_this_cluster_only(operator):
+    """Runs last (tests/conftest.py orders it): `make stop` ends the suite's cluster."""
     import ray
 
+    ray.shutdown()  # this process's driver first
     stopped = operator.local("stop")
-    operator.stopped = True
+    operator.cluster.stopped = True
     assert stopped.returncode == 0, stopped.stderr
     for port in (operator.gcs, operator.dashboard_port, operator.http):  # nothing of it listens any more
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    if ray.is_initialized():  # this suite's own cluster, started by ray.init, still answers
-        assert ray.get(ray.put(1)) == 1
