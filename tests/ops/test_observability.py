@@ -137,15 +137,11 @@ def _traffic(service, round_no: int) -> None:
 def _ingest(service, tiny_kit, tmp: Path) -> None:
     """A succeeded job with one refused file, through the API, and a failed job, through the command line's
     driver against a gallery table it cannot open."""
-    import lancedb
-    import pyarrow as pa
     import ray
-    from sample_photos import jpeg, write_config
+    from sample_photos import jpeg, job_on_an_unopenable_gallery
 
-    from deployments.models.configs import EmbedderConfig
-    from pipelines.ingest import embedder_shape, run_job, spec_from_config
+    from pipelines.ingest import run_job
     from pipelines.jobs import JobSpec, ledger
-    from storage.gallery import table_name
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -162,16 +158,7 @@ def _ingest(service, tiny_kit, tmp: Path) -> None:
             time.sleep(0.5)
     assert status["state"] == "succeeded" and status["failed"] == 1, status
 
-    folder = tmp / "camera"
-    folder.mkdir()
-    for i in range(2):
-        (folder / f"IMG_{i}.jpg").write_bytes(jpeg(92_000 + i))
-    data = tmp / "data"
-    model = str(tiny_kit / "embedder")
-    dim, _ = embedder_shape(EmbedderConfig(model=model))
-    lancedb.connect(str(data / "lancedb")).create_table(
-        table_name("gallery", model, dim), schema=pa.schema([("something_else", pa.int64())]))
-    spec = spec_from_config(write_config(tmp / "config.yaml", tiny_kit, data), "obs-user", [str(folder)])
+    spec, _ = job_on_an_unopenable_gallery(tmp, tiny_kit, "obs-user", 2, 92_000)
     assert ray.get(ledger().open.remote(spec.model_dump(), True))["action"] != "conflict"
     assert run_job(JobSpec.model_validate(spec.model_dump()), console=False)["state"] == "failed"
 

@@ -63,3 +63,25 @@ def all_rows(gallery, user: str) -> list[dict]:
         rows += page
         if not cursor:
             return rows
+
+
+def job_on_an_unopenable_gallery(tmp: Path, kit: Path, user: str, photos: int, seed: int, **ingest):
+    """A command-line job (JobSpec) over `photos` new photos into a data folder whose gallery table
+    exists with another schema: the job's writer cannot open it, so the job fails."""
+    import lancedb
+    import pyarrow as pa
+
+    from deployments.models.configs import EmbedderConfig
+    from pipelines.ingest import embedder_shape, spec_from_config
+    from storage.gallery import table_name
+
+    folder = tmp / "camera"
+    folder.mkdir()
+    for i in range(photos):
+        (folder / f"IMG_{i}.jpg").write_bytes(jpeg(seed + i))
+    data = tmp / "data"
+    model = str(kit / "embedder")
+    dim, _ = embedder_shape(EmbedderConfig(model=model))
+    lancedb.connect(str(data / "lancedb")).create_table(
+        table_name("gallery", model, dim), schema=pa.schema([("something_else", pa.int64())]))
+    return spec_from_config(write_config(tmp / "config.yaml", kit, data, **ingest), user, [str(folder)]), data

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import ray
 
-from sample_photos import ROOT, all_rows, jpeg, open_gallery, sha, write_config
+from sample_photos import ROOT, all_rows, job_on_an_unopenable_gallery, jpeg, open_gallery, sha, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -157,25 +157,11 @@ def test_the_gallery_writer_answers_hash_lookups_for_one_user_only(ray_cluster, 
 
 def test_a_gallery_that_cannot_be_opened_fails_the_job_with_its_reason(ray_cluster, tiny_kit, tmp_path):
     """The read tasks no longer wait for the table; a writer that cannot open it still ends the job clearly."""
-    import lancedb
-    import pyarrow as pa
-
-    from deployments.models.configs import EmbedderConfig
-    from pipelines.ingest import embedder_shape, run_job, spec_from_config
+    from pipelines.ingest import run_job
     from pipelines.jobs import JobSpec, ledger
-    from storage.gallery import table_name
 
-    folder = tmp_path / "camera"
-    folder.mkdir()
-    for i in range(4):
-        (folder / f"IMG_{i}.jpg").write_bytes(jpeg(90_000 + i))
-    data_dir = tmp_path / "data"
-    model = str(tiny_kit / "embedder")
-    dim, _ = embedder_shape(EmbedderConfig(model=model))
-    lancedb.connect(str(data_dir / "lancedb")).create_table(
-        table_name("gallery", model, dim), schema=pa.schema([("something_else", pa.int64())]))
-    config = write_config(tmp_path / "config.yaml", tiny_kit, data_dir, read_batch_size=2, write_batch_size=2)
-    job = spec_from_config(config, "erin", [str(folder)])
+    job, data_dir = job_on_an_unopenable_gallery(tmp_path, tiny_kit, "erin", 4, 90_000,
+                                                 read_batch_size=2, write_batch_size=2)
     assert ray.get(ledger().open.remote(job.model_dump(), True))["action"] != "conflict"
 
     status = run_job(JobSpec.model_validate(job.model_dump()), console=False)
