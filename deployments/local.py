@@ -54,6 +54,11 @@ def keys_uri(config: Path) -> str:
     if not uri:
         apps = yaml.safe_load(config.read_text()).get("applications") or [{}]
         uri = ((apps[0].get("args") or {}).get("storage") or {}).get("lancedb_uri") or StorageSettings().lancedb_uri
+    return _absolute(uri)
+
+
+def _absolute(uri: str) -> str:
+    """A local folder as an absolute path; an object-store URI as it is."""
     return uri if "://" in uri else str(Path(uri).resolve())
 
 
@@ -152,9 +157,7 @@ def up(args) -> int:
                 env=env)
     run_cli("serve", "deploy", str(args.config), f"--address={dashboard}", env=env)
     # What `python -m deployments.keys` finds by itself, run from this checkout.
-    default_keys = key_store().uri
-    default_keys = default_keys if "://" in default_keys else str(Path(default_keys).resolve())
-    keys_flag = "" if keys == default_keys else f" --uri {keys}"
+    keys_flag = "" if keys == _absolute(key_store().uri) else f" --uri {keys}"
     http = yaml.safe_load(args.config.read_text()).get("http_options", {})
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     wait_ready(base + "/readyz")

@@ -24,6 +24,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from storage.errors import InvalidInput, NotFound
 from storage.gallery.filters import sql_str
+from storage.gallery.table import is_commit_conflict
 from storage.schema import check_user_id
 
 KEY_PREFIX = "atl_"
@@ -42,9 +43,9 @@ def digest(key: str) -> str:
 
 
 def _conflict(exc: BaseException) -> bool:
+    """The gallery's commit conflicts, and two processes racing to make the table."""
     text = str(exc).lower()
-    return any(s in text for s in ("commit conflict", "retryable", "too many concurrent writers",
-                                   "already exists", "was not found"))
+    return is_commit_conflict(exc) or "already exists" in text or "was not found" in text
 
 
 class KeyStore:

@@ -79,7 +79,7 @@ def table_name(base: str, embed_model: str, dim: int) -> str:
     return f"{base}__{slug}_{digest}_{dim}"
 
 
-def _is_commit_conflict(exc: BaseException) -> bool:
+def is_commit_conflict(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "commit conflict" in text or "retryable" in text or "too many concurrent writers" in text
 
@@ -468,7 +468,7 @@ class Gallery:
     def _write(self, op):
         """Run one commit, retrying commit conflicts; a conflict that persists is a 503."""
         retrying = Retrying(
-            retry=retry_if_exception(_is_commit_conflict),
+            retry=retry_if_exception(is_commit_conflict),
             stop=stop_after_attempt(self.settings.write_retry_attempts),
             wait=wait_random_exponential(multiplier=0.05, max=2),
             reraise=True,
@@ -476,7 +476,7 @@ class Gallery:
         try:
             return retrying(op)
         except Exception as exc:
-            if _is_commit_conflict(exc):
+            if is_commit_conflict(exc):
                 raise Unavailable("the gallery is busy with other writes; try again", code="gallery_busy") from exc
             raise
 

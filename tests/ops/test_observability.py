@@ -9,7 +9,6 @@ import concurrent.futures as cf
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import _free_port
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 OBS = ROOT / "deployments" / "observability"
 sys.path.insert(0, str(ROOT / "tests" / "pipelines"))  # sample_photos: the ingestion tests' photos and configs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def panel_targets() -> list[tuple[str, str]]:
