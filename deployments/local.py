@@ -116,6 +116,20 @@ def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
                           capture_output=not check)
 
 
+def ensure_token(env: dict[str, str]) -> None:
+    """Token auth needs a token before `ray start` does, and a fresh machine has none: Ray's own
+    `ray get-auth-token --generate` writes one to ~/.ray/auth_token, and keeps one that is there.
+    Its output (the token) is not echoed; a token made here is made readable by its owner only."""
+    home = Path(env.get("HOME") or Path.home())
+    made_here = not (home / ".ray" / "auth_token").exists() and not env.get("RAY_AUTH_TOKEN") \
+        and not env.get("RAY_AUTH_TOKEN_PATH")
+    made = run_cli("ray", "get-auth-token", "--generate", env=env, check=False)
+    if made.returncode != 0:
+        raise RuntimeError("`ray get-auth-token --generate` failed: " + made.stderr[-2000:])
+    if made_here:
+        os.chmod(home / ".ray" / "auth_token", 0o600)
+
+
 def cluster_running(port: int) -> bool:
     """Whether a GCS listens on the port (a TCP connect: `ray status` on a dead address retries for long)."""
     import socket
@@ -149,6 +163,7 @@ def up(args) -> int:
     if cluster_running(args.port):
         print(f"a Ray cluster already runs at 127.0.0.1:{args.port}: deploying onto it", flush=True)
     else:
+        ensure_token(env)
         run_cli("ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={args.port}",
                 f"--num-cpus={args.num_cpus:g}", "--num-gpus=0", "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={args.dashboard_port}",

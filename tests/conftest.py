@@ -56,7 +56,14 @@ class Cluster:
         base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ATELIER_KEYS_URI")}
         # What the service's processes get (the local start adds the rest); workers report metrics
         # every second instead of every ten, for tests/ops/test_observability.py's Prometheus.
-        self.env = {**base_env, "ATELIER_URL_SECRET_FILE": str(tmp / "url_secret"),
+        # A home of its own, with no ~/.ray/auth_token yet: the start must make the token, as on a
+        # fresh machine, and nothing here touches the token of a `make serve` on this machine.
+        self.home = tmp / "home"
+        self.home.mkdir()
+        self.token_file = self.home / ".ray" / "auth_token"
+        base_env.pop("RAY_AUTH_TOKEN", None)
+        base_env.pop("RAY_AUTH_TOKEN_PATH", None)
+        self.env = {**base_env, "HOME": str(self.home), "ATELIER_URL_SECRET_FILE": str(tmp / "url_secret"),
                     "RAY_metrics_report_interval_ms": "1000"}
         # A second shell has only the README's one line.
         self.shell = {**self.env, "RAY_AUTH_MODE": "token"}
@@ -107,7 +114,8 @@ def ray_cluster(tiny_kit, tmp_path_factory) -> Cluster:
     cluster.printed = started.stdout
     # The key table and URL secret the cluster reads, for the fixtures' own keys; the token for the driver.
     os.environ.update({"ATELIER_KEYS_URI": str(cluster.tmp / "lancedb"),
-                       "ATELIER_URL_SECRET_FILE": str(cluster.tmp / "url_secret")})
+                       "ATELIER_URL_SECRET_FILE": str(cluster.tmp / "url_secret"),
+                       "RAY_AUTH_TOKEN_PATH": str(cluster.token_file)})
     os.environ.pop("RAY_ADDRESS", None)
     try:
         ray.init(address=f"127.0.0.1:{cluster.gcs}", namespace="atelier", log_to_driver=False)

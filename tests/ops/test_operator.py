@@ -45,7 +45,7 @@ class Operator:
                               text=True, timeout=timeout)
 
     def applications(self) -> dict:
-        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        token = self.token_file.read_text().strip()  # the README's $(cat ~/.ray/auth_token), in its home
         request = urllib.request.Request(self.dashboard + "/api/serve/applications/",
                                          headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=30) as r:
@@ -74,6 +74,11 @@ def operator(ray_cluster):
 
 def test_the_start_printed_the_key_and_how_a_second_shell_authenticates(operator):
     assert "export RAY_AUTH_MODE=token" in operator.printed and operator.key() in operator.printed
+    # Its home had no Ray token (a fresh machine): the start made one, readable by its owner only,
+    # and did not echo it.
+    token = operator.token_file.read_text().strip()
+    assert token and token not in operator.printed
+    assert operator.token_file.stat().st_mode & 0o077 == 0
     r = httpx.get(operator.base + "/api/images", headers={"Authorization": f"Bearer {operator.key()}"}, timeout=60)
     assert r.status_code == 200
 
