@@ -80,14 +80,16 @@ def json_error(status: int, error: dict, rid: str | None, *, extra: list | None 
 class Gate:
     """See the module docstring. `keys` is the key ring, or a callable returning it (the proxy opens
     it lazily); `json_errors` rewrites plain-text error answers of the wrapped app (the proxy's);
-    `echo_request_id` puts the id on the gate's own answers (off behind a Serve proxy, which adds it)."""
+    `echo_request_id` puts the id on the gate's own answers (off behind a Serve proxy, which adds it);
+    `on_refusal(status, code)` is told of each request the gate answers itself (the proxy counts them)."""
 
     def __init__(self, app, *, keys: KeyRing | Callable[[], KeyRing], json_errors: bool = False,
-                 echo_request_id: bool = True):
+                 echo_request_id: bool = True, on_refusal: Callable[[int, str], None] | None = None):
         self.app = app
         self._keys = keys
         self._json_errors = json_errors
         self._echo = echo_request_id
+        self._on_refusal = on_refusal
 
     def keys(self) -> KeyRing:
         return self._keys if isinstance(self._keys, KeyRing) else self._keys()
@@ -114,6 +116,8 @@ class Gate:
                 if exc.status == 401:
                     extra.append((b"www-authenticate", b'Bearer realm="atelier"'))
                 start, body = json_error(exc.status, exc.to_dict(), rid if self._echo else None, extra=extra)
+                if self._on_refusal is not None:
+                    self._on_refusal(exc.status, exc.code)
                 await send(start)
                 return await send(body)
             scope["state"] = {**(scope.get("state") or {}), "user": user}

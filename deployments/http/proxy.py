@@ -40,7 +40,26 @@ def middlewares() -> list:
                 return KeyRing({})
         return ring[0]
 
-    return [Middleware(Gate, keys=keys, json_errors=True)]
+    return [Middleware(Gate, keys=keys, json_errors=True, on_refusal=_refusal_counter())]
+
+
+def _refusal_counter():
+    """`atelier_gate_refusals{status, code}`: what the proxy's gate answers itself (a missing or
+    unknown key, a bad header) never reaches a replica, so no replica's metric counts it."""
+    counter: list = []
+
+    def count(status: int, code: str) -> None:
+        try:
+            if not counter:
+                from ray.util import metrics
+
+                counter.append(metrics.Counter("atelier_gate_refusals", tag_keys=("status", "code"),
+                                               description="Requests the HTTP proxy's gate refused from the headers"))
+            counter[0].inc(tags={"status": str(status), "code": code})
+        except Exception:  # noqa: BLE001 - metrics must never fail a request
+            pass
+
+    return count
 
 
 def _quiet_server_header() -> None:

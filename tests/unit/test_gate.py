@@ -42,6 +42,20 @@ def test_plain_text_errors_of_the_proxy_become_json_with_retry_after(tmp_path):
         assert len(r.headers.get_list("x-request-id")) == 1
 
 
+def test_the_gate_reports_what_it_refuses_and_nothing_else(tmp_path):
+    store = KeyStore(str(tmp_path / "lancedb"))
+    _, key = store.add("alice")
+    refused: list[tuple[int, str]] = []
+    app = Gate(_proxy_like_app(), keys=KeyRing.open(store), json_errors=True,
+               on_refusal=lambda status, code: refused.append((status, code)))
+    with TestClient(app) as client:
+        assert client.get("/busy").status_code == 401
+        assert client.get("/busy", headers=[("Authorization", f"Bearer {key}")] * 2).status_code == 400
+        assert client.get("/busy", headers={"Authorization": f"Bearer {key}"}).status_code == 503  # not the gate's
+    assert [status for status, _ in refused] == [401, 400]
+    assert all(code for _, code in refused)
+
+
 def test_the_ring_follows_the_key_table_written_by_another_store(tmp_path):
     uri = str(tmp_path / "lancedb")
     _, first = KeyStore(uri).add("alice")
