@@ -116,6 +116,10 @@ def _traffic(service, round_no: int) -> None:
         assert refused.status_code == 400, refused.text
         assert c.get("/api/images/not-a-real-id").status_code == 404
         assert c.get("/api/search", params={"q": "x", "k": 0}).status_code in (400, 422)
+    # A stranger: the proxy's gate answers from the headers, no replica sees it.
+    assert httpx.get(service.base_url + "/api/images", timeout=60).status_code == 401
+    assert httpx.get(service.base_url + "/api/images", headers={"Authorization": "Bearer atl_000000000000_nope"},
+                     timeout=60).status_code == 401
 
     # Overload: 12 generations at once against the Painter's 1 slot + 4 queued, long enough (40
     # steps each) that the queue is still there at the next scrape.
@@ -172,16 +176,23 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
         assert time.monotonic() < deadline, ("the ledger's counters never reached Prometheus", prometheus.targets(),
                                              sorted(n for n in prometheus.names() if "atelier" in n))
         time.sleep(1)
-    _ingest(service, tiny_kit, tmp_path)
     targets = panel_targets()
-    missing = targets
-    for round_no in range(10):
-        _traffic(service, round_no)
-        time.sleep(8)  # a report (1 s) and two scrapes (3 s) later
+    # The ingests (a job's workers start, a failed job's retries) run beside the traffic rounds. A
+    # counter's first sample is its first increment, which rate() cannot see: every panel needs two
+    # rounds, a scrape apart.
+    with cf.ThreadPoolExecutor(1) as background:
+        ingested = background.submit(_ingest, service, tiny_kit, tmp_path)
+        _traffic(service, 0)
+        time.sleep(4)  # a report (1 s) and a scrape (3 s)
+        _traffic(service, 1)
+        ingested.result()
+    for round_no in range(2, 10):
+        time.sleep(8)  # a report and two scrapes
         missing = [(title, expr) for title, expr in targets
                    if not any(v > 0 for v in prometheus.range(expr, start))]
         if not missing:
             break
+        _traffic(service, round_no)
     assert not missing, ("panels with no non-zero sample after traffic:\n" + "\n".join(f"{t}: {e}" for t, e in missing),
                          prometheus.targets())
 
@@ -190,7 +201,7 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
                  "ray_atelier_http_requests_total", "ray_atelier_http_latency_s_bucket",
                  "ray_atelier_painter_steps_total", "ray_atelier_writer_tokens_total",
                  "ray_atelier_ingest_rows_total", "ray_atelier_ingest_jobs_ended_total", "ray_atelier_ingest_jobs",
-                 "ray_atelier_ingest_stale_jobs"):
+                 "ray_atelier_ingest_stale_jobs", "ray_atelier_gate_refusals_total"):
         assert name in names, name
     # The rules load in this Prometheus too.
     rules = httpx.get(prometheus.url + "/api/v1/rules", timeout=30).json()["data"]["groups"]
