@@ -88,16 +88,19 @@ def cluster_env(keys: str | None = None) -> dict[str, str]:
 
     `RAY_AUTH_MODE=token` is what Ray's CLI needs to send the token `ray start` keeps in
     ~/.ray/auth_token; the rest reaches Serve's proxy and the replicas: the proxy's gate, one torch
-    thread per process, this checkout on the import path, the key table and the URL secret's file by
-    absolute path.
+    thread per process, this checkout on the import path and this venv's interpreter first on PATH,
+    the key table and the URL secret's file by absolute path.
     """
     settings = ServiceSettings()
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {
         **os.environ, **PROXY_ENV,
         "RAY_AUTH_MODE": "token",
+        "RAY_USAGE_STATS_ENABLED": "0",  # what --disable-usage-stats says, for the shell's own drivers too
         "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PYTHONPATH": path,
+        # A job's `python` (`ray job submit -- python -m pipelines.ingest ...`) is this venv's.
+        "PATH": os.pathsep.join(p for p in (str(Path(sys.executable).parent), os.environ.get("PATH", "")) if p),
         "ATELIER_URL_SECRET_FILE": str(Path(settings.url_secret_file).resolve()),
     }
     if keys:

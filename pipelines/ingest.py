@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     # No address: a small cluster of its own ("local"), never whichever cluster `ray start` last recorded.
     local = {"num_cpus": args.num_cpus} if args.num_cpus and not address else {}
+    # No usage reports from this driver either (the cluster starts with --disable-usage-stats): with them
+    # on, Ray Data polls a Prometheus on localhost:9090 every 10 s for as long as the driver lives.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address=address or "local", namespace=NAMESPACE, **local)
     jobs = ledger()
     if args.job:

@@ -13,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite's cluster runs with Ray's token auth, as the README starts it: this process joins it as a
 # driver, and Ray reads the mode when it is imported.
 os.environ["RAY_AUTH_MODE"] = "token"
+# No usage reports from this driver, as from the cluster (`--disable-usage-stats`): with them on, Ray Data
+# runs a thread in the driver that polls a Prometheus on localhost:9090 until the interpreter exits.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
