@@ -195,14 +195,40 @@ class IngressArgs(_Strict):
 
 
 def check_file(path: Path) -> list[str]:
-    """Problems of a serve config file, each naming where it is and what to do; empty when it is valid."""
+    """Problems of a serve config file, or of the serve config a KubeRay RayService manifest embeds
+    (`spec.serveConfigV2`, in a file that may hold other Kubernetes objects too), each naming where it
+    is and what to do; empty when it is valid."""
     import yaml
-    from ray.serve.schema import ServeDeploySchema
 
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
     except (OSError, yaml.YAMLError) as exc:
         return [f"{path}: cannot be read as YAML ({exc})"]
+    if not docs:
+        return [f"{path}: is empty"]
+    if not any(isinstance(d, dict) and "kind" in d for d in docs):
+        return check_config(docs[0] if len(docs) == 1 else docs, str(path))
+    services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "RayService"]
+    if not services:
+        return [f"{path}: holds Kubernetes objects but no RayService, so no serve config to check"]
+    problems = []
+    for service in services:
+        where = f"{path}: RayService {(service.get('metadata') or {}).get('name')!r}: spec.serveConfigV2"
+        text = (service.get("spec") or {}).get("serveConfigV2")
+        if not isinstance(text, str):
+            problems.append(f"{where}: missing; KubeRay takes the serve config as a YAML string there")
+            continue
+        try:
+            problems += check_config(yaml.safe_load(text), where)
+        except yaml.YAMLError as exc:
+            problems.append(f"{where}: cannot be read as YAML ({exc})")
+    return problems
+
+
+def check_config(doc, path: str) -> list[str]:
+    """Problems of one serve config (a parsed YAML document) against Serve's schema and the app's args."""
+    from ray.serve.schema import ServeDeploySchema
+
     try:
         ServeDeploySchema.model_validate(doc)
     except ValidationError as exc:
@@ -239,7 +265,8 @@ def _where(err: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.config",
-                                     description="Validate serve config files (Serve's schema and the app's args).")
+                                     description="Validate serve config files (Serve's schema and the app's args), "
+                                                 "or the serveConfigV2 of KubeRay RayService manifests.")
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
     failed = False
