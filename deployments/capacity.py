@@ -8,7 +8,9 @@ not fit.
 A node shape is `COUNTx` followed by `+`-joined parts: `Ncpu`, `Ngpu`, `Ngib` (memory). A bare `cpu`
 node has 16 CPUs; a GPU node without a CPU count has 12 CPUs per GPU; memory is unbounded unless given.
 Rules of the packing, as Ray applies them: CPUs and memory are per node; a GPU share below 1 must fit
-on one GPU (four 0.25 replicas share a GPU, a 0.75 and a 0.5 do not); whole GPUs are whole devices.
+on one GPU (four 0.25 replicas share a GPU, a 0.75 and a 0.5 do not); whole GPUs are whole devices; a
+replica's `label_selector` is matched against the label the KubeRay manifest gives each group
+(`atelier/pool`: `gpu` on a node with GPUs, else `cpu`).
 Replicas are placed largest first (GPU share, then CPUs), each on the first node where it fits:
 first-fit decreasing, which may miss a packing an exhaustive search would find, never the other way.
 `--ingest-jobs N` also reserves, for the maximum, N running bulk-ingest jobs: each asks for the config's
@@ -45,8 +47,15 @@ class Node:
     def reset(self) -> None:
         self.free_cpus, self.free_gpus, self.free_memory = self.cpus, [1.0] * self.gpus, self.memory
 
+    @property
+    def labels(self) -> dict[str, str]:
+        # The pool label the KubeRay manifest gives its groups (atelier/pool: gpu | cpu).
+        return {"atelier/pool": "gpu" if self.gpus else "cpu"}
+
     def place(self, need: "Need") -> bool:
         if need.cpus > self.free_cpus + EPS or need.memory > self.free_memory + EPS:
+            return False
+        if not selected(self.labels, need.selector):
             return False
         devices: list[int] = []
         if need.gpus >= 1 - EPS:  # whole devices
@@ -76,6 +85,7 @@ class Need:
     cpus: float
     gpus: float
     memory: float = 0.0
+    selector: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,18 @@ class Deployment:
     cpus: float
     gpus: float
     memory: float
+    selector: tuple[tuple[str, str], ...] = ()
+
+
+def selected(labels: dict[str, str], selector) -> bool:
+    """Ray's label selector on a node's labels: `v`, `!v`, `in(a,b)`, `!in(a,b)` per key."""
+    for key, want in selector:
+        negate = want.startswith("!")
+        want = want[1:] if negate else want
+        values = {v.strip() for v in want[3:-1].split(",")} if want.startswith("in(") else {want}
+        if (labels.get(key) in values) == negate:
+            return False
+    return True
 
 
 def parse_nodes(text: str) -> list[Node]:
@@ -153,7 +175,8 @@ def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
             actor = opts.get("ray_actor_options") or {}
             label = name if len(config["applications"]) == 1 else f"{app.get('name')}/{name}"
             out.append(Deployment(label, low, high, float(actor.get("num_cpus", 1)),
-                                  float(actor.get("num_gpus", 0)), float(actor.get("memory") or 0)))
+                                  float(actor.get("num_gpus", 0)), float(actor.get("memory") or 0),
+                                  tuple(sorted((actor.get("label_selector") or {}).items()))))
         if args.ingest is not None:
             ingest = args.ingest.model_dump()
     return out, ingest
@@ -191,7 +214,7 @@ def report(deps: list[Deployment], nodes: list[Node], ingest: dict, ingest_jobs:
         lines.append(f"{d.name:<12} {d.min_replicas:>4} {d.max_replicas:>4} {_fmt(d.cpus):>13} {_fmt(d.gpus):>13}")
     ok = True
     for label, count in (("min", lambda d: d.min_replicas), ("max", lambda d: d.max_replicas)):
-        needs = [Need(d.name, d.cpus, d.gpus, d.memory) for d in deps for _ in range(count(d))]
+        needs = [Need(d.name, d.cpus, d.gpus, d.memory, d.selector) for d in deps for _ in range(count(d))]
         if label == "max" and ingest_jobs and ingest:
             needs += ingest_needs(ingest) * ingest_jobs
         left = pack(nodes, needs)

@@ -48,6 +48,10 @@ class ActorOptions(_Strict):
     num_cpus: float = Field(0.25, ge=0, description="Logical CPUs reserved per replica (fractions allowed).")
     num_gpus: float = Field(0.0, ge=0, description="GPU share per replica, e.g. 0.25 packs four replicas on a GPU.")
     memory: int | None = Field(None, ge=0, description="Bytes of RAM reserved per replica, for scheduling.")
+    label_selector: dict[str, str] | None = Field(
+        None, description="Ray node labels the replica must run on, e.g. {'atelier/pool': '!gpu'} keeps it off "
+                          "the GPU nodes (values: 'v', '!v', 'in(a,b)', '!in(a,b)')."
+    )
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env of the replica's process.")
 
 

@@ -66,3 +66,10 @@ def test_shapes_and_bad_arguments():
             parse_nodes(bad)
     done = capacity("serve_config.yaml", "--nodes", "2y8gpu")
     assert done.returncode == 2 and done.stderr.startswith("error:") and "Traceback" not in done.stderr
+
+
+def test_the_ingress_stays_off_gpu_nodes():
+    # serve_config.yaml's Ingress asks for atelier/pool != gpu: GPU nodes alone cannot hold it.
+    done = capacity("serve_config.yaml", "--nodes", "2x8gpu")
+    assert done.returncode == 1
+    assert {line.split(": ")[2] for line in done.stdout.splitlines() if "DOES NOT FIT" in line} == {"Ingress"}
