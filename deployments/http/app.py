@@ -106,11 +106,13 @@ async def _bug(request: Request, exc: Exception):
     return error_response(500, "internal_error", f"an internal error occurred (request id {request_id.get()})")
 
 
-def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request_id: bool = False) -> FastAPI:
+def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request_id: bool = False,
+               served_by: dict[str, str] | None = None) -> FastAPI:
     """The whole HTTP surface over one service: `/api`, `/v1` and the ingest routes.
 
     `serve_metrics` exports per-route Serve metrics (inside a replica); `echo_request_id` sets
-    `X-Request-ID` on answers, which Serve's proxy does itself in a cluster.
+    `X-Request-ID` on answers, which Serve's proxy does itself in a cluster; `served_by` are headers
+    every answer carries (the replica and the Ray node that answered, for operators and tests).
     """
     from .api import router as api_router
     from .ingest import router as ingest_router
@@ -136,7 +138,7 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.include_router(openai_router)
     app.include_router(ingest_router)
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
-                       echo_request_id=echo_request_id)
+                       echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
     app.add_middleware(Gate, keys=edge.keys, echo_request_id=echo_request_id)
     return app
@@ -145,10 +147,12 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
 class EdgeMiddleware:
     """Request ids for logs, body-size limits enforced while the body streams in, and per-route stats."""
 
-    def __init__(self, asgi, *, service, edge: Edge, serve_metrics: bool, echo_request_id: bool):
+    def __init__(self, asgi, *, service, edge: Edge, serve_metrics: bool, echo_request_id: bool,
+                 served_by: dict[str, str] | None = None):
         self.asgi, self.service, self.edge = asgi, service, edge
         self._serve_metrics, self._echo = serve_metrics, echo_request_id
         self._metrics = None
+        self._served_by = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (served_by or {}).items()]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -165,9 +169,9 @@ class EdgeMiddleware:
             # on the response; this layer adopts it for logs and stats and adds no second header.
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                if self._echo:
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (b"x-request-id", rid.encode("latin-1"))]}
+                extra = [*self._served_by, *([(b"x-request-id", rid.encode("latin-1"))] if self._echo else [])]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:

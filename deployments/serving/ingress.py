@@ -35,4 +35,9 @@ class Ingress:
         self.service.tune(IngressTuning.model_validate(user_config or {}))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.service, self.edge, serve_metrics=True)
+        import ray
+
+        # Who answered: Serve's replica id and the Ray node it runs on (what `ray list nodes` shows).
+        served_by = {"X-Atelier-Replica": serve.get_replica_context().replica_id.unique_id,
+                     "X-Atelier-Node": ray.get_runtime_context().get_node_id()}
+        return create_app(self.service, self.edge, serve_metrics=True, served_by=served_by)

@@ -243,3 +243,20 @@ def test_model_names_never_show_local_paths(service, tiny_kit):
     assert r.status_code == 404 and "'atelier-writer'" in r.json()["error"]["message"]
     for text in (models.text, r.text):
         assert str(tiny_kit) not in text and "models/tiny" not in text
+
+
+def test_each_answer_names_the_replica_and_the_node_that_gave_it(service):
+    import ray
+    from ray.util.state import list_actors
+
+    with service.client() as c:
+        answers = [c.get("/api/images"), c.get("/api/images/not-a-real-id"),
+                   c.post("/api/images", content=b"x" * 64, headers={"content-type": "text/plain"})]
+    assert [r.status_code for r in answers][:2] == [200, 404] and answers[2].status_code >= 400
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    ingress = {a.name for a in list_actors(filters=[("class_name", "=", "ServeReplica:atelier:Ingress"),
+                                                    ("state", "=", "ALIVE")])}
+    for r in answers:
+        assert r.headers["x-atelier-node"] in nodes
+        replica = r.headers["x-atelier-replica"]
+        assert any(name.endswith(replica) for name in ingress), (replica, ingress)
