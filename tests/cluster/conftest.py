@@ -1,0 +1,260 @@
+"""A real multi-node Ray cluster on this machine (issue 14): a head and two workers, each its own
+`ray start --block` in its own process group (so a test can kill a whole node), with Ray's token auth
+on and state shared as on a real cluster: LanceDB, the blobs and the key table on an S3-compatible
+server (moto's, as a process), the answer cache on a real `redis-server`.
+
+The worker `gpu` declares two GPUs it does not have (Ray schedules by declared resources; the models
+fall back to the CPU where torch sees no CUDA); `cpu` declares none. The service is deployed with
+`serve deploy` of a production-shaped config: serve_config.yaml's GPU shares, the tiny kit's models,
+small CPU fractions. Tests work it as an operator would, from outside: HTTP, the Ray CLI and the
+dashboard's state API (no driver joins this cluster: the suite's driver belongs to the other one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+APP = "atelier"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(done, timeout_s: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = done()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (waited {timeout_s:.0f} s)")
+        time.sleep(every)
+
+
+class Process:
+    """A server process in its own process group, stopped (or killed) as a whole."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
+
+
+class MultiNode:
+    BUCKET = "atelier-multinode"
+
+    def __init__(self, tmp: Path, kit: Path):
+        self.tmp, self.kit = tmp, kit
+        self.procs: list[Process] = []
+        self.nodes: dict[str, Process] = {}
+        self.gcs, self.dashboard_port, self.http = free_port(), free_port(), free_port()
+        self.s3_port, self.redis_port = free_port(), free_port()
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.base = f"http://127.0.0.1:{self.http}"
+        self.s3 = f"http://127.0.0.1:{self.s3_port}"
+        self.lancedb = f"s3://{self.BUCKET}/lancedb"
+        self.token = secrets.token_hex(32)
+        self.storage_options = {"aws_endpoint": self.s3, "allow_http": "true", "aws_region": "us-east-1",
+                                "aws_access_key_id": "atelier-test", "aws_secret_access_key": "atelier-test-secret"}
+        from deployments.http.proxy import PROXY_ENV
+
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("RAY_ADDRESS", "ATELIER_", "RAY_AUTH_TOKEN"))}
+        self.env = {
+            **base, **PROXY_ENV,
+            # Ray's token auth, with this cluster's own token on every node and in every CLI call.
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+            "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT), "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+            # A lost node is declared dead after ~3 s of missed health checks (Ray's default is ~30 s).
+            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+            # State on S3: credentials and the endpoint from the environment, as in the KubeRay manifest.
+            "ATELIER_S3_ACCESS_KEY_ID": "atelier-test", "ATELIER_S3_SECRET_ACCESS_KEY": "atelier-test-secret",
+            "ATELIER_LANCEDB_STORAGE_OPTIONS": json.dumps(self.storage_options),
+            "ATELIER_KEYS_URI": self.lancedb,
+            "ATELIER_URL_SECRET": secrets.token_hex(16),
+        }
+
+    # -- servers ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.procs.append(Process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+                                  self.env, self.tmp / "moto.log"))
+        redis = shutil.which("redis-server")
+        assert redis, "redis-server: `make deps` installs it"
+        self.procs.append(Process([redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], self.env, self.tmp / "redis.log"))
+        wait_for(lambda: self._listening(self.s3_port) and self._listening(self.redis_port), 60, "moto and redis")
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.s3, aws_access_key_id="atelier-test",
+                     aws_secret_access_key="atelier-test-secret", region_name="us-east-1").create_bucket(Bucket=self.BUCKET)
+        self.start_node("head")
+        wait_for(self._dashboard_up, 120, "the head's dashboard")
+        # One node at a time: two raylets registering at once on one address time out on 2 cores.
+        for count, name in enumerate(("gpu", "cpu"), start=2):
+            self.start_node(name)
+            wait_for(lambda: len(self.alive_nodes()) == count or not self.nodes[name].alive(), 120,
+                     f"node {name} alive")
+            assert self.nodes[name].alive(), f"`ray start` of node {name} exited: see {self.nodes[name].log}"
+
+    @staticmethod
+    def _listening(port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def _dashboard_up(self) -> bool:
+        try:
+            urllib.request.urlopen(self.dashboard + "/api/version", timeout=2).close()
+            return True
+        except urllib.error.HTTPError:
+            return True  # 401 without the token: it is up
+        except OSError:
+            return False
+
+    def start_node(self, name: str) -> None:
+        ports = [f"--{p}={free_port()}" for p in (
+            "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+            "metrics-export-port", "runtime-env-agent-port")]
+        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                  "--object-store-memory=100000000", f"--labels=atelier/node={name},atelier/pool={name}", *ports]
+        if name == "head":
+            argv = ["ray", "start", "--head", f"--port={self.gcs}", "--num-cpus=1", "--num-gpus=0",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}", *common]
+        else:
+            gpus = 2 if name == "gpu" else 0
+            argv = ["ray", "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", f"--num-gpus={gpus}", *common]
+        node = Process([str(BIN / argv[0]), *argv[1:]], self.env, self.tmp / f"node-{name}.log")
+        self.nodes[name] = node
+
+    def stop(self) -> None:
+        for name in ("cpu", "gpu", "head"):
+            if name in self.nodes:
+                self.nodes[name].stop()
+        for proc in self.procs:
+            proc.kill()
+
+    # -- the operator's view ---------------------------------------------------------------------
+    def api(self, path: str):
+        request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
+    def state(self, kind: str, **filters) -> list[dict]:
+        """Ray's state API through the dashboard (`ray list KIND`), filtered by equality."""
+        query = "&".join(f"filter_keys={k}&filter_predicates=%3D&filter_values={v}" for k, v in filters.items())
+        data = self.api(f"/api/v0/{kind}?detail=1&limit=10000&{query}")
+        return data["data"]["result"]["result"]
+
+    def alive_nodes(self) -> dict[str, str]:
+        """node id -> our node name, of the nodes alive."""
+        try:
+            nodes = self.state("nodes", state="ALIVE")
+        except OSError:
+            return {}
+        return {n["node_id"]: n["labels"].get("atelier/node", "?") for n in nodes}
+
+    def replicas(self, deployment: str) -> list[dict]:
+        """The ALIVE replica actors of one deployment, with the name of the node each runs on."""
+        names = self.alive_nodes()
+        actors = self.state("actors", class_name=f"ServeReplica:{APP}:{deployment}", state="ALIVE")
+        return [{**a, "node": names.get(a["node_id"], "?")} for a in actors]
+
+    def cli(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def application(self) -> dict:
+        return self.api("/api/serve/applications/")["applications"].get(APP, {})
+
+    def deploy(self, config: Path) -> None:
+        done = self.cli("serve", "deploy", str(config), f"--address={self.dashboard}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: self.application().get("status") == "RUNNING", 600, "the application RUNNING", every=2)
+
+    def write_config(self, path: Path, edit=lambda app: None) -> Path:
+        """serve_config.yaml's plan (GPU shares, the deployments section) with the tiny kit, small CPU
+        fractions, state on S3 and Redis, two ingress replicas."""
+        config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+        config["http_options"].update(host="127.0.0.1", port=self.http)
+        app = config["applications"][0]
+        args = app["args"]
+        args["environment"] = "local"
+        for role in ("embedder", "writer", "describer", "painter"):
+            args[role]["model"]["model"] = str(self.kit / role)
+            spec = args[role]["deployment"]
+            spec["ray_actor_options"]["num_cpus"] = 0.05
+            spec["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
+            spec["max_queued_requests"] = max(spec["max_queued_requests"], 8)
+        args["painter"]["model"]["sizes"] = {"small": "64x64", "medium": "96x96", "large": "128x128"}
+        ingress = args["ingress"]["deployment"]
+        ingress.update(num_replicas=2, autoscaling=None, max_ongoing_requests=64, max_queued_requests=256)
+        ingress["ray_actor_options"].update(num_cpus=0.05, memory=None)  # its label_selector stays
+        args["ingress"]["redis_url"] = f"redis://127.0.0.1:{self.redis_port}/0"
+        args["storage"] = {"lancedb_uri": self.lancedb, "blob_backend": "s3", "s3_bucket": self.BUCKET,
+                           "s3_prefix": "blobs", "s3_endpoint_url": self.s3, "vector_cache_mb": 16}
+        args["ingest"].update(max_cpus=0.4, max_gpus=0.2, read_tasks=2, read_num_cpus=0.05, embed_actors=2,
+                              embed_num_cpus=0.05, embed_num_gpus=0.05, batch_size=8, write_batch_size=16,
+                              display_max_side=128)
+        edit(app)
+        path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        return path
+
+    def key_store(self):
+        from storage.keys import KeyStore
+
+        return KeyStore(self.lancedb, storage_options=self.storage_options)
+
+
+@pytest.fixture(scope="session")
+def multinode(tiny_kit, tmp_path_factory) -> MultiNode:
+    cluster = MultiNode(tmp_path_factory.mktemp("multinode"), tiny_kit)
+    try:
+        cluster.start()
+        cluster.deploy(cluster.write_config(cluster.tmp / "serve_config.yaml"))
+        yield cluster
+    except BaseException:
+        for log in sorted(cluster.tmp.glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        cluster.stop()
