@@ -43,6 +43,9 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
                  502: "bad_gateway", 503: "unavailable", 504: "timeout"}
 
 
+LOST_REPLICA = "the replica that took this request was lost (it or its node stopped); retry: another replica takes it"
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -121,12 +124,36 @@ class Gate:
                 await send(start)
                 return await send(body)
             scope["state"] = {**(scope.get("state") or {}), "user": user}
-        await self.app(scope, receive, self._plain_errors_as_json(send, rid) if self._json_errors else send)
+        if not self._json_errors:
+            return await self.app(scope, receive, send)
+        started = []
+
+        async def tracked(message):
+            if message["type"] == "http.response.start":
+                started.append(True)
+            await send(message)
+
+        await self.app(scope, receive, self._plain_errors_as_json(tracked, rid))
+        if not started:
+            # Serve's proxy lost the replica and answered nothing (it sends no body for a 500): the
+            # server would say a bare 500. Say what happened, and when to come back.
+            start, body = json_error(503, {"code": "unavailable", "message": LOST_REPLICA}, rid,
+                                     extra=[(b"retry-after", b"1")])
+            try:
+                await send(start)
+                await send(body)
+            except OSError:  # the client left first (Serve's proxy answers a hang-up with nothing too)
+                pass
 
     @staticmethod
     def _plain_errors_as_json(send, rid: str):
         """A `send` that rewrites plain-text error answers (Serve's proxy: timeouts, back-pressure,
-        unknown routes) into `{"error": {...}}`, keeping their status and headers such as Retry-After."""
+        unknown routes) into `{"error": {...}}`, keeping their status and headers such as Retry-After.
+
+        The app answers every error of its own in JSON (its 500s included), so a plain-text 500 is
+        Serve's proxy losing the replica it sent the request to: a replica or its node died (Serve's
+        proxy answers 500 for a RayActorError). The request did not fail in the app, and another
+        replica takes it once Serve has noticed: that is a 503 with Retry-After, not a server bug."""
         held: dict = {}
 
         async def wrapped(message):
@@ -142,6 +169,8 @@ class Gate:
                 start = held.pop("start")
                 status = start["status"]
                 text = b"".join(held.pop("body")).decode("utf-8", "replace").strip()[:500]
+                if status == 500:
+                    status, text = 503, LOST_REPLICA
                 keep = [(k, v) for k, v in start.get("headers", [])
                         if k.lower() not in (b"content-type", b"content-length", REQUEST_ID_HEADER)]
                 if status in (429, 503) and not any(k.lower() == b"retry-after" for k, _ in keep):

@@ -21,10 +21,23 @@ def _proxy_like_app():
     async def busy(request):
         return PlainTextResponse("Request dropped due to backpressure", status_code=503)
 
+    async def lost(request):  # a RayActorError: the replica (or its node) died under the request
+        return PlainTextResponse("Internal Server Error", status_code=500)
+
     async def slow(request):
         return PlainTextResponse("Request timed out", status_code=408)
 
-    return Starlette(routes=[Route("/busy", busy), Route("/slow", slow)])
+    async def silent(scope, receive, send):  # Serve's proxy sends nothing at all for a lost replica
+        return None
+
+    app = Starlette(routes=[Route("/busy", busy), Route("/slow", slow), Route("/lost", lost)])
+
+    async def proxy(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/silent":
+            return await silent(scope, receive, send)
+        return await app(scope, receive, send)
+
+    return proxy
 
 
 def test_plain_text_errors_of_the_proxy_become_json_with_retry_after(tmp_path):
@@ -40,6 +53,11 @@ def test_plain_text_errors_of_the_proxy_become_json_with_retry_after(tmp_path):
         r = client.get("/nowhere", headers=auth)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         assert len(r.headers.get_list("x-request-id")) == 1
+        # A replica lost under the request: Serve's proxy says 500 in plain text, or nothing at all.
+        for path in ("/lost", "/silent"):
+            r = client.get(path, headers=auth)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", path
+            assert r.json()["error"]["code"] == "unavailable" and "lost" in r.json()["error"]["message"]
 
 
 def test_the_gate_reports_what_it_refuses_and_nothing_else(tmp_path):
