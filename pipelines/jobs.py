@@ -15,6 +15,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import IngestSpec
+from storage.placement import on_head_node
 
 NAMESPACE = "atelier"
 # Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log).
@@ -370,7 +371,7 @@ class LedgerMetrics:
 def ledger():
     """The cluster's one JobLedger, created by whoever asks first (detached: it outlives callers)."""
     return JobLedger.options(name=LEDGER_ACTOR, namespace=NAMESPACE, get_if_exists=True,
-                             lifetime="detached").remote()
+                             lifetime="detached", **on_head_node()).remote()
 
 
 @ray.remote(max_restarts=0)

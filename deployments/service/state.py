@@ -97,8 +97,11 @@ def named(cls, name: str):
     """The cluster's one instance of a state actor, created by whoever asks first."""
     import ray
 
+    from storage.placement import on_head_node
+
     actor = ray.remote(num_cpus=0.01, max_restarts=-1)(cls)
-    return actor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
+    return actor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                         **on_head_node()).remote()
 
 
 def shared() -> tuple[StatsCalls, Calls]:

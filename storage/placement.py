@@ -1,0 +1,18 @@
+"""Where the cluster's named actors live: on the head node.
+
+The service depends on a few named, detached actors (the gallery writer, the job ledger, the stats and
+idempotency ledgers). On a cluster, a worker node can go at any time (a pod rescheduled, a spot node
+reclaimed); the head cannot without the cluster going too. So they are pinned to the head the way
+Ray's own state actors are: by a sliver of the resource Ray gives only the head node. Their state is
+durable besides (LanceDB, or rebuilt from it), so a restart loses nothing either way.
+"""
+
+from __future__ import annotations
+
+# Ray gives the head node this resource (1.0), and no other node (ray._common.constants).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def on_head_node() -> dict:
+    """Ray actor options that place an actor on the head node."""
+    return {"resources": {HEAD_NODE_RESOURCE: 0.001}}
