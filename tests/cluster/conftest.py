@@ -62,10 +62,21 @@ class Process:
         return self.proc.poll() is None
 
     def kill(self, sig=signal.SIGKILL) -> None:
+        """`sig` to the process and every descendant at once (a Ray node's workers are the raylet's
+        children, in sessions of their own): a node lost whole, as when its machine goes."""
+        import psutil
+
         try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True) if sig == signal.SIGKILL else []
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, psutil.NoSuchProcess):
             return
+        for child in tree:
+            try:
+                child.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=30)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -167,9 +178,11 @@ class MultiNode:
         self.nodes[name] = node
 
     def stop(self) -> None:
-        for name in ("cpu", "gpu", "head"):
-            if name in self.nodes:
-                self.nodes[name].stop()
+        import concurrent.futures as cf
+
+        # The nodes stop together (each `ray start --block` stops its own processes on SIGTERM).
+        with cf.ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda node: node.stop(), self.nodes.values()))
         for proc in self.procs:
             proc.kill()
 

@@ -51,7 +51,7 @@ def test_every_replica_on_every_node_sees_an_upload_and_a_delete(multinode):
         return any(hit["img_id"] == img_id for hit in r.json()["results"])
 
     counter = itertools.count()
-    # A fresh connection per request: Serve's proxies on both nodes, and both replicas, get asked.
+    # A fresh connection per request, so the proxy's choice of replica is made anew each time.
     with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120,
                       limits=httpx.Limits(max_keepalive_connections=0)) as c:
         for i in range(3):
@@ -65,3 +65,89 @@ def test_every_replica_on_every_node_sees_an_upload_and_a_delete(multinode):
     # Both replicas, on two nodes, answered.
     assert set(seen) == set(nodes) and len(seen) == 2, (seen, nodes)
     store.revoke("mallory")
+
+
+def test_the_named_actors_the_service_depends_on_live_on_the_head(multinode):
+    """The gallery writer, the stats and idempotency ledgers and the job ledger: a worker node may go
+    at any time, the head does not without the cluster."""
+    from deployments.service.state import IDEMPOTENCY_ACTOR, STATS_ACTOR
+    from pipelines.jobs import LEDGER_ACTOR
+
+    store = multinode.key_store()
+    _, key = store.add("trent")
+    with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+        assert c.post("/api/images", files={"file": ("t.jpg", _jpeg(900), "image/jpeg")}).status_code == 201
+        assert c.get("/api/init/upload").status_code == 200  # the job ledger, asked
+    store.revoke("trent")
+    names = multinode.alive_nodes()
+    actors = {a["name"]: names.get(a["node_id"]) for a in multinode.state("actors", state="ALIVE") if a.get("name")}
+    wanted = {STATS_ACTOR, IDEMPOTENCY_ACTOR, LEDGER_ACTOR}
+    writers = {name for name in actors if name.startswith("gallery_writer_")}
+    assert wanted <= set(actors) and writers, sorted(actors)
+    assert {actors[name] for name in wanted | writers} == {"head"}, {n: actors[n] for n in wanted | writers}
+
+
+def test_losing_a_node_with_an_ingress_under_search_traffic(multinode):
+    """Runs last in this module: the `cpu` worker (an ingress replica and its proxy) is killed whole while
+    eight clients search. Requests started after the kill are answered 200, or 503 with Retry-After:
+    never a 500, never a hang; those in flight at the kill are counted and reported; Serve brings the
+    ingress back to two replicas on what is left."""
+    import concurrent.futures as cf
+    import threading
+
+    store = multinode.key_store()
+    _, key = store.add("victor")
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=multinode.base, headers=auth, timeout=120) as c:
+        for i in range(2):
+            assert c.post("/api/images", files={"file": (f"v{i}.jpg", _jpeg(700 + i), "image/jpeg")}).status_code == 201
+    before = multinode.replicas("Ingress")
+    assert "cpu" in {r["node"] for r in before}, before
+    results: list[tuple[float, float, int | str, str | None]] = []
+    stop = threading.Event()
+    counter = itertools.count()
+
+    def client() -> None:
+        with httpx.Client(base_url=multinode.base, headers=auth, timeout=60,
+                          limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = c.get("/api/search", params={"q": f"a quiet street {next(counter)}", "k": 5})
+                    outcome, retry = r.status_code, r.headers.get("retry-after")
+                except httpx.HTTPError as exc:
+                    outcome, retry = type(exc).__name__, None
+                results.append((started, time.monotonic(), outcome, retry))
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        for _ in range(8):
+            pool.submit(client)
+        time.sleep(3)
+        kill_started = time.monotonic()
+        multinode.nodes["cpu"].kill()  # SIGKILL to every process of the node at once, then reaped
+        killed_at = time.monotonic()
+        restored = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            now = [r for r in multinode.replicas("Ingress") if r["state"] == "ALIVE"]
+            if len(now) == 2 and "cpu" not in {r["node"] for r in now}:
+                restored = time.monotonic()
+                break
+            time.sleep(1)
+        time.sleep(5)  # traffic on the restored set too
+        stop.set()
+    store.revoke("victor")
+
+    in_flight = [r for r in results if r[0] < killed_at and r[1] > kill_started]
+    after = [r for r in results if r[0] >= killed_at]
+    outcomes: dict = {}
+    for _, _, outcome, _ in after:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    print(f"node loss: {len(results)} requests, {len(in_flight)} in flight at the kill "
+          f"({sorted({str(r[2]) for r in in_flight})}), after it: {outcomes}; ingress restored "
+          f"{(restored - killed_at) if restored else None!s} s after the kill")
+    assert restored is not None, multinode.replicas("Ingress")
+    assert after and set(outcomes) <= {200, 503}, outcomes
+    assert all(r[3] for r in after if r[2] == 503)  # every 503 says when to come back
+    assert outcomes.get(200, 0) > 0
+    assert all(r[2] != 500 for r in results), sorted(str(r[2]) for r in results)
