@@ -12,7 +12,6 @@ from typing import Any
 
 import ray
 
-from storage.placement import on_head_node
 from storage.settings import StorageSettings
 
 NAMESPACE = "atelier"
@@ -96,6 +95,5 @@ def writer_name(settings: StorageSettings, embed_model: str) -> str:
 def gallery_writer(settings: StorageSettings, dim: int, embed_model: str):
     """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers)."""
     return GalleryWriter.options(
-        name=writer_name(settings, embed_model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-        **on_head_node(),
+        name=writer_name(settings, embed_model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote(settings.model_dump(), dim, embed_model)

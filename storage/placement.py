@@ -1,10 +1,13 @@
 """Where the cluster's named actors live: on the head node.
 
-The service depends on a few named, detached actors (the gallery writer, the job ledger, the stats and
-idempotency ledgers). On a cluster, a worker node can go at any time (a pod rescheduled, a spot node
-reclaimed); the head cannot without the cluster going too. So they are pinned to the head the way
-Ray's own state actors are: by a sliver of the resource Ray gives only the head node. Their state is
-durable besides (LanceDB, or rebuilt from it), so a restart loses nothing either way.
+The service depends on a few small named, detached actors (the job ledger, the stats and idempotency
+ledgers). On a cluster, a worker node can go at any time (a pod rescheduled, a spot node reclaimed);
+the head cannot without the cluster going too. So they are pinned to the head the way Ray's own state
+actors are: by a sliver of the resource Ray gives only the head node.
+
+The gallery writer is not: its commits and compactions are real work, which the head (the GCS, the
+dashboard, Serve's controller) should not carry. It keeps no state of its own (every row is in
+LanceDB), so when its node goes Ray restarts it elsewhere (`max_restarts=-1`) and it reopens the table.
 """
 
 from __future__ import annotations

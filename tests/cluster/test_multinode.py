@@ -67,9 +67,9 @@ def test_every_replica_on_every_node_sees_an_upload_and_a_delete(multinode):
     store.revoke("mallory")
 
 
-def test_the_named_actors_the_service_depends_on_live_on_the_head(multinode):
-    """The gallery writer, the stats and idempotency ledgers and the job ledger: a worker node may go
-    at any time, the head does not without the cluster."""
+def test_the_named_ledgers_the_service_depends_on_live_on_the_head(multinode):
+    """The stats and idempotency ledgers and the job ledger: a worker node may go at any time, the head
+    does not without the cluster. The gallery writer is not pinned (storage/placement.py says why)."""
     from deployments.service.state import IDEMPOTENCY_ACTOR, STATS_ACTOR
     from pipelines.jobs import LEDGER_ACTOR
 
@@ -82,9 +82,8 @@ def test_the_named_actors_the_service_depends_on_live_on_the_head(multinode):
     names = multinode.alive_nodes()
     actors = {a["name"]: names.get(a["node_id"]) for a in multinode.state("actors", state="ALIVE") if a.get("name")}
     wanted = {STATS_ACTOR, IDEMPOTENCY_ACTOR, LEDGER_ACTOR}
-    writers = {name for name in actors if name.startswith("gallery_writer_")}
-    assert wanted <= set(actors) and writers, sorted(actors)
-    assert {actors[name] for name in wanted | writers} == {"head"}, {n: actors[n] for n in wanted | writers}
+    assert wanted <= set(actors), sorted(actors)
+    assert {actors[name] for name in wanted} == {"head"}, {n: actors[n] for n in wanted}
 
 
 def test_losing_a_node_with_an_ingress_under_search_traffic(multinode):
