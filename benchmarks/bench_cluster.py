@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import io
 import platform
 import statistics
 import tempfile
@@ -26,16 +25,6 @@ import httpx
 from benchmarks.results_md import publish
 
 SECTION = "## Search through one ingress replica against two on two nodes (issue 14)"
-
-
-def _jpeg(seed: int) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def measure(base: str, key: str, clients: int, requests: int, tag: str) -> dict:
@@ -79,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from deployments.kit import ROLES, build
     from tests.cluster.conftest import MultiNode
+    from tests.pipelines.sample_photos import jpeg
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         _, key = cluster.key_store().add("bench")
         with httpx.Client(base_url=cluster.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
             for i in range(args.images):
-                assert c.post("/api/images", files={"file": (f"b{i}.jpg", _jpeg(10_000 + i), "image/jpeg")}).status_code == 201
+                assert c.post("/api/images", files={"file": (f"b{i}.jpg", jpeg(10_000 + i), "image/jpeg")}).status_code == 201
         measure(cluster.base, key, args.clients, 32, "warm1")
         one = measure(cluster.base, key, args.clients, args.requests, "one")
         cluster.deploy(cluster.write_config(tmp / "two.yaml"))

@@ -28,15 +28,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import _free_port as free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 APP = "atelier"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(done, timeout_s: float, what: str, every: float = 1.0):

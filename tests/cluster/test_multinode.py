@@ -3,24 +3,15 @@ config's resource plan, and every ingress replica on every node sees the same ga
 
 from __future__ import annotations
 
-import io
 import itertools
 import time
 
 import httpx
 import pytest
 
+from tests.pipelines.sample_photos import jpeg
+
 pytestmark = pytest.mark.multinode
-
-
-def _jpeg(seed: int) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def test_placement_follows_the_resource_plan(multinode):
@@ -55,7 +46,7 @@ def test_every_replica_on_every_node_sees_an_upload_and_a_delete(multinode):
     with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120,
                       limits=httpx.Limits(max_keepalive_connections=0)) as c:
         for i in range(3):
-            up = c.post("/api/images", files={"file": (f"m{i}.jpg", _jpeg(500 + i), "image/jpeg")})
+            up = c.post("/api/images", files={"file": (f"m{i}.jpg", jpeg(500 + i), "image/jpeg")})
             assert up.status_code == 201, up.text
             img_id = up.json()["img_id"]
             # Every search after the 201 finds it, whichever replica answers.
@@ -76,7 +67,7 @@ def test_the_named_ledgers_the_service_depends_on_live_on_the_head(multinode):
     store = multinode.key_store()
     _, key = store.add("trent")
     with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
-        assert c.post("/api/images", files={"file": ("t.jpg", _jpeg(900), "image/jpeg")}).status_code == 201
+        assert c.post("/api/images", files={"file": ("t.jpg", jpeg(900), "image/jpeg")}).status_code == 201
         assert c.get("/api/init/upload").status_code == 200  # the job ledger, asked
     store.revoke("trent")
     names = multinode.alive_nodes()
@@ -99,7 +90,7 @@ def test_losing_a_node_with_an_ingress_under_search_traffic(multinode):
     auth = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=multinode.base, headers=auth, timeout=120) as c:
         for i in range(2):
-            assert c.post("/api/images", files={"file": (f"v{i}.jpg", _jpeg(700 + i), "image/jpeg")}).status_code == 201
+            assert c.post("/api/images", files={"file": (f"v{i}.jpg", jpeg(700 + i), "image/jpeg")}).status_code == 201
     before = multinode.replicas("Ingress")
     assert "cpu" in {r["node"] for r in before}, before
     results: list[tuple[float, float, int | str, str | None]] = []
