@@ -32,12 +32,32 @@ def tiny_kit(tmp_path_factory) -> Path:
     return out
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
+    """A port free now, and not handed out before in this run, between Ray's worker ports
+    (10002-19999) and the kernel's ephemeral range: a port the kernel picks for `bind(0)` comes from
+    the range outgoing connections take theirs from, so it can be gone before a server binds it (a
+    raylet failing "Address already in use" on one did)."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    while True:
+        port = random.randint(20000, ephemeral - 1)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
 
 
 class Cluster:
