@@ -13,6 +13,7 @@ replica's `label_selector` is matched against the label the KubeRay manifest giv
 (`atelier/pool`: `gpu` on a node with GPUs, else `cpu`).
 Replicas are placed largest first (GPU share, then CPUs), each on the first node where it fits:
 first-fit decreasing, which may miss a packing an exhaustive search would find, never the other way.
+The gallery writer (one actor, `storage.writer_label_selector`) is packed beside the deployments.
 `--ingest-jobs N` also reserves, for the maximum, N running bulk-ingest jobs: each asks for the config's
 `ingest.embed_actors` embedding actors and `ingest.read_tasks` read tasks, within `ingest.max_cpus`.
 
@@ -177,6 +178,11 @@ def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
             out.append(Deployment(label, low, high, float(actor.get("num_cpus", 1)),
                                   float(actor.get("num_gpus", 0)), float(actor.get("memory") or 0),
                                   tuple(sorted((actor.get("label_selector") or {}).items()))))
+        # The gallery writer, one per gallery (storage/gallery_writer.py), where its label selector lets it.
+        from storage.gallery_writer import WRITER_NUM_CPUS
+
+        selector = args.storage.settings().writer_label_selector if args.storage is not None else None
+        out.append(Deployment("GalleryWriter", 1, 1, WRITER_NUM_CPUS, 0.0, 0.0, tuple(sorted((selector or {}).items()))))
         if args.ingest is not None:
             ingest = args.ingest.model_dump()
     return out, ingest

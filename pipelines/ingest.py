@@ -125,7 +125,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
             raw[len(out) - 1] = data
             row["content_hash"] = hashlib.sha256(data).hexdigest()
     hashes = {out[i]["content_hash"] for i in raw}
-    known = ray.get(writer.existing_hashes.remote(user_id, sorted(hashes))) if hashes else set()
+    known = _writer_call(writer.existing_hashes, user_id, sorted(hashes)) if hashes else set()
     pairs = [(out[i]["content_hash"], out[i]["index"]) for i in raw if out[i]["content_hash"] not in known]
     claimed = ray.get(tools.ledger.claim.remote(job_id, attempt, pairs)) if pairs else {}
     for i, data in raw.items():
@@ -210,6 +210,8 @@ class IngestRun:
         self._over = threading.Event()
         self.attempt = 0
         self.started = time.time()
+        self._nodes: set[str] = set()
+        self.lost_nodes: dict[str, float] = {}  # node id -> when this run saw it gone
 
     def run(self) -> dict | None:
         self.attempt = ray.get(self.ledger.begin.remote(self.spec.job_id))
@@ -217,6 +219,7 @@ class IngestRun:
             log.warning("job %s is not runnable now (cancelled, finished, or another driver runs it)",
                         self.spec.job_id)
             return ray.get(self.ledger.status.remote(self.spec.job_id))
+        self._nodes = self._alive_nodes()
         beat = threading.Thread(target=self._heartbeat, name="ingest-heartbeat", daemon=True)
         beat.start()
         state, message = "succeeded", None
@@ -245,6 +248,11 @@ class IngestRun:
             from storage.blobs import open_blob_store
 
             open_blob_store(self.settings).delete_prefix(self.spec.staged_prefix)
+        self._watch_nodes()
+        if state == "succeeded" and self.lost_nodes:
+            message = (f"{len(self.lost_nodes)} node(s) of the cluster went during this job "
+                       f"({', '.join(n[:12] for n in sorted(self.lost_nodes))}); Ray Data re-ran the tasks and "
+                       "restarted the embedding actors that were on them, and every file is counted once")
         with self._lock:
             counters, errors, self._pending = dict(self.counters), self._pending, []
         return ray.get(self.ledger.finish.remote(self.spec.job_id, self.attempt, state, counters, errors, message))
@@ -340,7 +348,26 @@ class IngestRun:
 
     def _heartbeat(self) -> None:
         while not self._over.wait(self.spec.ingest.heartbeat_s):
+            self._watch_nodes()
             self._report()
+
+    @staticmethod
+    def _alive_nodes() -> set[str]:
+        try:
+            return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        except Exception:  # noqa: BLE001 - the GCS busy: this look is skipped, the next beat looks again
+            return set()
+
+    def _watch_nodes(self) -> None:
+        """Note the nodes that were alive when the run began and are gone now (said in the final status)."""
+        alive = self._alive_nodes()
+        if not alive:
+            return
+        for node in self._nodes - alive:
+            if node not in self.lost_nodes:
+                self.lost_nodes[node] = time.time()
+                log.warning("job %s: node %s left the cluster; Ray Data retries its work elsewhere",
+                            self.spec.job_id, node)
 
     def _report(self) -> None:
         with self._lock:
@@ -379,19 +406,37 @@ def _check_writer(ready) -> None:
         return
 
 
-def _commit(writer, rows: list[dict]) -> dict:
-    """One gallery commit through the writer; a busy table or a restarting writer is retried."""
+# How long a job waits for its gallery writer to come back when the writer's node is lost: Ray restarts
+# the writer once a node its label selector allows is there (KubeRay replaces a lost pod in about a
+# minute). Past it, the rows are the job's errors and a rerun stores them.
+WRITER_WAIT_S = 300.0
+
+
+def _writer_call(method, *args):
+    """`ray.get(method.remote(*args))` on the gallery writer; a busy table, or a writer restarting after
+    its node went, is retried (each commit is idempotent: a row's key is its user and content hash)."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+    from tenacity import Retrying, retry_if_exception, wait_exponential
 
     def transient(exc: BaseException) -> bool:
         return isinstance(_cause(exc), (Unavailable, ActorDiedError, ActorUnavailableError))
 
-    for attempt in Retrying(retry=retry_if_exception(transient), stop=stop_after_attempt(4),
-                            wait=wait_exponential(multiplier=0.2, max=3), reraise=True):
+    def stop(state) -> bool:
+        # A writer that died for good (it could not open the table) answers ActorDiedError at once,
+        # every time: a few tries tell it from a restart. Unreachable or busy: up to WRITER_WAIT_S.
+        died = isinstance(_cause(state.outcome.exception()), ActorDiedError)
+        return state.seconds_since_start > WRITER_WAIT_S or (died and state.attempt_number >= 4)
+
+    for attempt in Retrying(retry=retry_if_exception(transient), stop=stop,
+                            wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
         with attempt:
-            return ray.get(writer.upsert.remote(rows))
+            return ray.get(method.remote(*args))
     raise AssertionError("unreachable")
+
+
+def _commit(writer, rows: list[dict]) -> dict:
+    """One gallery commit through the writer (`_writer_call`)."""
+    return _writer_call(writer.upsert, rows)
 
 
 def run_job(spec: JobSpec, *, console: bool = True) -> dict | None:

@@ -68,7 +68,8 @@ class JobStatus(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    message: str | None = Field(None, description="Why a job failed as a whole (its driver died, a bad source).")
+    message: str | None = Field(None, description="Why a job failed as a whole (its driver died, a bad source), "
+                                                   "or what a job that succeeded lived through (a node lost).")
 
 
 def job_id_for(user_id: str, basis: str) -> str:
@@ -407,7 +408,8 @@ def submit(spec: JobSpec, submission: int) -> str:
             if "already exists" not in str(exc):
                 raise
         return sid
+    # On the head, as Ray Jobs places an entrypoint: losing a worker costs the job retried tasks, not its driver.
     driver = IngestDriver.options(name=sid, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-                                  num_cpus=ingest.driver_num_cpus).remote()
+                                  num_cpus=ingest.driver_num_cpus, **on_head_node()).remote()
     driver.run.remote(spec.job_id)
     return sid

@@ -3,7 +3,8 @@
 `await Calls(x).method(...)` runs `x.method.remote(...)` when `x` is an actor handle, and
 `x.method(...)` here otherwise (in a worker thread when `threads=True`, for blocking I/O such as
 LanceDB commits). The gallery's writer and the service's ledgers are reached this way, so the
-code that uses them is the same in a Ray cluster and in the in-process test tier.
+code that uses them is the same in a Ray cluster and in the in-process test tier. An actor lost under
+a call (its node gone) is `Unavailable`, a 503 with Retry-After, never a Ray exception.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from storage.errors import Unavailable
+
 
 class Calls:
-    def __init__(self, target: Any, *, threads: bool = False):
+    def __init__(self, target: Any, *, threads: bool = False, what: str | None = None):
         self._target = target
         self._threads = threads
+        self.what = what or type(target).__name__
         from ray.actor import ActorHandle
 
         self.is_actor = isinstance(target, ActorHandle)
@@ -27,7 +31,17 @@ class Calls:
     def __getattr__(self, name: str):
         method = getattr(self._target, name)
         if self.is_actor:
-            return lambda *args, **kwargs: method.remote(*args, **kwargs)
+            async def remote(*args, **kwargs):
+                from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+                try:
+                    return await method.remote(*args, **kwargs)
+                except (ActorDiedError, ActorUnavailableError) as exc:
+                    # Its node went under the call (Ray restarts the actor elsewhere): the caller may retry.
+                    raise Unavailable(f"the {self.what} is restarting ({type(exc).__name__}); retry shortly",
+                                      retry_after=2) from None
+
+            return remote
         if self._threads:
             return lambda *args, **kwargs: asyncio.to_thread(method, *args, **kwargs)
 

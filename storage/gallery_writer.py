@@ -61,7 +61,10 @@ class GalleryWrites:
         return self.purger.status()
 
 
-@ray.remote(num_cpus=0.05, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
+WRITER_NUM_CPUS = 0.05
+
+
+@ray.remote(num_cpus=WRITER_NUM_CPUS, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
 class GalleryWriter(GalleryWrites):
     """Serialises every write of one gallery (one LanceDB URI and embedding model) for the whole cluster.
 
@@ -94,6 +97,8 @@ def writer_name(settings: StorageSettings, embed_model: str) -> str:
 
 def gallery_writer(settings: StorageSettings, dim: int, embed_model: str):
     """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers)."""
+    placement = {"label_selector": settings.writer_label_selector} if settings.writer_label_selector else {}
     return GalleryWriter.options(
-        name=writer_name(settings, embed_model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+        name=writer_name(settings, embed_model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        **placement,
     ).remote(settings.model_dump(), dim, embed_model)

@@ -36,7 +36,7 @@ class Library:
         if writer == "actor":
             from storage.gallery_writer import gallery_writer
 
-            self.writer = Calls(gallery_writer(settings, dim, embed_model))
+            self.writer = Calls(gallery_writer(settings, dim, embed_model), what="gallery writer")
         else:
             from storage.gallery_writer import GalleryWrites
 

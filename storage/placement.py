@@ -5,9 +5,15 @@ ledgers). On a cluster, a worker node can go at any time (a pod rescheduled, a s
 the head cannot without the cluster going too. So they are pinned to the head the way Ray's own state
 actors are: by a sliver of the resource Ray gives only the head node.
 
+An ingestion job's driver (pipelines.jobs.IngestDriver) runs there too, as Ray Jobs runs an
+entrypoint on the head: it only plans the job and hands rows to the writer, while its tasks and
+embedding actors, which do the work, run on the workers and are retried or restarted by Ray Data when
+a worker goes.
+
 The gallery writer is not: its commits and compactions are real work, which the head (the GCS, the
 dashboard, Serve's controller) should not carry. It keeps no state of its own (every row is in
-LanceDB), so when its node goes Ray restarts it elsewhere (`max_restarts=-1`) and it reopens the table.
+LanceDB), so when its node goes Ray restarts it elsewhere (`max_restarts=-1`) and it reopens the table;
+`storage.writer_label_selector` says which nodes it may use (serve_config.yaml: the CPU workers).
 """
 
 from __future__ import annotations

@@ -105,6 +105,12 @@ class StorageSettings(BaseSettings):
         "table version, data file and index within this many seconds (the gallery writer's purge); their blobs "
         "go at once.",
     )
+    writer_label_selector: dict[str, str] | None = Field(
+        None,
+        description="Ray node labels the gallery writer must run on (a Ray label selector, e.g. "
+        "{\"atelier/pool\": \"cpu\"}): on a cluster, keep its commits and compactions off the head and the "
+        "GPU nodes. When its node goes, Ray restarts it on another node that matches. None: any node.",
+    )
     version_retention_s: float = Field(
         3600.0,
         ge=0,

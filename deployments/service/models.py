@@ -12,6 +12,7 @@ Both answer the same calls with the same values; the service is written against 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,6 +52,26 @@ class ModelGateway(Protocol):
     async def paint(self, prompt: str, *, size: str | None, steps: int | None, seed: int | None) -> dict: ...
 
 
+# The deployment calls of the request running in this context, so that a route whose deadline passes
+# can tell why (`Product.deadline`): a call no replica ever took (none running: a node lost, replicas
+# restarting; or all at capacity) is a 503 to retry, a call a replica was slow to answer is a 504.
+model_calls: contextvars.ContextVar[list | None] = contextvars.ContextVar("atelier_model_calls", default=None)
+
+
+def track(response):
+    calls = model_calls.get()
+    if calls is not None:
+        calls.append(response)
+    return response
+
+
+def never_assigned(calls: list) -> bool:
+    """Whether a Serve call of these was never handed to a replica (still queued in the handle's router).
+    Reads the response's `_replica_result`, which Serve sets once a replica has taken the request
+    (ray/serve/handle.py); a call that is not a Serve response counts as taken."""
+    return any(getattr(call, "_replica_result", object()) is None for call in calls)
+
+
 async def settle(response, *, retry_after: float = 2.0):
     """Await a deployment call, turning Serve's capacity errors into our typed 503s.
 
@@ -61,6 +82,7 @@ async def settle(response, *, retry_after: float = 2.0):
     from ray.exceptions import ActorDiedError, ActorUnavailableError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+    track(response)
     try:
         return await response
     except BackPressureError as exc:
@@ -135,7 +157,7 @@ class ServeModels:
         return await settle(self.writer.chat.remote(messages, **params))
 
     async def chat_stream(self, messages: list[dict], **params) -> TextStream:
-        return _ServeStream(self.writer.options(stream=True).chat_stream.remote(messages, **params))
+        return _ServeStream(track(self.writer.options(stream=True).chat_stream.remote(messages, **params)))
 
     async def count_chat_tokens(self, text: str) -> int:
         return await settle(self.writer.count_tokens.remote(text))

@@ -28,7 +28,7 @@ from storage.errors import AtelierError, InvalidInput, NotFound, Unavailable
 
 from .cache import AnswerCache
 from .errors import RequestTimeout
-from .models import ROLES, ModelGateway, TextStream
+from .models import ROLES, ModelGateway, TextStream, model_calls, never_assigned
 
 log = logging.getLogger("atelier.service")
 _LATIN = re.compile(r"^[\x00-\x7F\u00C0-\u024F\u2018-\u201F]*$")
@@ -137,10 +137,18 @@ class ProductService:
         return self._library
 
     async def deadline(self, coro, seconds: float, what: str):
+        calls: list = []
+        token = model_calls.set(calls)
         try:
             return await asyncio.wait_for(coro, timeout=seconds)
         except asyncio.TimeoutError:
+            if never_assigned(calls):
+                raise Unavailable(f"{what}: no model replica could take the request within {seconds:g} s "
+                                  "(replicas restarting or at capacity); retry shortly",
+                                  retry_after=self.policy.retry_after_s) from None
             raise RequestTimeout(f"{what} took longer than {seconds:g} s") from None
+        finally:
+            model_calls.reset(token)
 
     async def _cached(self, kind: str, text: str, compute, *, timeout: float):
         """Model answers to text through the two-level cache, keyed by model id + input."""

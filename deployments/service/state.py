@@ -106,7 +106,8 @@ def named(cls, name: str):
 
 def shared() -> tuple[StatsCalls, Calls]:
     """(stats, idempotency) as the cluster's named actors."""
-    return StatsCalls(named(StatsLedger, STATS_ACTOR)), Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR))
+    return (StatsCalls(named(StatsLedger, STATS_ACTOR), what="stats ledger"),
+            Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR), what="idempotency ledger"))
 
 
 def in_process() -> tuple[StatsCalls, Calls]:

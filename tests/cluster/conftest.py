@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -79,10 +80,15 @@ class Process:
 class MultiNode:
     BUCKET = "atelier-multinode"
 
-    def __init__(self, tmp: Path, kit: Path):
+    def __init__(self, tmp: Path, kit: Path, workers: tuple[str, ...] = ("gpu", "cpu"), head_gpus: int = 0):
         self.tmp, self.kit = tmp, kit
+        self.workers, self.head_gpus = workers, head_gpus
+        # Ray's session folder of its own (short: Unix socket paths in it are capped at 107 bytes): not
+        # /tmp/ray, where the suite's cluster keeps the Prometheus discovery file the README points at.
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="atelier-mn-", dir="/tmp"))
         self.procs: list[Process] = []
         self.nodes: dict[str, Process] = {}
+        self.pools: dict[str, str] = {}
         self.gcs, self.dashboard_port, self.http = free_port(), free_port(), free_port()
         self.s3_port, self.redis_port = free_port(), free_port()
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
@@ -127,7 +133,7 @@ class MultiNode:
         self.start_node("head")
         wait_for(self._dashboard_up, 120, "the head's dashboard")
         # One node at a time: two raylets registering at once on one address time out on 2 cores.
-        for count, name in enumerate(("gpu", "cpu"), start=2):
+        for count, name in enumerate(self.workers, start=2):
             self.start_node(name)
             wait_for(lambda: len(self.alive_nodes()) == count or not self.nodes[name].alive(), 120,
                      f"node {name} alive")
@@ -150,21 +156,45 @@ class MultiNode:
         except OSError:
             return False
 
-    def start_node(self, name: str) -> None:
+    def start_node(self, name: str, pool: str | None = None) -> None:
+        """Start node `name` of pool `pool` (head, gpu or cpu; default: the name) without waiting for it."""
+        pool = self.pools[name] = pool or name
         ports = [f"--{p}={free_port()}" for p in (
             "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
             "metrics-export-port", "runtime-env-agent-port")]
-        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                  "--object-store-memory=100000000", f"--labels=atelier/node={name},atelier/pool={name}", *ports]
+        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={self.ray_tmp}",
+                  "--object-store-memory=100000000", f"--labels=atelier/node={name},atelier/pool={pool}", *ports]
         if name == "head":
-            argv = ["ray", "start", "--head", f"--port={self.gcs}", "--num-cpus=1", "--num-gpus=0",
+            argv = ["ray", "start", "--head", f"--port={self.gcs}", "--num-cpus=1", f"--num-gpus={self.head_gpus}",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}", *common]
         else:
-            gpus = 2 if name == "gpu" else 0
+            gpus = 2 if pool == "gpu" else 0
             argv = ["ray", "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", f"--num-gpus={gpus}", *common]
         node = Process([str(BIN / argv[0]), *argv[1:]], self.env, self.tmp / f"node-{name}.log")
         self.nodes[name] = node
+
+    def replace_node(self, lost: str) -> str:
+        """What KubeRay does for a lost worker pod: a new node of the same group (pool), under a new name
+        (`gpu-2`, `gpu-3`...), joins the cluster. Returns its name once it is alive."""
+        pool = self.pools[lost]
+        name = f"{pool}-{sum(1 for p in self.pools.values() if p == pool) + 1}"
+        self.start_node(name, pool)
+        wait_for(lambda: name in self.alive_nodes().values() or not self.nodes[name].alive(), 120,
+                 f"node {name} alive")
+        assert self.nodes[name].alive(), f"`ray start` of node {name} exited: see {self.nodes[name].log}"
+        return name
+
+    def kill_node(self, *names: str) -> float:
+        """Lose nodes whole and at once (SIGKILL to every process of each); the time they were gone."""
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda n: self.nodes[n].kill(), names))
+        return time.monotonic()
+
+    def node_of(self, actor: dict) -> str:
+        return self.alive_nodes().get(actor["node_id"], "?")
 
     def stop(self) -> None:
         import concurrent.futures as cf
@@ -175,6 +205,7 @@ class MultiNode:
             list(pool.map(lambda node: node.kill(), self.nodes.values()))
         for proc in self.procs:
             proc.kill()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     # -- the operator's view ---------------------------------------------------------------------
     def api(self, path: str):
@@ -234,7 +265,8 @@ class MultiNode:
         ingress["ray_actor_options"].update(num_cpus=0.05, memory=None)  # its label_selector stays
         args["ingress"]["redis_url"] = f"redis://127.0.0.1:{self.redis_port}/0"
         args["storage"] = {"lancedb_uri": self.lancedb, "blob_backend": "s3", "s3_bucket": self.BUCKET,
-                           "s3_prefix": "blobs", "s3_endpoint_url": self.s3, "vector_cache_mb": 16}
+                           "s3_prefix": "blobs", "s3_endpoint_url": self.s3, "vector_cache_mb": 16,
+                           "writer_label_selector": args["storage"]["writer_label_selector"]}
         args["ingest"].update(max_cpus=0.4, max_gpus=0.2, read_tasks=2, read_num_cpus=0.05, embed_actors=2,
                               embed_num_cpus=0.05, embed_num_gpus=0.05, batch_size=8, write_batch_size=16,
                               display_max_side=128)
@@ -248,7 +280,8 @@ class MultiNode:
         return KeyStore(self.lancedb, storage_options=self.storage_options)
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: the cluster goes as soon as its tests are done, not at the end of the whole run.
+@pytest.fixture(scope="module")
 def multinode(tiny_kit, tmp_path_factory) -> MultiNode:
     cluster = MultiNode(tmp_path_factory.mktemp("multinode"), tiny_kit)
     try:

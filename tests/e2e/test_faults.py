@@ -181,3 +181,47 @@ def test_a_failing_describer_is_a_503_of_describe_only(faults):
         # Everything else still answers.
         assert c.get("/faults/api/search", params={"q": "beach", "k": 2}).status_code == 200
         assert c.get("/faults/healthz").status_code == 200
+
+
+def test_a_call_no_replica_could_take_is_told_from_one_a_replica_was_slow_on(ray_cluster):
+    """A route's deadline answers 503 + Retry-After when a model call never reached a replica (none
+    running: a node lost, replicas restarting) and 504 when a replica took it and was slow
+    (Product.deadline). It tells them apart by what Serve's own response records
+    (`deployments.service.models.never_assigned`); checked here against Serve itself, with a deployment
+    no node can hold and one that sleeps."""
+    import asyncio
+
+    from ray import serve
+
+    from deployments.service.models import model_calls, never_assigned, settle
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.01, "label_selector": {"atelier/pool": "nowhere"}})
+    class Unplaceable:
+        def __call__(self) -> int:
+            return 1
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.01})
+    class Sleepy:
+        async def __call__(self) -> int:
+            await asyncio.sleep(10)
+            return 1
+
+    async def timed_out_unassigned(handle) -> bool:
+        calls: list = []
+        token = model_calls.set(calls)
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(settle(handle.remote()), timeout=3)
+        finally:
+            model_calls.reset(token)
+        assert len(calls) == 1
+        return never_assigned(calls)
+
+    serve.run(Unplaceable.bind(), name="unplaceable", route_prefix=None, blocking=False)
+    serve.run(Sleepy.bind(), name="sleepy", route_prefix=None)
+    try:
+        assert asyncio.run(timed_out_unassigned(serve.get_app_handle("unplaceable"))) is True
+        assert asyncio.run(timed_out_unassigned(serve.get_app_handle("sleepy"))) is False
+    finally:
+        serve.delete("unplaceable")
+        serve.delete("sleepy")

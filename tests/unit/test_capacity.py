@@ -68,8 +68,11 @@ def test_shapes_and_bad_arguments():
     assert done.returncode == 2 and done.stderr.startswith("error:") and "Traceback" not in done.stderr
 
 
-def test_the_ingress_stays_off_gpu_nodes():
-    # serve_config.yaml's Ingress asks for atelier/pool != gpu: GPU nodes alone cannot hold it.
+def test_the_ingress_and_the_gallery_writer_stay_off_gpu_nodes():
+    # serve_config.yaml's Ingress asks for atelier/pool != gpu, its gallery writer for atelier/pool = cpu:
+    # GPU nodes alone cannot hold either; one CPU node more holds both.
     done = capacity("serve_config.yaml", "--nodes", "2x8gpu")
     assert done.returncode == 1
-    assert {line.split(": ")[2] for line in done.stdout.splitlines() if "DOES NOT FIT" in line} == {"Ingress"}
+    assert {line.split(": ")[2] for line in done.stdout.splitlines()
+            if "DOES NOT FIT" in line} == {"Ingress", "GalleryWriter"}
+    assert capacity("serve_config.yaml", "--nodes", "2x8gpu,1xcpu").returncode == 0
