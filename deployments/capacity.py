@@ -181,8 +181,8 @@ def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
         # The gallery writer, one per gallery (storage/gallery_writer.py), where its label selector lets it.
         from storage.gallery_writer import WRITER_NUM_CPUS
 
-        selector = args.storage.settings().writer_label_selector if args.storage is not None else None
-        out.append(Deployment("GalleryWriter", 1, 1, WRITER_NUM_CPUS, 0.0, 0.0, tuple(sorted((selector or {}).items()))))
+        selector = args.storage.settings().writer_label_selector or {}
+        out.append(Deployment("GalleryWriter", 1, 1, WRITER_NUM_CPUS, 0.0, 0.0, tuple(sorted(selector.items()))))
         if args.ingest is not None:
             ingest = args.ingest.model_dump()
     return out, ingest

@@ -211,7 +211,7 @@ class IngestRun:
         self.attempt = 0
         self.started = time.time()
         self._nodes: set[str] = set()
-        self.lost_nodes: dict[str, float] = {}  # node id -> when this run saw it gone
+        self.lost_nodes: set[str] = set()  # nodes alive when the run began and gone since
 
     def run(self) -> dict | None:
         self.attempt = ray.get(self.ledger.begin.remote(self.spec.job_id))
@@ -331,7 +331,7 @@ class IngestRun:
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
                         meta={"ingest_job": self.spec.job_id, "name": r["name"]}, created_at=now) for r in new]
         try:
-            return list(_commit(writer, rows)["created"]), []
+            return list(_writer_call(writer.upsert, rows)["created"]), []
         except Exception as exc:  # noqa: BLE001 - classified below; rows are never lost silently
             cause = _cause(exc)
             if isinstance(cause, InvalidInput) and len(rows) > 1:
@@ -363,11 +363,10 @@ class IngestRun:
         alive = self._alive_nodes()
         if not alive:
             return
-        for node in self._nodes - alive:
-            if node not in self.lost_nodes:
-                self.lost_nodes[node] = time.time()
-                log.warning("job %s: node %s left the cluster; Ray Data retries its work elsewhere",
-                            self.spec.job_id, node)
+        for node in self._nodes - alive - self.lost_nodes:
+            self.lost_nodes.add(node)
+            log.warning("job %s: node %s left the cluster; Ray Data retries its work elsewhere",
+                        self.spec.job_id, node)
 
     def _report(self) -> None:
         with self._lock:
@@ -432,11 +431,6 @@ def _writer_call(method, *args):
         with attempt:
             return ray.get(method.remote(*args))
     raise AssertionError("unreachable")
-
-
-def _commit(writer, rows: list[dict]) -> dict:
-    """One gallery commit through the writer (`_writer_call`)."""
-    return _writer_call(writer.upsert, rows)
 
 
 def run_job(spec: JobSpec, *, console: bool = True) -> dict | None:

@@ -36,14 +36,16 @@ BIN = Path(sys.executable).parent
 APP = "atelier"
 
 
-def wait_for(done, timeout_s: float, what: str, every: float = 1.0):
+def wait_for(done, timeout_s: float, what, every: float = 1.0):
+    """Polls `done` until it returns something truthy, and returns that; `what` (a text, or a function
+    that makes one when the wait fails) names what was awaited."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = done()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} (waited {timeout_s:.0f} s)")
+            raise TimeoutError(f"{what() if callable(what) else what} (waited {timeout_s:.0f} s)")
         time.sleep(every)
 
 

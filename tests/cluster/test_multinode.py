@@ -16,6 +16,7 @@ import zipfile
 import httpx
 import pytest
 
+from tests.cluster.conftest import wait_for
 from tests.pipelines.sample_photos import jpeg
 
 pytestmark = pytest.mark.multinode
@@ -134,24 +135,6 @@ class Traffic:
         return in_flight
 
 
-def wait_until(done, timeout_s: float, what: str) -> float:
-    """Polls `done` every second; the monotonic time it first held."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        time.sleep(1)
-    return time.monotonic()
-
-
-def wait_until_value(get, timeout_s: float, what: str):
-    """Polls `get` every second until it returns something truthy, and returns that."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := get()):
-        assert time.monotonic() < deadline, f"{what() if callable(what) else what}: not within {timeout_s:.0f} s"
-        time.sleep(1)
-    return value
-
-
 def models_on(multinode, node: str) -> bool:
     return all({r["node"] for r in multinode.replicas(role)} == {node}
                for role in ("Embedder", "Writer", "Describer", "Painter"))
@@ -193,34 +176,34 @@ def lost_ingress_and_model_nodes(multinode):
             progress.append((time.monotonic(), answer["done"]))
             return answer
 
-        wait_until(lambda: status()["done"] > 0, 300, "the job storing its first photos")
-        embedding = wait_until_value(lambda: {multinode.node_of(a) for a in multinode.state("actors", state="ALIVE")
-                                              if "MapWorker" in (a.get("class_name") or "")}, 60,
-                                     lambda: f"the job's embedding actors alive (actors: " + repr(sorted(
-                                         (a.get("class_name"), a.get("state"), a.get("name"))
-                                         for a in multinode.state("actors"))) + f"; job {status()})")
+        # The embedding actors exist from the job's start; found first, so that the kill can follow the
+        # first stored photos at once (a job this size on an idle cluster is done within seconds more).
+        embedding = wait_for(lambda: {multinode.node_of(a) for a in multinode.state("actors", state="ALIVE")
+                                      if "MapWorker" in (a.get("class_name") or "")}, 300,
+                             lambda: "the job's embedding actors alive (actors: " + repr(sorted(
+                                 (a.get("class_name"), a.get("state"), a.get("name"))
+                                 for a in multinode.state("actors"))) + f"; job {status()})")
         # Search traffic from here (not through the job's start, which it would only slow down).
         counter = itertools.count()
         traffic = Traffic(multinode.base, key, 6,
                           lambda c: c.get("/api/search", params={"q": f"a quiet street {next(counter)}", "k": 5}))
         try:
-            time.sleep(3)
-            before = status()
+            before = wait_for(lambda: (answer := status())["done"] > 0 and answer, 300,
+                              "the job storing its first photos")
             kill_started = time.monotonic()
             killed_at = multinode.kill_node("cpu", "gpu")
             gpu = multinode.replace_node("gpu")
             multinode.replace_node("cpu")
-            ingress_back = wait_until(lambda: len(multinode.replicas("Ingress")) == 2
-                                      and "cpu" not in {r["node"] for r in multinode.replicas("Ingress")},
-                                      180, "two ingress replicas again")
-            models_back = wait_until(lambda: models_on(multinode, gpu), 240, f"every model replica on {gpu}")
-            restored = max(ingress_back, models_back)
+            wait_for(lambda: len(multinode.replicas("Ingress")) == 2
+                     and "cpu" not in {r["node"] for r in multinode.replicas("Ingress")}, 180, "two ingress replicas again")
+            wait_for(lambda: models_on(multinode, gpu), 240, f"every model replica on {gpu}")
+            restored = time.monotonic()
             # Searches answer again, on the restored set.
-            wait_until(lambda: any(r[0] >= restored and r[2] == 200 for r in traffic.results), 120,
-                       "a search answered 200 on the restored replicas")
+            wait_for(lambda: any(r[0] >= restored and r[2] == 200 for r in traffic.results), 120,
+                     "a search answered 200 on the restored replicas")
         finally:
             traffic.stop()
-        wait_until(lambda: status()["state"] != "running", 600, "the job ending")
+        wait_for(lambda: status()["state"] != "running", 600, "the job ending")
         final = status()
         stored = list_images(c)
     store.revoke("victor")
@@ -286,7 +269,7 @@ def test_losing_the_gallery_writers_node_loses_no_acknowledged_row(multinode):
     every upload that was answered 201 is in the gallery."""
     store = multinode.key_store()
     _, key = store.add("wendy")
-    node = wait_until_value(lambda: writer_node(multinode), 120, "the gallery writer alive")
+    node = wait_for(lambda: writer_node(multinode), 120, "the gallery writer alive")
     assert multinode.pools[node] == "cpu", node
     seeds = itertools.count(20_000)
     traffic = Traffic(multinode.base, key, 4, lambda c: c.post(
@@ -296,9 +279,10 @@ def test_losing_the_gallery_writers_node_loses_no_acknowledged_row(multinode):
         kill_started = time.monotonic()
         killed_at = multinode.kill_node(node)
         new = multinode.replace_node(node)
-        restored = wait_until(lambda: writer_node(multinode) == new, 180, f"the writer on {new}")
-        wait_until(lambda: any(r[0] >= restored and r[2] == 201 for r in traffic.results), 120,
-                   "an upload answered 201 after the writer came back")
+        wait_for(lambda: writer_node(multinode) == new, 180, f"the writer on {new}")
+        restored = time.monotonic()
+        wait_for(lambda: any(r[0] >= restored and r[2] == 201 for r in traffic.results), 120,
+                 "an upload answered 201 after the writer came back")
     finally:
         traffic.stop()
     traffic.report("the gallery writer's node lost", kill_started, killed_at, restored)
