@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.models.configs import EmbedderConfig
+from deployments.models.configs import EmbedderConfig, crops_centre, vector_shape
 from storage.settings import StorageArgs, StorageSettings
 
 
@@ -130,7 +130,14 @@ class PipelineSections(BaseModel):
 
 
 def embedder_shape(config: EmbedderConfig) -> tuple[int, int]:
-    """(vector dimension, image side) from the checkpoint's config, as `Embedder` reads them.
+    """(vector dimension, image side) from the checkpoint's config, as `Embedder` reads them."""
+    dim, side, _ = embedder_geometry(config)
+    return dim, side
+
+
+def embedder_geometry(config: EmbedderConfig) -> tuple[int, int, bool]:
+    """(vector dimension, image side, whether the image tower sees the centre square) from the
+    checkpoint's config.
 
     A local checkpoint's config.json is read as it is: importing transformers here would cost the
     job's driver a second or two before any task starts.
@@ -143,5 +150,4 @@ def embedder_shape(config: EmbedderConfig) -> tuple[int, int]:
 
         kw = {"revision": config.revision} if config.revision else {}
         cfg = AutoConfig.from_pretrained(config.model, trust_remote_code=False, **kw).to_dict()
-    dim = int(cfg.get("projection_dim") or cfg["text_config"]["hidden_size"])
-    return dim, int(cfg["vision_config"]["image_size"])
+    return (*vector_shape(cfg), crops_centre(cfg))

@@ -32,7 +32,7 @@ from PIL import Image
 
 from deployments.models.configs import EmbedderConfig
 from deployments.models.errors import ModelError
-from pipelines.config import PipelineSections, embedder_shape
+from pipelines.config import PipelineSections, embedder_geometry, embedder_shape
 from pipelines.jobs import NAMESPACE, JobSpec, job_id_for, ledger
 from pipelines.sources import Entry, EntryReader, as_url, list_sources
 from storage.errors import AtelierError, InvalidInput, Unavailable
@@ -62,8 +62,11 @@ def absolute_storage(settings: StorageSettings) -> StorageSettings:
     return settings.model_copy(update=update)
 
 
-def square_pixels(image: Image.Image, side: int) -> bytes:
-    """The centre square the image tower sees (CLIP: shortest side to `side`, centre crop), RGB bytes."""
+def square_pixels(image: Image.Image, side: int, crop: bool = True) -> bytes:
+    """The `side` x `side` RGB bytes the image tower sees: the centre square (CLIP: shortest side to
+    `side`, centre crop), or the whole picture resized to the square (Chinese-CLIP, SigLIP: `crop` off)."""
+    if not crop:
+        return image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC).tobytes()
     w, h = image.size
     if min(w, h) != side:
         scale = side / min(w, h)
@@ -95,7 +98,7 @@ def _task_tools(storage_json: str, display_max_side: int) -> _TaskTools:
 
 
 def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, storage_json: str, writer,
-                side: int, display_max_side: int) -> pa.Table:
+                side: int, display_max_side: int, crop: bool = True) -> pa.Table:
     """One row out per file in: new (blobs stored, pixels for the model), known, duplicate or error.
 
     Which hashes the user already has comes from the GalleryWriter (`writer`), which holds the table
@@ -141,7 +144,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
             keys = store_image(tools.blobs, user_id, image)
             row.update(outcome=NEW, code="", message="", width=image.width, height=image.height,
                        image_uri=keys.original, display_uri=keys.display,
-                       pixels=square_pixels(image.model_image, side))
+                       pixels=square_pixels(image.model_image, side, crop))
         except AtelierError as exc:
             row.update(code=exc.code, message=exc.message)
         except Exception as exc:  # noqa: BLE001 - e.g. a decoder bug on one file: that file's error
@@ -263,7 +266,7 @@ class IngestRun:
         from storage.gallery_writer import gallery_writer
 
         ingest = self.spec.ingest
-        dim, side = embedder_shape(ingest.embedder)
+        dim, side, crop = embedder_geometry(ingest.embedder)
         embed_model = ingest.embedder.model
         writer = gallery_writer(self.settings, dim, embed_model)
         # Not waited for: the writer opens (or creates) the table while Ray Data starts its workers;
@@ -281,7 +284,7 @@ class IngestRun:
             admit_batch, batch_size=ingest.read_batch_size, batch_format="pyarrow",
             fn_kwargs={"job_id": self.spec.job_id, "attempt": self.attempt, "user_id": self.spec.user_id,
                        "storage_json": self.settings.model_dump_json(), "writer": writer,
-                       "side": side, "display_max_side": ingest.display_max_side},
+                       "side": side, "crop": crop, "display_max_side": ingest.display_max_side},
             compute=TaskPoolStrategy(size=ingest.read_tasks), num_cpus=ingest.read_num_cpus,
         )
         gpu = {"num_gpus": ingest.embed_num_gpus} if ingest.embed_num_gpus else {}

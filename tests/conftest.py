@@ -20,14 +20,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session")
 def tiny_kit(tmp_path_factory) -> Path:
-    """All four roles' tiny random-weight checkpoints, built from code (no hub)."""
+    """All four roles' tiny random-weight checkpoints (the Embedder in its three families), built from code."""
     import torch
 
-    from deployments.kit import ROLES, build
+    from deployments.kit import STAND_INS, build
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("kit")
-    for role in ROLES:
+    for role in STAND_INS:
         build(role, "tiny", out, seed=0)
     return out
 

@@ -1,5 +1,5 @@
 """The offline model kit: random-weight stand-ins of the production checkpoints, built from code."""
 
-from .builders import MARKER, ROLES, Built, build
+from .builders import EMBEDDER_FAMILIES, MARKER, ROLES, STAND_INS, Built, build
 
-__all__ = ["MARKER", "ROLES", "Built", "build"]
+__all__ = ["EMBEDDER_FAMILIES", "MARKER", "ROLES", "STAND_INS", "Built", "build"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .builders import ROLES, build
+from .builders import STAND_INS, build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,16 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build random-weight stand-in checkpoints")
     b.add_argument("dir", type=Path, help="output folder; each role goes to DIR/<role>")
     b.add_argument("--size", choices=["tiny", "full"], default="tiny")
-    b.add_argument("--roles", default=",".join(ROLES), help=f"comma-separated subset of {','.join(ROLES)}")
+    b.add_argument("--roles", default=",".join(STAND_INS),
+                   help=f"comma-separated subset of {','.join(STAND_INS)} (embedder: SigLIP 2; the other families "
+                        "are embedder_chinese_clip and embedder_clip)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="weights' dtype on disk (default: float32 for tiny, bfloat16 for full)")
     args = parser.parse_args(argv)
 
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
-    unknown = sorted(set(roles) - set(ROLES))
+    unknown = sorted(set(roles) - set(STAND_INS))
     if unknown:
-        parser.error(f"unknown role(s) {', '.join(unknown)}; choose from {', '.join(ROLES)}")
+        parser.error(f"unknown role(s) {', '.join(unknown)}; choose from {', '.join(STAND_INS)}")
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     summary = {}
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         built = build(role, args.size, args.dir, seed=args.seed, dtype=dtype)
         summary[role] = {"path": str(built.path), "parameters": built.parameters,
                          "seconds": round(time.perf_counter() - t0, 2)}
-        print(f"built {role:<9} {built.parameters / 1e6:10.2f}M parameters in {summary[role]['seconds']}s "
+        print(f"built {role:<21} {built.parameters / 1e6:10.2f}M parameters in {summary[role]['seconds']}s "
               f"-> {built.path}", file=sys.stderr)
     print(json.dumps(summary))
     return 0

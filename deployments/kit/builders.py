@@ -19,6 +19,10 @@ from . import tokenizers as tk
 
 Size = Literal["tiny", "full"]
 ROLES = ("embedder", "writer", "describer", "painter")
+# The Embedder's families, each a stand-in folder of its own. `embedder` is the production default's
+# (SigLIP 2, multilingual: README "The model roles"); the other two are the alternatives a config may pick.
+EMBEDDER_FAMILIES = {"embedder": "siglip2", "embedder_chinese_clip": "chinese_clip", "embedder_clip": "clip"}
+STAND_INS = ROLES + tuple(name for name in EMBEDDER_FAMILIES if name not in ROLES)
 
 # ChatML, the template family of Qwen2.5 and InternVL3: the production chat format.
 WRITER_CHAT_TEMPLATE = (
@@ -61,8 +65,8 @@ class Built:
 
 def build(role: str, size: Size, out: Path, *, seed: int = 0, dtype: torch.dtype | None = None) -> Built:
     """Write one role's stand-in under `out/role`; the same seed writes the same weights."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; choose from {', '.join(ROLES)}")
+    if role not in STAND_INS:
+        raise ValueError(f"unknown role {role!r}; choose from {', '.join(STAND_INS)}")
     if dtype is None:
         dtype = torch.float32 if size == "tiny" else torch.bfloat16
     path = Path(out) / role
@@ -72,7 +76,9 @@ def build(role: str, size: Size, out: Path, *, seed: int = 0, dtype: torch.dtype
     params = builder(size, path, dtype)
     (path / MARKER).write_text(
         json.dumps(
-            {"random_weights": True, "role": role, "size": size, "seed": seed, "parameters": params,
+            {"random_weights": True, "role": role.split("_", 1)[0], "stand_in": role,
+             **({"family": EMBEDDER_FAMILIES[role]} if role in EMBEDDER_FAMILIES else {}),
+             "size": size, "seed": seed, "parameters": params,
              "note": "Random-weight stand-in built offline by `python -m deployments.kit`; its outputs are noise."},
             indent=2,
         )
@@ -89,7 +95,7 @@ def _mark(config) -> None:
     config.atelier_random_weights = True
 
 
-# --- Embedder: CLIP ---------------------------------------------------------------------------
+# --- Embedder: CLIP, Chinese-CLIP, SigLIP 2 ---------------------------------------------------------------------------
 
 def _clip_tokenizer():
     from transformers import CLIPTokenizer
@@ -98,7 +104,7 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _build_embedder(size: Size, path: Path, dtype: torch.dtype) -> int:
+def _build_clip(size: Size, path: Path, dtype: torch.dtype) -> int:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     if size == "full":
@@ -123,6 +129,92 @@ def _build_embedder(size: Size, path: Path, dtype: torch.dtype) -> int:
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    return _count(model)
+
+
+def chinese_clip_config(size: Size):
+    """OFA-Sys/chinese-clip-vit-base-patch16's shape at `full`: RoBERTa-wwm-ext-base-chinese text tower
+    (21,128 WordPiece vocabulary) + ViT-B/16 at 224 px, 512-d projection."""
+    from transformers import ChineseCLIPConfig
+
+    if size == "full":
+        tower = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+        text = dict(vocab_size=21128, max_position_embeddings=512, **tower)
+        vision, projection = dict(image_size=224, patch_size=16, **tower), 512
+    else:
+        tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        text = dict(vocab_size=8000, max_position_embeddings=64, **tower)
+        vision, projection = dict(image_size=32, patch_size=8, **tower), 32
+    config = ChineseCLIPConfig(text_config=dict(type_vocab_size=2, pad_token_id=0, **text), vision_config=vision,
+                               projection_dim=projection)
+    _mark(config)
+    return config
+
+
+def _build_chinese_clip(size: Size, path: Path, dtype: torch.dtype) -> int:
+    from transformers import BertTokenizer, ChineseCLIPImageProcessor, ChineseCLIPModel, ChineseCLIPProcessor
+
+    config = chinese_clip_config(size)
+    side = config.vision_config.image_size
+    tok = BertTokenizer(vocab=tk.wordpiece_zh_en(config.text_config.vocab_size), do_lower_case=True,
+                        tokenize_chinese_chars=True, model_max_length=52)  # Chinese-CLIP's text context
+    model = ChineseCLIPModel(config).to(dtype)
+    processor = ChineseCLIPProcessor(
+        image_processor=ChineseCLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False),
+        tokenizer=tok,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return _count(model)
+
+
+SIGLIP_CONTEXT = 64  # SigLIP's text tower reads exactly 64 tokens, padded on the right
+
+
+def siglip2_config(size: Size):
+    """google/siglip2-base-patch16-224's shape at `full` (transformers loads it as `siglip`): Gemma's 256k
+    vocabulary, 12-layer text and ViT-B/16 vision towers, 768-d vectors. Token ids are the kit's
+    SentencePiece model's: <pad> 0, <eos> 1, <bos> 2."""
+    from transformers import SiglipConfig
+
+    if size == "full":
+        tower = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+        vocab_size, vision = 256000, dict(image_size=224, patch_size=16)
+    else:
+        tower = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2)
+        vocab_size, vision = 8000, dict(image_size=32, patch_size=8)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=vocab_size, max_position_embeddings=SIGLIP_CONTEXT,
+                         projection_size=tower["hidden_size"], pad_token_id=0, eos_token_id=1, bos_token_id=2, **tower),
+        vision_config=dict(**vision, **tower),
+    )
+    _mark(config)
+    return config
+
+
+def _build_siglip2(size: Size, path: Path, dtype: torch.dtype) -> int:
+    from transformers import AutoTokenizer, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    config = siglip2_config(size)
+    side = config.vision_config.image_size
+    # Gemma's kind of tokenizer from a trained SentencePiece model (`tokenizer.model`, kept in the folder as
+    # the real checkpoint has it; 32,000 pieces at full size, against the real 256k: the embedding table is
+    # the real size all the same): no <bos>, an <eos> after the text, right padding to 64 with <pad>.
+    (path / "tokenizer.model").write_bytes(tk.train_sentencepiece(32000 if size == "full" else 8000))
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    tok = AutoTokenizer.from_pretrained(path, add_bos_token=False, add_eos_token=True, padding_side="right",
+                                        model_max_length=SIGLIP_CONTEXT)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (0, 1, 2)
+    model = SiglipModel(config).to(dtype)
+    processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": side, "width": side}),
+                                tokenizer=tok)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    # The loaded tokenizer remembers where its SentencePiece file was read from (this machine's path).
+    saved = json.loads((path / "tokenizer_config.json").read_text())
+    for key in ("vocab_file", "is_local", "local_files_only"):
+        saved.pop(key, None)
+    (path / "tokenizer_config.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False))
     return _count(model)
 
 
@@ -296,7 +388,9 @@ def _build_painter(size: Size, path: Path, dtype: torch.dtype) -> int:
 
 
 _BUILDERS: dict[str, Callable[[Size, Path, torch.dtype], int]] = {
-    "embedder": _build_embedder,
+    "embedder": _build_siglip2,
+    "embedder_chinese_clip": _build_chinese_clip,
+    "embedder_clip": _build_clip,
     "writer": _build_writer,
     "describer": _build_describer,
     "painter": _build_painter,

@@ -63,6 +63,11 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
+@lru_cache(maxsize=1)
+def _corpus() -> tuple[str, ...]:
+    return tuple(corpus())
+
+
 def corpus() -> list[str]:
     """Training text: the sentences above, English words from CLIP's vocabulary, Chinese words from jieba's dictionary."""
     vocab, _ = clip_bpe()
@@ -92,7 +97,7 @@ def train_byte_level_bpe(tokenizer, vocab_size: int) -> tuple[dict[str, int], li
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=["<|endoftext|>"],
     )
-    backend.train_from_iterator(corpus(), trainer=trainer)
+    backend.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(backend.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return model["vocab"], merges
@@ -106,6 +111,71 @@ def train_unigram(tokenizer, vocab_size: int, specials: list[str]) -> list[tuple
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=specials, unk_token=specials[2], show_progress=False
     )
-    backend.train_from_iterator(corpus(), trainer=trainer)
+    backend.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(backend.to_str())["model"]
     return [(piece, float(score)) for piece, score in model["vocab"]]
+
+
+# BERT's layout, which Chinese-CLIP's RoBERTa-wwm-ext vocabulary keeps: [PAD], 99 unused slots, then the
+# other specials at 100-103.
+BERT_SPECIALS = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece_zh_en(size: int) -> dict[str, int]:
+    """A WordPiece vocabulary of exactly `size` entries shaped like Chinese-CLIP's (21,128 in the real one):
+    BERT's specials, ASCII, every CJK character of jieba's dictionary (BERT splits Chinese into single
+    characters), lower-cased English words and suffix pieces from CLIP's vocabulary, then `##` + CJK
+    characters, as the real vocabulary carries them."""
+    vocab: dict[str, int] = {}
+
+    def add(token: str) -> None:
+        if token and token not in vocab and len(vocab) < size:
+            vocab[token] = len(vocab)
+
+    for token in BERT_SPECIALS:
+        add(token)
+    for c in [*range(33, 127), *range(0x3001, 0x3012), *range(0xFF01, 0xFF5F)]:  # ASCII, CJK and full-width punctuation
+        add(chr(c).lower())
+    weight: dict[str, int] = {}
+    dict_path = importlib.resources.files("jieba") / "dict.txt"
+    with dict_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            word, freq = line.split(" ", 2)[:2]
+            for ch in word:
+                if "\u4e00" <= ch <= "\u9fff":
+                    weight[ch] = weight.get(ch, 0) + int(freq)
+    chars = sorted(weight, key=lambda ch: (-weight[ch], ch))[: size // 3]  # the most used characters first
+    for ch in chars:
+        add(ch)
+    clip_vocab, _ = clip_bpe()
+    words = [t[:-4] for t in clip_vocab if t.endswith("</w>") and t[:-4].isascii() and t[:-4].isalpha()]
+    pieces = [t for t in clip_vocab if not t.endswith("</w>") and t.isascii() and t.isalpha() and len(t) > 1]
+    for word in words[: size // 3]:
+        add(word.lower())
+    for piece in pieces[: size // 8]:
+        add("##" + piece.lower())
+    for ch in chars:
+        add("##" + ch)
+    n = 0
+    while len(vocab) < size:  # the rest: more English words, as the real vocabulary ends
+        add(words[size // 3 + n].lower() if size // 3 + n < len(words) else f"[unused{100 + n}]")
+        n += 1
+    return vocab
+
+
+def train_sentencepiece(vocab_size: int) -> bytes:
+    """A SentencePiece BPE model of Gemma's kind (byte fallback, digits split, whitespace kept, <pad>=0
+    <eos>=1 <bos>=2 <unk>=3), trained on the mixed corpus: the serialized `tokenizer.model`."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()), model_writer=out, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, split_digits=True, character_coverage=0.9995, allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=["<mask>"], num_threads=1, minloglevel=2,
+    )
+    return out.getvalue()

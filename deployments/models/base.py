@@ -85,6 +85,10 @@ class ModelRole:
         if self.on_work is not None:
             self.on_work(units)
 
+    def facts(self) -> dict:
+        """What a role tells about itself beyond its name (the Embedder: family, languages, dimension)."""
+        return {}
+
     @property
     def loaded(self) -> bool:
         return self._loaded

@@ -35,9 +35,35 @@ class ModelConfig(BaseModel):
 
 
 class EmbedderConfig(ModelConfig):
-    model: str = Field("openai/clip-vit-base-patch32", description="CLIP-family checkpoint (hub id or folder).")
+    model: str = Field("google/siglip2-base-patch16-224",
+                       description="A CLIP, Chinese-CLIP or SigLIP (2) checkpoint (hub id or folder); its config.json "
+                                   "names the family.")
     max_batch: int = Field(256, ge=1, description="Most images or texts in one call; bounds a replica's memory.")
-    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted; CLIP truncates to 77 tokens anyway.")
+    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted; the towers truncate to their context.")
+    multilingual: bool | None = Field(
+        None, description="Whether the text tower reads Chinese as well as English (then a Chinese query is embedded "
+                          "as it is, with no translation). Default: from the family (Chinese-CLIP and SigLIP 2 yes, "
+                          "CLIP and SigLIP 1 no).")
+
+
+# The embedding families the Embedder serves, by the `model_type` of their config.json. SigLIP 2's
+# fixed-resolution checkpoints load as `siglip` (with a Gemma tokenizer); `siglip2` is the NaFlex kind.
+EMBEDDER_FAMILIES = {"clip": "clip", "chinese_clip": "chinese_clip", "siglip": "siglip"}
+
+
+def vector_shape(config: dict) -> tuple[int, int]:
+    """(vector dimension, image side) of an embedding checkpoint from its config.json, without torch:
+    CLIP and Chinese-CLIP project to `projection_dim`; SigLIP's vectors are its towers' width (the text
+    head's `projection_size`)."""
+    text = config.get("text_config") or {}
+    dim = config.get("projection_dim") or text.get("projection_size") or text.get("hidden_size")
+    return int(dim), int(config["vision_config"]["image_size"])
+
+
+def crops_centre(config: dict) -> bool:
+    """Whether the family's image processor takes the centre square (CLIP: shortest side to the tower's
+    side, then a centre crop) or resizes the whole picture to the square (Chinese-CLIP, SigLIP)."""
+    return config.get("model_type") == "clip"
 
 
 

@@ -1,4 +1,15 @@
-"""Embedder: CLIP-family image and text vectors, L2-normalised, one forward pass per batch."""
+"""Embedder: image and text vectors of one CLIP-family checkpoint, L2-normalised, one forward pass per batch.
+
+Three families, told apart by the checkpoint's config.json (`model_type`), each read the way it was trained:
+
+| family | text tokens | vectors | a pair's score |
+|---|---|---|---|
+| CLIP (`clip`) | BPE, English, up to 77, padded to the longest | `projection_dim` | cosine; softmax over candidates x logit_scale |
+| Chinese-CLIP (`chinese_clip`) | WordPiece (CJK characters + English pieces), up to 52 | `projection_dim` | as CLIP |
+| SigLIP / SigLIP 2 (`siglip`) | SentencePiece; lower-cased, exactly 64, right-padded | the towers' width | sigmoid(logit_scale x cosine + logit_bias): each pair on its own |
+
+The gallery ranks by cosine for every family: SigLIP's sigmoid is monotonic in it, so the order is the same.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,7 @@ import torch
 from PIL import Image
 
 from .base import ModelRole
-from .configs import EmbedderConfig
+from .configs import EMBEDDER_FAMILIES, EmbedderConfig, vector_shape
 from .errors import EmbedderInputError, ModelUnavailable
 
 
@@ -23,19 +34,35 @@ class Embedder(ModelRole):
         self._processor = None
         self._dim = 0
         self._image_size = 224
+        self._family = ""
+        self._multilingual = False
+        self._context = 77
 
     def _load(self, source: str) -> None:
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoConfig, AutoModel, AutoProcessor
 
         kw = self._pretrained_kwargs()
+        model_type = AutoConfig.from_pretrained(source, **{k: v for k, v in kw.items() if k != "use_safetensors"}).model_type
+        if model_type not in EMBEDDER_FAMILIES:
+            hint = (" (a SigLIP 2 NaFlex checkpoint: use a fixed-resolution one, e.g. google/siglip2-base-patch16-224)"
+                    if model_type == "siglip2" else "")
+            raise ValueError(f"{model_type!r} is not an embedding family this role serves{hint}; "
+                             f"choose a {', '.join(sorted(EMBEDDER_FAMILIES))} checkpoint")
         model = AutoModel.from_pretrained(source, dtype=self._dtype, **kw)
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ValueError(f"{type(model).__name__} has no get_image_features/get_text_features: not a CLIP-family model")
         self._model = model.to(self._device).eval()
         self._processor = AutoProcessor.from_pretrained(source, **{k: v for k, v in kw.items() if k != "use_safetensors"})
-        cfg = model.config
-        self._dim = int(getattr(cfg, "projection_dim", 0) or cfg.text_config.hidden_size)
-        self._image_size = int(cfg.vision_config.image_size)
+        self._family = EMBEDDER_FAMILIES[model_type]
+        self._dim, self._image_size = vector_shape(model.config.to_dict())
+        tok = self._processor.tokenizer
+        # The text tower's context: what its position table holds, and no more than its tokenizer says.
+        positions = int(model.config.text_config.max_position_embeddings)
+        self._context = min(positions, int(tok.model_max_length)) if tok.model_max_length else positions
+        if self.config.multilingual is not None:
+            self._multilingual = self.config.multilingual
+        else:
+            # SigLIP 2 reads Gemma's multilingual vocabulary; SigLIP 1 (T5's English one) and CLIP do not.
+            self._multilingual = self._family == "chinese_clip" or (
+                self._family == "siglip" and "gemma" in type(tok).__name__.lower())
 
     def _warmup(self) -> None:
         self.embed_images([Image.new("RGB", (self._image_size, self._image_size), (127, 127, 127))])
@@ -45,6 +72,21 @@ class Embedder(ModelRole):
     def dim(self) -> int:
         self.load()
         return self._dim
+
+    @property
+    def family(self) -> str:
+        """`clip`, `chinese_clip` or `siglip` (SigLIP 2's fixed-resolution checkpoints included)."""
+        self.load()
+        return self._family
+
+    @property
+    def multilingual(self) -> bool:
+        """Whether a Chinese query can be embedded as it is (no translation to English first)."""
+        self.load()
+        return self._multilingual
+
+    def facts(self) -> dict:
+        return {"family": self._family, "multilingual": self._multilingual, "dim": self._dim}
 
     @property
     def image_size(self) -> int:
@@ -87,18 +129,30 @@ class Embedder(ModelRole):
                     f"texts[{i}] has {len(text)} characters; the limit is {self.config.max_text_chars}", field="texts"
                 )
         self.load()
-        tok = self._processor.tokenizer
-        enc = tok(list(texts), padding=True, truncation=True, max_length=tok.model_max_length, return_tensors="pt")
+        enc = self._tokenize(texts, return_tensors="pt")
         with torch.inference_mode():
             out = self._model.get_text_features(**{k: v.to(self._device) for k, v in enc.items()})
         return _normalised(out)
 
+    def _tokenize(self, texts: Sequence[str], **kw):
+        """The text tower's input, as its family was trained: SigLIP reads lower-cased text padded to
+        exactly its context and no attention mask (big_vision's way, and what makes a text's vector
+        the same alone or in a batch); CLIP and Chinese-CLIP pad to the longest and mask the padding."""
+        tok = self._processor.tokenizer
+        if self._family == "siglip":
+            enc = tok([t.lower() for t in texts], padding="max_length", truncation=True, max_length=self._context,
+                      **kw)
+            return {"input_ids": enc["input_ids"]}
+        return dict(tok(list(texts), padding=True, truncation=True, max_length=self._context, **kw))
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """CLIP tokens each text is embedded from: start/end tokens included, cut at the model's context."""
+        """Tokens each text is embedded from: special tokens included, cut at the model's context (SigLIP's
+        padding, which is not the text's, not counted)."""
         self._check_batch(texts, "texts")
         self.load()
         tok = self._processor.tokenizer
-        enc = tok(list(texts), truncation=True, max_length=tok.model_max_length)
+        texts = [t.lower() for t in texts] if self._family == "siglip" else list(texts)
+        enc = tok(texts, truncation=True, max_length=self._context)
         return [len(ids) for ids in enc["input_ids"]]
 
     def _check_batch(self, items, name: str) -> None:

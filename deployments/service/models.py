@@ -204,7 +204,7 @@ class LocalModels:
     async def info(self, role: str) -> dict:
         model = self.models[role]
         return {"role": model.role, "model_id": model.model_id, "name": model.public_name,
-                "random_weights": model.random_weights}
+                "random_weights": model.random_weights, **model.facts()}
 
     async def ready(self, role: str, timeout_s: float) -> bool:
         self.models[role].check_health()

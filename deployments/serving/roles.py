@@ -82,7 +82,7 @@ class RoleShell:
     def info(self) -> dict:
         """What the ingress shows users about this model (and whether its answers are noise)."""
         return {"role": self.model.role, "model_id": self.model.model_id, "name": self.model.public_name,
-                "random_weights": self.model.random_weights}
+                "random_weights": self.model.random_weights, **self.model.facts()}
 
     def ready(self) -> bool:
         self.model.check_health()
@@ -102,7 +102,7 @@ def _model_class(default: str, given: type | None) -> type:
 
 @serve.deployment(name="Embedder", logging_config=LOGGING)
 class EmbedderDeployment(RoleShell):
-    """CLIP image and text vectors, batched across concurrent requests."""
+    """Image and text vectors (CLIP, Chinese-CLIP or SigLIP 2), batched across concurrent requests."""
 
     def __init__(self, config: dict, model_class: Type | None = None):
         super().__init__(_model_class("Embedder", model_class)(EmbedderConfig.model_validate(config)))

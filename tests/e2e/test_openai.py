@@ -49,7 +49,9 @@ def test_models_lists_the_four_roles(client, model_ids, tiny_kit):
 
 
 def test_embeddings_decode_from_the_default_base64(client, model_ids, tiny_kit):
-    dim = json.loads((tiny_kit / "embedder" / "config.json").read_text())["projection_dim"]
+    from deployments.models.configs import vector_shape
+
+    dim, _ = vector_shape(json.loads((tiny_kit / "embedder" / "config.json").read_text()))
     one = client.embeddings.create(model=model_ids["embedder"], input="a red bicycle by the sea")
     assert one.model == model_ids["embedder"] and len(one.data) == 1
     vec = np.asarray(one.data[0].embedding)
@@ -67,11 +69,13 @@ def test_embeddings_decode_from_the_default_base64(client, model_ids, tiny_kit):
     floats = client.embeddings.create(model=model_ids["embedder"], input=texts, encoding_format="float")
     np.testing.assert_allclose(np.asarray([d.embedding for d in floats.data]), vecs, atol=1e-6)
 
-    # usage counts CLIP tokens, as the model's own tokenizer does (start and end tokens included).
+    # usage counts the embedder's tokens, as the model's own tokenizer does (SigLIP 2's: lower-cased text,
+    # its end token included, its padding to 64 not).
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_kit / "embedder")
-    expected = sum(len(tok(t)["input_ids"]) for t in texts)
+    expected = sum(len(tok(t.lower())["input_ids"]) for t in texts)
+    assert expected < 3 * 64
     assert many.usage.prompt_tokens == many.usage.total_tokens == expected
 
 

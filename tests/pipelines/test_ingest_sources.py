@@ -99,3 +99,20 @@ def test_square_pixels_is_the_centre_square_at_the_model_side():
     assert len(out) == 32 * 32 * 3
     assert Image.frombytes("RGB", (32, 32), out).getpixel((0, 16))[0] > 200
     assert len(square_pixels(Image.new("RGB", (10, 12)), 32)) == 32 * 32 * 3  # small images are enlarged
+
+
+def test_square_pixels_without_crop_keeps_the_whole_picture():
+    """SigLIP and Chinese-CLIP see the whole picture squeezed to the square: the left band stays."""
+    im = Image.new("RGB", (90, 40), (255, 0, 0))
+    im.paste((0, 0, 255), (0, 0, 20, 40))
+    square = Image.frombytes("RGB", (32, 32), square_pixels(im, 32, crop=False))
+    assert square.getpixel((1, 16))[2] > 200 and square.getpixel((30, 16))[0] > 200
+
+
+def test_which_families_crop(tiny_kit):
+    from deployments.models import EmbedderConfig
+    from pipelines.config import embedder_geometry
+
+    crops = {name: embedder_geometry(EmbedderConfig(model=str(tiny_kit / name)))[2]
+             for name in ("embedder", "embedder_chinese_clip", "embedder_clip")}
+    assert crops == {"embedder": False, "embedder_chinese_clip": False, "embedder_clip": True}
