@@ -146,7 +146,12 @@ class IngressTuning(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     caches: Caches = Field(default_factory=Caches)
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
-    enhance_search: bool = Field(True, description="Translate non-English search text with the Writer before CLIP.")
+    enhance_search: bool | None = Field(
+        None, description="Query expansion by the Writer: a non-English query's English translation is embedded too. "
+                          "With an English-only embedder (CLIP) the translation is what is searched; with a bilingual "
+                          "one (SigLIP 2, Chinese-CLIP) the query is embedded as it is and the translation's vector is "
+                          "fused with it, never replacing it. Default (null): on for English-only embedders, off for "
+                          "bilingual ones.")
 
 
 # Which deployments have live settings (user_config), and their models; the others take none.

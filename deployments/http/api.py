@@ -172,7 +172,7 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
     if not q.strip():
         raise InvalidInput("q is blank; send some words to search for", field="q")
     found = await svc.search(user, q, k, current_request_id())
-    return {"query": {"text": found.text, "english": found.english},
+    return {"query": {"text": found.text, "embedded": found.embedded, "english": found.english},
             "results": _results(request, user, found.hits), "degraded": found.degraded}
 
 
@@ -182,7 +182,7 @@ async def search_by_image(request: Request, file: UploadFile = File(...), k: int
     _check_k(request, k)
     found = await svc.search_by_image(user, await file.read(), k, filename=file.filename,
                                       content_type=file.content_type)
-    return {"query": {"text": None, "english": None}, "results": _results(request, user, found.hits)}
+    return {"query": {"text": None, "embedded": None, "english": None}, "results": _results(request, user, found.hits)}
 
 
 # -- describe ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ _LATIN = re.compile(r"^[\x00-\x7F\u00C0-\u024F\u2018-\u201F]*$")
 
 
 def is_english(text: str) -> bool:
-    """Latin-script text goes to CLIP as it is; anything else is translated by the Writer first."""
+    """Latin-script text goes to an English-only embedder as it is; anything else is translated by the Writer first."""
     return bool(_LATIN.match(text))
 
 
@@ -58,7 +58,7 @@ class Policy:
 
     timeouts: Any
     retry_after_s: int = 2
-    enhance_search: bool = True
+    enhance_search: bool | None = None  # None: on for English-only embedders, off for bilingual ones
     failure_ttl_s: float = 30.0
 
     @classmethod
@@ -70,9 +70,10 @@ class Policy:
 @dataclass
 class SearchAnswer:
     text: str | None
-    english: str | None
+    english: str | None  # the Writer's translation, when one was made and used; else None
     hits: list[dict]
     degraded: bool = False
+    embedded: str | None = None  # what the embedder was given: the query itself, or its translation
 
 
 @dataclass
@@ -161,12 +162,12 @@ class ProductService:
                                   timeout=self.policy.timeouts.search_s)
 
     async def english(self, text: str, request_id: str = "-") -> tuple[str, bool]:
-        """Search text as CLIP should see it: (english, degraded). A failing Writer degrades, never fails.
+        """Search text in English: (english, degraded). A failing Writer degrades, never fails.
 
         A failed translation is remembered for `caches.failure_ttl_s` like an answer is for `ttl_s`:
         the same query then searches its original text at once instead of waiting on the Writer again.
         """
-        if is_english(text) or not self.policy.enhance_search:
+        if is_english(text):
             return text, False
         failed_key = AnswerCache.key("translate", (await self.models.info("writer"))["model_id"], text)
         if failed_key in self._failed:
@@ -290,13 +291,33 @@ class ProductService:
         return decoded.model_image
 
     # -- search -----------------------------------------------------------------------------------
+    async def query_vector(self, q: str, request_id: str = "-") -> tuple[np.ndarray, str, str | None, bool]:
+        """A search text's vector: (vector, what was embedded, the English translation used or None, degraded).
+
+        A bilingual embedder (SigLIP 2, Chinese-CLIP) embeds the query as it is: no LLM call. With query
+        expansion on (`enhance_search`, off by default for these), a non-English query's translation is
+        embedded too and the two unit vectors are averaged: the translation adds to the query, never
+        replaces it. An English-only embedder (CLIP) searches the translation, as it cannot read Chinese;
+        a failed translation there searches the original text and says `degraded`.
+        """
+        multilingual = bool((await self.models.info("embedder")).get("multilingual"))
+        expand = self.policy.enhance_search if self.policy.enhance_search is not None else not multilingual
+        translated, degraded = (await self.english(q, request_id)) if expand else (q, False)
+        english = translated if translated != q else None
+        if not multilingual:
+            return await self.text_vector(translated), translated, english, degraded
+        if english is None:
+            return await self.text_vector(q), q, None, degraded
+        direct, extra = await asyncio.gather(self.text_vector(q), self.text_vector(english))
+        fused = np.asarray(direct, np.float32) + np.asarray(extra, np.float32)
+        return fused / max(float(np.linalg.norm(fused)), 1e-12), q, english, False
+
     async def search(self, user: str, q: str, k: int, request_id: str = "-") -> SearchAnswer:
         """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts."""
         async def run():
-            english, degraded = await self.english(q, request_id)
-            vector = await self.text_vector(english)
+            vector, embedded, english, degraded = await self.query_vector(q, request_id)
             hits = await (await self.library()).search(user, vector, k, text=q)
-            return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded)
+            return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded, embedded=embedded)
 
         return await self.deadline(run(), self.policy.timeouts.search_s, "search")
 
