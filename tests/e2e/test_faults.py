@@ -217,7 +217,10 @@ def test_a_call_no_replica_could_take_is_told_from_one_a_replica_was_slow_on(ray
         assert len(calls) == 1
         return never_assigned(calls)
 
-    serve.run(Unplaceable.bind(), name="unplaceable", route_prefix=None, blocking=False)
+    # `serve.run` waits for its app to be RUNNING, which an unplaceable one never is (`blocking` is about
+    # looping forever afterwards); run_many can leave it deploying.
+    serve.run_many([serve.RunTarget(Unplaceable.bind(), name="unplaceable", route_prefix=None)],
+                   wait_for_applications_running=False)
     serve.run(Sleepy.bind(), name="sleepy", route_prefix=None)
     try:
         assert asyncio.run(timed_out_unassigned(serve.get_app_handle("unplaceable"))) is True
