@@ -57,8 +57,30 @@ def varied_texts(n: int = 512, seed: int = 5) -> list[str]:
 def text_stats(texts: list[str], kit: Path) -> dict:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(kit / "embedder")
+    tok = AutoTokenizer.from_pretrained(kit / "embedder_clip")  # CLIP's tokens (its 77-token context)
     lengths = [len(ids) for ids in tok(texts, truncation=False)["input_ids"]]
     return {"count": len(texts), "distinct": len(set(texts)), "tokens_min": min(lengths),
             "tokens_median": int(statistics.median(lengths)), "tokens_max": max(lengths),
             "over_77": sum(n > 77 for n in lengths)}
+
+
+# Search-box queries in both languages the product serves, composed so that every one is distinct.
+ZH_SUBJECTS = ["海边的日落", "一只橘猫", "雪山", "城市夜景", "樱花", "一碗拉面", "老街的咖啡馆", "金毛犬", "热气球",
+               "外婆的菜园", "地铁站", "稻田", "灯塔", "生日蛋糕", "滑板少年", "古镇", "向日葵", "图书馆"]
+ZH_SETTINGS = ["", "在雨中", "清晨", "黄昏时", "下雪天", "夜市里", "在公园", "窗边", "山顶上", "海边", "秋天", "周末"]
+ZH_STYLES = ["", "的照片", "，胶片风格", "，黑白", "，航拍", "，特写", "，全景"]
+
+
+def queries(n: int, lang: str, seed: int = 11) -> list[str]:
+    """`n` distinct search queries in Chinese (`zh`) or English (`en`): so no answer or vector cache can
+    serve a repeat (past the combinations, a counter makes each one unique)."""
+    rng = random.Random(seed)
+    if lang == "zh":
+        pool = [f"{s}{t}{u}" for s in ZH_SUBJECTS for t in ZH_SETTINGS for u in ZH_STYLES]
+    else:
+        pool = [f"{s} {t}".strip() for s in SUBJECTS for t in SETTINGS + [""]]
+    rng.shuffle(pool)
+    out = pool[:n]
+    while len(out) < n:
+        out.append(f"{pool[len(out) % len(pool)]} {len(out)}")
+    return out
