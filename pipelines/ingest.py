@@ -98,7 +98,7 @@ def _task_tools(storage_json: str, display_max_side: int) -> _TaskTools:
 
 
 def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, storage_json: str, writer,
-                side: int, display_max_side: int, crop: bool = True) -> pa.Table:
+                table: tuple[str, int], side: int, display_max_side: int, crop: bool = True) -> pa.Table:
     """One row out per file in: new (blobs stored, pixels for the model), known, duplicate or error.
 
     Which hashes the user already has comes from the GalleryWriter (`writer`), which holds the table
@@ -128,7 +128,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
             raw[len(out) - 1] = data
             row["content_hash"] = hashlib.sha256(data).hexdigest()
     hashes = {out[i]["content_hash"] for i in raw}
-    known = _writer_call(writer.existing_hashes, user_id, sorted(hashes)) if hashes else set()
+    known = _writer_call(writer.existing_hashes, table, user_id, sorted(hashes)) if hashes else set()
     pairs = [(out[i]["content_hash"], out[i]["index"]) for i in raw if out[i]["content_hash"] not in known]
     claimed = ray.get(tools.ledger.claim.remote(job_id, attempt, pairs)) if pairs else {}
     for i, data in raw.items():
@@ -268,10 +268,11 @@ class IngestRun:
         ingest = self.spec.ingest
         dim, side, crop = embedder_geometry(ingest.embedder)
         embed_model = ingest.embedder.model
-        writer = gallery_writer(self.settings, dim, embed_model)
+        writer = gallery_writer(self.settings)
+        self._table = (embed_model, dim)
         # Not waited for: the writer opens (or creates) the table while Ray Data starts its workers;
         # every call to it queues behind that. A writer that cannot open the table fails the job below.
-        table_ready = writer.upsert.remote([])
+        table_ready = writer.upsert.remote(self._table, [])
 
         ctx = DataContext.get_current()
         # The cap that keeps interactive replicas served: the whole job, tasks and actors together.
@@ -283,7 +284,7 @@ class IngestRun:
         ds = ds.map_batches(
             admit_batch, batch_size=ingest.read_batch_size, batch_format="pyarrow",
             fn_kwargs={"job_id": self.spec.job_id, "attempt": self.attempt, "user_id": self.spec.user_id,
-                       "storage_json": self.settings.model_dump_json(), "writer": writer,
+                       "storage_json": self.settings.model_dump_json(), "writer": writer, "table": self._table,
                        "side": side, "crop": crop, "display_max_side": ingest.display_max_side},
             compute=TaskPoolStrategy(size=ingest.read_tasks), num_cpus=ingest.read_num_cpus,
         )
@@ -334,7 +335,7 @@ class IngestRun:
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
                         meta={"ingest_job": self.spec.job_id, "name": r["name"]}, created_at=now) for r in new]
         try:
-            return list(_writer_call(writer.upsert, rows)["created"]), []
+            return list(_writer_call(writer.upsert, self._table, rows)["created"]), []
         except Exception as exc:  # noqa: BLE001 - classified below; rows are never lost silently
             cause = _cause(exc)
             if isinstance(cause, InvalidInput) and len(rows) > 1:

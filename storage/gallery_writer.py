@@ -1,4 +1,5 @@
-"""The one place gallery writes happen for the whole cluster: a named Ray actor per gallery table.
+"""The one place gallery writes happen for the whole cluster: a named Ray actor per gallery (every
+embedding model's table of it).
 
 Uploads, generation and ingestion all write through it, so two concurrent inserts of the same
 (user, content hash) can never both commit (lancedb issue 2463), whichever replica they came from.
@@ -7,6 +8,7 @@ Uploads, generation and ingestion all write through it, so two concurrent insert
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +21,104 @@ NAMESPACE = "atelier"
 # outlives a redeploy, and a new caller must not get an old writer that lacks a method it calls.
 # During a rolling upgrade the old and new writers may both commit for a while; the table's
 # primary key still keeps them from storing one (user, content) twice.
-PROTOCOL = 3  # 3: purge_status, and deletes schedule purges
+PROTOCOL = 4  # 4: one writer for every embedding model's table of a gallery; copy_rows (model backfills)
+
+# Which of a gallery's tables a call is about: (embedding model id, vector dimension).
+Table = tuple[str, int]
 
 
 class GalleryWrites:
-    """Every write of one gallery, and the purges its deletes owe; one per gallery in a cluster (the
-    GalleryWriter actor below), or in the process itself where no Ray runs (the in-process tier)."""
+    """Every write of one gallery, in all its embedding models' tables, and the purges its deletes owe;
+    one per gallery in a cluster (the GalleryWriter actor below), or in the process itself where no Ray
+    runs (the in-process tier). Serialising every model's table in one place is what lets a model
+    backfill copy rows while users delete and edit them: a copy and a delete never interleave."""
 
-    def __init__(self, gallery):
+    def __init__(self, settings: StorageSettings, *opened):
+        self.settings = settings
+        self._galleries: dict[str, Any] = {}
+        self.purger = None
+        for gallery in opened:
+            self._adopt(gallery)
+
+    def _adopt(self, gallery) -> Any:
         from storage.gallery.purge import Purger, PurgeQueue
 
-        self.gallery = gallery
-        self.purger = Purger(gallery, PurgeQueue(gallery.db, gallery.settings.gallery_table),
-                             gallery.settings.purge_within_s)
+        if gallery.embed_model in self._galleries:
+            return self._galleries[gallery.embed_model]
+        self._galleries[gallery.embed_model] = gallery
+        if self.purger is None:  # one purger for the gallery: a purge covers every model's table
+            self.purger = Purger(gallery, PurgeQueue(gallery.db, gallery.settings.gallery_table),
+                                 gallery.settings.purge_within_s)
+        return gallery
 
-    def existing_hashes(self, user_id: str, hashes: list[str]) -> set[str]:
-        return self.gallery.existing_hashes(user_id, hashes)
+    def gallery(self, table: Table):
+        embed_model, dim = table
+        found = self._galleries.get(embed_model)
+        if found is None:
+            from storage.gallery import Gallery
 
-    def upsert(self, rows: list[dict]) -> Any:
-        return self.gallery.upsert(rows)
+            found = self._adopt(Gallery.open(self.settings, dim=int(dim), embed_model=embed_model))
+        elif found.dim != int(dim):
+            from storage.errors import InvalidInput
 
-    def update(self, user_id: str, img_id: str, **fields) -> Any:
-        return self.gallery.update(user_id, img_id, **fields)
+            raise InvalidInput(f"{embed_model!r} makes {found.dim}-d vectors, not {dim}-d", field="dim")
+        return found
 
-    def delete(self, user_id: str, img_id: str) -> Any:
-        row = self.gallery.delete(user_id, img_id)
+    def existing_hashes(self, table: Table, user_id: str, hashes: list[str]) -> set[str]:
+        return self.gallery(table).existing_hashes(user_id, hashes)
+
+    def upsert(self, table: Table, rows: list[dict]) -> Any:
+        return self.gallery(table).upsert(rows)
+
+    def update(self, table: Table, user_id: str, img_id: str, **fields) -> Any:
+        return self.gallery(table).update(user_id, img_id, **fields)
+
+    def delete(self, table: Table, user_id: str, img_id: str) -> Any:
+        row = self.gallery(table).delete(user_id, img_id)
         if row is not None:
             self.purger.schedule()
         return row
 
-    def delete_user(self, user_id: str) -> Any:
-        count = self.gallery.delete_user(user_id)
+    def delete_user(self, table: Table, user_id: str) -> Any:
+        count = self.gallery(table).delete_user(user_id)
         self.purger.schedule()
         return count
 
-    def optimize(self) -> Any:
-        return self.gallery.optimize()
+    def optimize(self, table: Table) -> Any:
+        return self.gallery(table).optimize()
+
+    def copy_rows(self, source: Table, target: Table, rows: list[dict]) -> dict:
+        """A model backfill's rows into `target`'s table, each only while its image is still in
+        `source`'s, with the texts it has there now (a caption or description edited since the
+        backfill read it). Runs between two other writes, never beside one, so an image deleted
+        meanwhile is not brought back. Returns {"copied", "already", "gone"} counts."""
+        from storage.schema import TEXT_FIELDS
+
+        current = self.gallery(source).rows_by_img_ids([(r["user_id"], r["img_id"]) for r in rows])
+        live = []
+        for row in rows:
+            now = current.get((row["user_id"], row["img_id"]))
+            if now is not None:
+                live.append({**row, **{name: now.get(name, "") for name in TEXT_FIELDS}})
+        result = self.gallery(target).upsert(live) if live else {"inserted": 0}
+        return {"copied": result["inserted"], "already": len(live) - result["inserted"], "gone": len(rows) - len(live)}
 
     def purge_status(self) -> dict:
         """Pending purges, how many ran and when the last one ended (Unix seconds)."""
-        return self.purger.status()
+        return self.purger.status() if self.purger is not None else {"pending": 0, "purges": 0}
+
+
+_LOCAL: dict[str, GalleryWrites] = {}
+_LOCAL_GUARD = threading.Lock()
+
+
+def local_writes(settings: StorageSettings, gallery=None) -> GalleryWrites:
+    """This process's writer of the gallery, where no Ray runs: one per gallery, like the actor."""
+    with _LOCAL_GUARD:
+        writes = _LOCAL.setdefault(writer_name(settings), GalleryWrites(settings))
+        if gallery is not None:
+            writes._adopt(gallery)
+        return writes
 
 
 WRITER_NUM_CPUS = 0.05
@@ -66,39 +126,51 @@ WRITER_NUM_CPUS = 0.05
 
 @ray.remote(num_cpus=WRITER_NUM_CPUS, max_restarts=-1, max_task_retries=3, max_concurrency=1, concurrency_groups={"reads": 2})
 class GalleryWriter(GalleryWrites):
-    """Serialises every write of one gallery (one LanceDB URI and embedding model) for the whole cluster.
+    """Serialises every write of one gallery (one LanceDB URI and table name, every embedding model's
+    table of it) for the whole cluster.
 
     Writes run one at a time; the few reads callers without a gallery of their own need (ingestion's
     read tasks: which hashes a user already has) run beside them in the "reads" group, so they never
     wait behind a commit and those callers never import LanceDB. Purges run in a thread of their own.
     """
 
-    def __init__(self, settings: dict, dim: int, embed_model: str):
-        from storage.gallery import Gallery
-
-        super().__init__(Gallery.open(StorageSettings(**settings), dim=dim, embed_model=embed_model))
+    def __init__(self, settings: dict):
+        super().__init__(StorageSettings(**settings))
 
     @ray.method(concurrency_group="reads")
-    def existing_hashes(self, user_id: str, hashes: list[str]) -> set[str]:
-        return self.gallery.existing_hashes(user_id, hashes)
+    def existing_hashes(self, table: Table, user_id: str, hashes: list[str]) -> set[str]:
+        return self.gallery(table).existing_hashes(user_id, hashes)
 
     @ray.method(concurrency_group="reads")
     def purge_status(self) -> dict:
-        return self.purger.status()
+        return GalleryWrites.purge_status(self)
 
 
-def writer_name(settings: StorageSettings, embed_model: str) -> str:
+def writer_name(settings: StorageSettings) -> str:
     uri = settings.lancedb_uri
     # One folder, one name: "data/lancedb" and its absolute path must not get two writers.
     uri = uri if "://" in uri else str(Path(uri).resolve())
-    key = f"{uri}|{settings.gallery_table}|{embed_model}"
+    key = f"{uri}|{settings.gallery_table}"
     return f"gallery_writer_v{PROTOCOL}_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def gallery_writer(settings: StorageSettings, dim: int, embed_model: str):
+def gallery_writer(settings: StorageSettings):
     """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers)."""
     placement = {"label_selector": settings.writer_label_selector} if settings.writer_label_selector else {}
     return GalleryWriter.options(
-        name=writer_name(settings, embed_model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        name=writer_name(settings), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
         **placement,
-    ).remote(settings.model_dump(), dim, embed_model)
+    ).remote(settings.model_dump())
+
+
+class TableWriter:
+    """One model's table of the gallery writer, with the writer's calls minus the table argument:
+    what a Library or an ingestion job writes through."""
+
+    def __init__(self, writer, table: Table):
+        self.writer = writer  # a storage.calls.Calls of the actor, or of an in-process GalleryWrites
+        self.table = (table[0], int(table[1]))
+
+    def __getattr__(self, name: str):
+        method = getattr(self.writer, name)
+        return lambda *args, **kwargs: method(self.table, *args, **kwargs)

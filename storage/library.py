@@ -33,14 +33,13 @@ class Library:
         self.gallery = Gallery.open(settings, dim=dim, embed_model=embed_model)
         # Loads jieba's dictionary and the indexes now, not on a user's first Chinese search.
         self.gallery.warm_up()
+        from storage.gallery_writer import TableWriter, gallery_writer, local_writes
+
         if writer == "actor":
-            from storage.gallery_writer import gallery_writer
-
-            self.writer = Calls(gallery_writer(settings, dim, embed_model), what="gallery writer")
+            calls = Calls(gallery_writer(settings), what="gallery writer")
         else:
-            from storage.gallery_writer import GalleryWrites
-
-            self.writer = Calls(GalleryWrites(self.gallery), threads=True)
+            calls = Calls(local_writes(settings, self.gallery), threads=True)
+        self.writer = TableWriter(calls, (embed_model, dim))
 
     # -- intake -----------------------------------------------------------------------------------
     async def admit(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,

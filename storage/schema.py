@@ -64,6 +64,10 @@ def words_for_search(text: str) -> str:
     return " ".join(w for w in _jieba().cut_for_search(text) if w.strip())
 
 
+# The texts a row carries besides its vector: the same in every model's table of a gallery.
+TEXT_FIELDS = ("caption", "description", "post_text")
+
+
 def search_text_of(caption: str, description: str, post_text: str = "") -> str:
     """What full-text search matches: the user's caption, the vision model's description and the post text."""
     return words_for_search("\n".join(t for t in (caption, description, post_text) if t).strip())

@@ -211,11 +211,10 @@ class Gallery:
 
     def delete(self, user_id: str, img_id: str) -> dict | None:
         """Delete one of a user's images from every model's table; returns its row (so its blobs can
-        go too), or None when the user has no such image (another user's id included)."""
+        go too), or None when the user has no such image in any of them (another user's id included)."""
         with self._lock:
-            try:
-                row = self.get(user_id, img_id)
-            except NotFound:
+            row = self._find_anywhere(user_id, img_id)
+            if row is None:
                 return None
             key = dedup_key(row["user_id"], row["content_hash"])
             where = f"{user_filter(user_id)} AND (img_id = {sql_str(img_id)} OR {PRIMARY_KEY} = {sql_str(key)})"
@@ -223,6 +222,21 @@ class Gallery:
                 self._write(lambda t=table: t.delete(where))
             self._search.user_changed(user_id)
         return row
+
+    def _find_anywhere(self, user_id: str, img_id: str) -> dict | None:
+        """The user's row of this image in this model's table, else in another model's (an image stored
+        through a replica of the other model while a model switch rolls out)."""
+        try:
+            return self.get(user_id, img_id)
+        except NotFound:
+            if not isinstance(img_id, str) or not HEX32.match(img_id):
+                return None
+        where = f"{user_filter(user_id)} AND img_id = {sql_str(img_id)}"
+        for table in self._model_tables()[1:]:
+            rows = table.search().where(where).select(READ_COLUMNS).limit(1).to_list()
+            if rows:
+                return row_out(rows[0])
+        return None
 
     def delete_user(self, user_id: str) -> int:
         """Every row of a user, in every model's table (`DELETE /api/me`); returns how many this table held."""
@@ -339,6 +353,18 @@ class Gallery:
             tbl = (self.table.search().where(f"{where_user} AND {in_list(PRIMARY_KEY, keys[i:i + _IN_CHUNK])}")
                    .select([PRIMARY_KEY]).limit(None).to_arrow())
             found.update(by_key[k] for k in tbl.column(PRIMARY_KEY).to_pylist())
+        return found
+
+    def rows_by_img_ids(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """The rows of these (user_id, img_id) pairs that this table holds, by pair."""
+        wanted = {(u, i) for u, i in pairs if isinstance(i, str) and HEX32.match(i)}
+        ids = sorted({i for _, i in wanted})
+        found: dict[tuple[str, str], dict] = {}
+        for n in range(0, len(ids), _IN_CHUNK):
+            for r in (self.table.search().where(in_list("img_id", ids[n:n + _IN_CHUNK])).select(READ_COLUMNS)
+                      .limit(None).to_list()):
+                if (r["user_id"], r["img_id"]) in wanted:
+                    found[(r["user_id"], r["img_id"])] = row_out(r)
         return found
 
     def count(self, user_id: str | None = None) -> int:

@@ -137,7 +137,8 @@ def test_the_gallery_writer_answers_hash_lookups_for_one_user_only(ray_cluster, 
     from storage.settings import StorageSettings
 
     settings = StorageSettings(lancedb_uri=str(tmp_path / "lancedb"), blob_root=str(tmp_path / "blobs"))
-    writer = gallery_writer(settings, 8, "lookup-test-model")
+    writer = gallery_writer(settings)
+    table = ("lookup-test-model", 8)
     rng = np.random.default_rng(7)
 
     def row(user: str, content: str) -> dict:
@@ -146,11 +147,11 @@ def test_the_gallery_writer_answers_hash_lookups_for_one_user_only(ray_cluster, 
                 "source": "ingest", "embed_model": "lookup-test-model", "vector": rng.normal(size=8)}
 
     try:
-        ray.get(writer.upsert.remote([row("ann", "a1"), row("ann", "a2"), row("bob", "b1"), row("bob", "a1")]))
+        ray.get(writer.upsert.remote(table, [row("ann", "a1"), row("ann", "a2"), row("bob", "b1"), row("bob", "a1")]))
         asked = [sha(c.encode()) for c in ("a1", "a2", "b1", "zz")]
-        assert ray.get(writer.existing_hashes.remote("ann", asked)) == {sha(b"a1"), sha(b"a2")}
-        assert ray.get(writer.existing_hashes.remote("bob", asked)) == {sha(b"a1"), sha(b"b1")}
-        assert ray.get(writer.existing_hashes.remote("' OR 1=1 --", asked)) == set()
+        assert ray.get(writer.existing_hashes.remote(table, "ann", asked)) == {sha(b"a1"), sha(b"a2")}
+        assert ray.get(writer.existing_hashes.remote(table, "bob", asked)) == {sha(b"a1"), sha(b"b1")}
+        assert ray.get(writer.existing_hashes.remote(table, "' OR 1=1 --", asked)) == set()
     finally:
         ray.kill(writer)
 

@@ -35,12 +35,12 @@ def _files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
 
 def test_a_deleted_user_is_gone_from_every_file_after_the_purge_even_across_a_writer_restart(ray_cluster, tmp_path):
     settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), purge_within_s=3, vector_cache_mb=0)
-    writer = gallery_writer(settings, DIM, MODEL)
+    writer = gallery_writer(settings)
     victim_rows = [make_row(VICTIM, i, caption=f"{CAPTION} {i}", description="a red door") for i in range(40)]
     others = [make_row("keeper", i, caption="a quiet harbour") for i in range(40)]
     for batch in (victim_rows[:20], others[:20], victim_rows[20:], others[20:]):
-        ray.get(writer.upsert.remote(batch))
-    ray.get(writer.optimize.remote())  # the full-text and scalar indexes now hold the victim's values
+        ray.get(writer.upsert.remote((MODEL, DIM), batch))
+    ray.get(writer.optimize.remote((MODEL, DIM)))  # the full-text and scalar indexes now hold the victim's values
     needles = [VICTIM.encode(), CAPTION.encode()] + [r["content_hash"].encode() for r in victim_rows[:3]]
     root = tmp_path / "db"
     before = _files_holding(root, needles)
@@ -63,7 +63,7 @@ def test_a_deleted_user_is_gone_from_every_file_after_the_purge_even_across_a_wr
 
     searcher = threading.Thread(target=keep_searching, daemon=True)
     searcher.start()
-    assert ray.get(writer.delete_user.remote(VICTIM)) == 40
+    assert ray.get(writer.delete_user.remote((MODEL, DIM), VICTIM)) == 40
     # The writer dies before its purge is due; the restarted writer must still run it.
     ray.kill(writer, no_restart=False)
     deadline = time.monotonic() + 120
