@@ -126,7 +126,7 @@ async def drive_embedder(handle, texts: list[str], warmup_s: float, seconds: flo
             text = texts[k % len(texts)]
             k += CLIENTS
             t0 = time.perf_counter()
-            vector = await handle.embed_text.remote(text)
+            _, vector = await handle.embed_text.remote(text)  # (model id, vector)
             t1 = time.perf_counter()
             dims.add(len(vector))
             done.append((t1, t1 - t0))

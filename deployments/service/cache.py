@@ -37,7 +37,9 @@ class AnswerCache:
     def key(kind: str, model_id: str, text: str) -> str:
         return f"atelier:{kind}:{model_id}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable]):
+    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable],
+                             keep: Callable[[object], bool] = lambda value: True):
+        """The cached answer for `key`, else `compute()`'s, kept for next time when `keep(answer)`."""
         if self.lru is not None and key in self.lru:
             return self.lru[key]
         if self.redis is not None:
@@ -52,6 +54,8 @@ class AnswerCache:
                     self.lru[key] = value
                 return value
         value = await compute()
+        if not keep(value):
+            return value
         if self.lru is not None:
             self.lru[key] = value
         if self.redis is not None:
@@ -63,6 +67,10 @@ class AnswerCache:
 
 
 def encode(value) -> bytes:
+    """Redis's copy: a vector's numbers (its key names its model), or a text."""
+    values = getattr(value, "values", None)  # a deployments.service.models.Vector
+    if isinstance(values, np.ndarray):
+        value = values
     if isinstance(value, np.ndarray):
         return b"v" + np.asarray(value, dtype=np.float32).tobytes()
     return b"s" + str(value).encode("utf-8")

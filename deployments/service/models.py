@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,15 @@ from PIL import Image
 from .errors import Overloaded, RequestTimeout, Unavailable
 
 ROLES = ("embedder", "writer", "describer", "painter")
+
+
+class Vector(NamedTuple):
+    """A unit vector and the embedding model that made it. Vectors of two models cannot be compared,
+    so the service stores and searches each in its own model's table; while a model switch rolls out,
+    replicas of both models answer, and the model travels with every vector."""
+
+    model: str
+    values: np.ndarray
 
 
 class TextStream(Protocol):
@@ -35,9 +44,9 @@ class ModelGateway(Protocol):
     async def info(self, role: str) -> dict: ...
     async def ready(self, role: str, timeout_s: float) -> bool: ...
     async def dim(self) -> int: ...
-    async def embed_text(self, text: str) -> np.ndarray: ...
+    async def embed_text(self, text: str) -> Vector: ...
     async def embed_texts(self, texts: list[str]) -> np.ndarray: ...
-    async def embed_image(self, image: Image.Image) -> np.ndarray: ...
+    async def embed_image(self, image: Image.Image) -> Vector: ...
     async def count_text_tokens(self, texts: list[str]) -> list[int]: ...
     async def enhance_prompt(self, text: str) -> str: ...
     async def to_english(self, text: str) -> str: ...
@@ -132,14 +141,14 @@ class ServeModels:
     async def dim(self) -> int:
         return await settle(self.embedder.dim.remote())
 
-    async def embed_text(self, text: str) -> np.ndarray:
-        return await settle(self.embedder.embed_text.remote(text))
+    async def embed_text(self, text: str) -> Vector:
+        return Vector(*await settle(self.embedder.embed_text.remote(text)))
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         return await settle(self.embedder.embed_texts.remote(texts))
 
-    async def embed_image(self, image: Image.Image) -> np.ndarray:
-        return await settle(self.embedder.embed_image.remote(image))
+    async def embed_image(self, image: Image.Image) -> Vector:
+        return Vector(*await settle(self.embedder.embed_image.remote(image)))
 
     async def count_text_tokens(self, texts: list[str]) -> list[int]:
         return await settle(self.embedder.count_tokens.remote(texts))
@@ -213,14 +222,14 @@ class LocalModels:
     async def dim(self) -> int:
         return self.embedder.dim
 
-    async def embed_text(self, text: str) -> np.ndarray:
-        return (await self._run(self.embedder.embed_texts, [text]))[0]
+    async def embed_text(self, text: str) -> Vector:
+        return Vector(self.embedder.model_id, (await self._run(self.embedder.embed_texts, [text]))[0])
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         return await self._run(self.embedder.embed_texts, texts)
 
-    async def embed_image(self, image: Image.Image) -> np.ndarray:
-        return (await self._run(self.embedder.embed_images, [image]))[0]
+    async def embed_image(self, image: Image.Image) -> Vector:
+        return Vector(self.embedder.model_id, (await self._run(self.embedder.embed_images, [image]))[0])
 
     async def count_text_tokens(self, texts: list[str]) -> list[int]:
         return await self._run(self.embedder.count_tokens, texts)

@@ -28,7 +28,7 @@ from storage.errors import AtelierError, InvalidInput, NotFound, Unavailable
 
 from .cache import AnswerCache
 from .errors import RequestTimeout
-from .models import ROLES, ModelGateway, TextStream, model_calls, never_assigned
+from .models import ROLES, ModelGateway, TextStream, Vector, model_calls, never_assigned
 
 log = logging.getLogger("atelier.service")
 _LATIN = re.compile(r"^[\x00-\x7F\u00C0-\u024F\u2018-\u201F]*$")
@@ -114,7 +114,7 @@ class ProductService:
         self._library_factory = library_factory
         # Search texts the Writer just failed to translate (a short TTL, like answers have a long one).
         self._failed: TTLCache = TTLCache(maxsize=4096, ttl=policy.failure_ttl_s)
-        self._library = None
+        self._libraries: dict[str, Any] = {}  # by embedding model: the configured one, and any other a vector came from
         self._library_lock = asyncio.Lock()
 
     def tune(self, tuning) -> None:
@@ -127,15 +127,20 @@ class ProductService:
         self.cache.resize(lru_size=tuning.caches.lru_size, ttl_s=tuning.caches.ttl_s)
 
     # -- plumbing ---------------------------------------------------------------------------------
-    async def library(self):
-        """Storage composed for this process, opened once the embedder's dimension is known."""
-        if self._library is None:
-            async with self._library_lock:  # one Library per process, however many first requests race
-                if self._library is None:
-                    info = await self.models.info("embedder")
-                    dim = await self.models.dim()
-                    self._library = await self._library_factory(dim, info["model_id"])
-        return self._library
+    async def library(self, vector: Vector | None = None):
+        """Storage composed for this process over the embedding model's table: the configured model's,
+        or, given a vector, the table of the model that made it. While a model switch rolls out the
+        Embedder's replicas of both models answer, and a vector is only ever stored or searched in its
+        own model's table (never a dimension mismatch, never two models' vectors compared)."""
+        model = vector.model if vector is not None else (await self.models.info("embedder"))["model_id"]
+        lib = self._libraries.get(model)
+        if lib is None:
+            async with self._library_lock:  # one Library per model and process, however many first requests race
+                lib = self._libraries.get(model)
+                if lib is None:
+                    dim = len(vector.values) if vector is not None else await self.models.dim()
+                    lib = self._libraries[model] = await self._library_factory(dim, model)
+        return lib
 
     async def deadline(self, coro, seconds: float, what: str):
         calls: list = []
@@ -151,15 +156,23 @@ class ProductService:
         finally:
             model_calls.reset(token)
 
-    async def _cached(self, kind: str, text: str, compute, *, timeout: float):
+    async def _cached(self, kind: str, text: str, compute, *, timeout: float, keep=lambda value: True):
         """Model answers to text through the two-level cache, keyed by model id + input."""
         info = await self.models.info("writer" if kind in ("enhance", "translate") else "embedder")
         return await self.cache.get_or_compute(AnswerCache.key(kind, info["model_id"], text),
-                                               lambda: asyncio.wait_for(compute(), timeout=timeout))
+                                               lambda: asyncio.wait_for(compute(), timeout=timeout), keep=keep)
 
-    async def text_vector(self, text: str) -> np.ndarray:
-        return await self._cached("embed_text", text, lambda: self.models.embed_text(text),
-                                  timeout=self.policy.timeouts.search_s)
+    async def text_vector(self, text: str) -> Vector:
+        """A text's vector and its model. The cache holds the configured model's vectors only: one that a
+        replica of another model made (a model switch rolling out) is used once and not kept."""
+        model = (await self.models.info("embedder"))["model_id"]
+
+        async def compute():
+            return await self.models.embed_text(text)
+
+        found = await self._cached("embed_text", text, compute, timeout=self.policy.timeouts.search_s,
+                                   keep=lambda v: isinstance(v, Vector) and v.model == model)
+        return found if isinstance(found, Vector) else Vector(model, np.asarray(found, np.float32))
 
     async def english(self, text: str, request_id: str = "-") -> tuple[str, bool]:
         """Search text in English: (english, degraded). A failing Writer degrades, never fails.
@@ -248,8 +261,8 @@ class ProductService:
         """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
         image enters a gallery from the service (upload, generation, a small ingestion job) ends here."""
         vector = await self.models.embed_image(image.model_image)
-        return await (await self.library()).store(user, image, source=source, vector=vector, caption=caption,
-                                                  meta=meta)
+        return await (await self.library(vector)).store(user, image, source=source, vector=vector.values,
+                                                        caption=caption, meta=meta)
 
     async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str, seen: set[str]) -> str:
         """One file of a small ingestion job: skipped by its hash before any decode when the user (or this
@@ -291,7 +304,7 @@ class ProductService:
         return decoded.model_image
 
     # -- search -----------------------------------------------------------------------------------
-    async def query_vector(self, q: str, request_id: str = "-") -> tuple[np.ndarray, str, str | None, bool]:
+    async def query_vector(self, q: str, request_id: str = "-") -> tuple[Vector, str, str | None, bool]:
         """A search text's vector: (vector, what was embedded, the English translation used or None, degraded).
 
         A bilingual embedder (SigLIP 2, Chinese-CLIP) embeds the query as it is: no LLM call. With query
@@ -309,14 +322,16 @@ class ProductService:
         if english is None:
             return await self.text_vector(q), q, None, degraded
         direct, extra = await asyncio.gather(self.text_vector(q), self.text_vector(english))
-        fused = np.asarray(direct, np.float32) + np.asarray(extra, np.float32)
-        return fused / max(float(np.linalg.norm(fused)), 1e-12), q, english, False
+        if extra.model != direct.model:  # two models answered (a switch rolling out): never mix them
+            return direct, q, None, False
+        fused = np.asarray(direct.values, np.float32) + np.asarray(extra.values, np.float32)
+        return Vector(direct.model, fused / max(float(np.linalg.norm(fused)), 1e-12)), q, english, False
 
     async def search(self, user: str, q: str, k: int, request_id: str = "-") -> SearchAnswer:
         """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts."""
         async def run():
             vector, embedded, english, degraded = await self.query_vector(q, request_id)
-            hits = await (await self.library()).search(user, vector, k, text=q)
+            hits = await (await self.library(vector)).search(user, vector.values, k, text=q)
             return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded, embedded=embedded)
 
         return await self.deadline(run(), self.policy.timeouts.search_s, "search")
@@ -325,7 +340,7 @@ class ProductService:
                               content_type: str | None) -> SearchAnswer:
         image = await self.decode_image(data, filename=filename, content_type=content_type)
         vector = await self.models.embed_image(image)
-        hits = await (await self.library()).search(user, vector, k)
+        hits = await (await self.library(vector)).search(user, vector.values, k)
         return SearchAnswer(text=None, english=None, hits=hits)
 
     # -- generation -------------------------------------------------------------------------------
@@ -484,7 +499,7 @@ class ProductService:
             # Counting first also refuses an oversized list before any forward pass.
             counts = await self.models.count_text_tokens(texts)
             if len(texts) == 1:
-                return counts, np.asarray([await self.text_vector(texts[0])])
+                return counts, np.asarray([(await self.text_vector(texts[0])).values])
             return counts, await self.models.embed_texts(texts)
 
         return await self.deadline(run(), self.policy.timeouts.search_s, "embedding")

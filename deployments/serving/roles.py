@@ -114,15 +114,20 @@ class EmbedderDeployment(RoleShell):
             batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
-        """One text -> one unit vector; concurrent callers share a forward pass."""
+    async def embed_text(self, texts: list[str]) -> list[tuple[str, np.ndarray]]:
+        """One text -> (model id, unit vector); concurrent callers share a forward pass. The model id
+        goes with the vector: while a model switch rolls out, the caller stores or searches it in
+        that model's table (deployments.service.models.Vector)."""
         vectors = await self._run("embed_texts", self.model.embed_texts, texts)
-        return _one_per_input(vectors, texts)
+        return self._with_model(_one_per_input(vectors, texts))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def embed_image(self, images: list[Image.Image]) -> list[np.ndarray]:
+    async def embed_image(self, images: list[Image.Image]) -> list[tuple[str, np.ndarray]]:
         vectors = await self._run("embed_images", self.model.embed_images, images)
-        return _one_per_input(vectors, images)
+        return self._with_model(_one_per_input(vectors, images))
+
+    def _with_model(self, vectors: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        return [(self.model.model_id, v) for v in vectors]
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """A caller's own list in one call (the OpenAI surface's list input)."""

@@ -66,7 +66,8 @@ def test_bilingual_embedder_embeds_chinese_as_it_is_without_the_writer(tiny_mode
     vector, embedded, english, degraded = asyncio.run(service.query_vector("海边的日落"))
     assert (embedded, english, degraded) == ("海边的日落", None, False)
     assert writer.calls == 0
-    np.testing.assert_allclose(vector, tiny_models["embedder"].embed_texts(["海边的日落"])[0], atol=1e-6)
+    np.testing.assert_allclose(vector.values, tiny_models["embedder"].embed_texts(["海边的日落"])[0], atol=1e-6)
+    assert vector.model == tiny_models["embedder"].model_id
 
 
 def test_bilingual_expansion_fuses_the_translation_never_replaces_the_query(tiny_models, tmp_path):
@@ -76,16 +77,16 @@ def test_bilingual_expansion_fuses_the_translation_never_replaces_the_query(tiny
     direct = tiny_models["embedder"].embed_texts(["海边的日落"])[0]
     assert english and english != "海边的日落"
     translated = tiny_models["embedder"].embed_texts([english])[0]
-    np.testing.assert_allclose(vector, _unit(direct + translated), atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=1e-5)
-    assert not np.allclose(vector, translated, atol=1e-3)
+    np.testing.assert_allclose(vector.values, _unit(direct + translated), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vector.values), 1.0, atol=1e-5)
+    assert not np.allclose(vector.values, translated, atol=1e-3)
 
 
 def test_bilingual_expansion_with_a_failing_writer_is_the_direct_vector(tiny_models, tmp_path):
     service, writer = _service(tiny_models, tmp_path, enhance_search=True, fail=True)
     vector, embedded, english, degraded = asyncio.run(service.query_vector("城市夜景"))
     assert writer.calls == 1 and (embedded, english, degraded) == ("城市夜景", None, True)
-    np.testing.assert_allclose(vector, tiny_models["embedder"].embed_texts(["城市夜景"])[0], atol=1e-6)
+    np.testing.assert_allclose(vector.values, tiny_models["embedder"].embed_texts(["城市夜景"])[0], atol=1e-6)
 
 
 def test_english_only_embedder_searches_the_translation(tiny_models, clip, tmp_path):
@@ -94,7 +95,8 @@ def test_english_only_embedder_searches_the_translation(tiny_models, clip, tmp_p
     vector, embedded, english, degraded = asyncio.run(service.query_vector("海边的日落"))
     assert writer.calls == 1 and not degraded
     assert english and embedded == english != "海边的日落"
-    np.testing.assert_allclose(vector, clip.embed_texts([english])[0], atol=1e-6)
+    np.testing.assert_allclose(vector.values, clip.embed_texts([english])[0], atol=1e-6)
+    assert vector.model == clip.model_id
     # English text goes to CLIP as it is, with no Writer call and no translation to report.
     _, embedded, english, _ = asyncio.run(service.query_vector("a dog on the beach"))
     assert (embedded, english, writer.calls) == ("a dog on the beach", None, 1)
