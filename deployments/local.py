@@ -35,12 +35,21 @@ DASHBOARD_PORT = 8265
 
 
 def ensure_kit(folder: Path) -> None:
-    from .kit import ROLES, build
+    """The tiny kit's four roles, built if missing, or rebuilt where an older kit holds another family
+    (a `models/tiny/embedder` from before SigLIP 2 was the default is CLIP's)."""
+    import json
 
-    missing = [r for r in ROLES if not (folder / r / MARKER).is_file()]
+    from .kit import EMBEDDER_FAMILIES, ROLES, build
+
+    def current(role: str) -> bool:
+        marker = folder / role / MARKER
+        return marker.is_file() and json.loads(marker.read_text()).get("family") == EMBEDDER_FAMILIES.get(role)
+
+    missing = [r for r in ROLES if not current(r)]
     if missing:
         print(f"building the tiny offline kit ({', '.join(missing)}) in {folder} ...", flush=True)
         for role in missing:
+            shutil.rmtree(folder / role, ignore_errors=True)  # no file of another family's checkpoint stays
             build(role, "tiny", folder)
 
 
