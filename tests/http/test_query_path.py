@@ -8,29 +8,9 @@ import asyncio
 
 import numpy as np
 import pytest
+from http_helpers import CountingWriter
 
 pytestmark = pytest.mark.unit
-
-
-class _Writer:
-    """The real tiny Writer, its translations counted (and made to fail when asked). Its greedy
-    translation of random weights is empty (so the service would fall back), so here it samples its
-    answer instead: the real model's text, noise as every stand-in's is, but a translation to fuse."""
-
-    def __init__(self, writer, fail: bool = False):
-        self._writer, self.fail, self.calls = writer, fail, 0
-
-    def __getattr__(self, name):
-        return getattr(self._writer, name)
-
-    def to_english(self, text, **kw):
-        from deployments.models import ModelUnavailable
-
-        self.calls += 1
-        if self.fail:
-            raise ModelUnavailable("the writer is down (test)")
-        answer = self._writer.chat([{"role": "user", "content": text}], temperature=1.0, seed=0, max_new_tokens=16)
-        return self._writer._usable(answer.text)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +28,7 @@ def _service(tiny_models, tmp_path, *, embedder=None, enhance_search=None, fail=
     from deployments.service.models import LocalModels
     from storage.settings import StorageSettings
 
-    writer = _Writer(tiny_models["writer"], fail=fail)
+    writer = CountingWriter(tiny_models["writer"], fail=fail, sample=True)
     models = LocalModels(embedder or tiny_models["embedder"], writer, tiny_models["describer"], tiny_models["painter"])
     service = product_service(models, ingress=IngressSpec(), storage=StorageSettings(lancedb_uri=str(tmp_path)),
                               ingest=None, in_process=True, tuning=IngressTuning(enhance_search=enhance_search))

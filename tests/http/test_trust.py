@@ -12,7 +12,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from http_helpers import auth, png
+from http_helpers import CountingWriter, auth, png
 
 pytestmark = pytest.mark.unit
 
@@ -103,31 +103,13 @@ def test_one_code_per_condition_and_a_useful_field_for_bad_json(surface):
     assert bad.json()["error"]["code"] == "invalid_json" and bad.json()["error"]["field"] == "body"
 
 
-class _Counting:
-    """Counts the Writer's translation calls while delegating everything to the real tiny Writer."""
-
-    def __init__(self, writer, fail: bool):
-        self._writer, self.fail, self.calls = writer, fail, 0
-
-    def __getattr__(self, name):
-        return getattr(self._writer, name)
-
-    def to_english(self, text, **kw):
-        from deployments.models import ModelUnavailable
-
-        self.calls += 1
-        if self.fail:
-            raise ModelUnavailable("the writer is down (test)\nTraceback (most recent call last): ...")
-        return self._writer.to_english(text, **kw)
-
-
 def test_a_failed_translation_is_remembered_briefly_and_logged_once(tiny_models, tmp_path, caplog):
     from deployments.assemble import product_service
     from deployments.config import IngressSpec
     from deployments.service.models import LocalModels
     from storage.settings import StorageSettings
 
-    writer = _Counting(tiny_models["writer"], fail=True)
+    writer = CountingWriter(tiny_models["writer"], fail=True)
     models = LocalModels(tiny_models["embedder"], writer, tiny_models["describer"], tiny_models["painter"])
     service = product_service(models, ingress=IngressSpec(), storage=StorageSettings(lancedb_uri=str(tmp_path)),
                               ingest=None, in_process=True)
