@@ -128,7 +128,7 @@ class Backfill:
     def run(self) -> dict:
         from storage.gallery_writer import gallery_writer
 
-        writer = gallery_writer(self.settings)
+        writer = gallery_writer(self.settings, self.source)
         ray.get(writer.upsert.remote(self.target, []))  # the writer holds the new table open from here on
         try:
             for _ in range(self.max_passes):

@@ -268,8 +268,8 @@ class IngestRun:
         ingest = self.spec.ingest
         dim, side, crop = embedder_geometry(ingest.embedder)
         embed_model = ingest.embedder.model
-        writer = gallery_writer(self.settings)
         self._table = (embed_model, dim)
+        writer = gallery_writer(self.settings, self._table)
         # Not waited for: the writer opens (or creates) the table while Ray Data starts its workers;
         # every call to it queues behind that. A writer that cannot open the table fails the job below.
         table_ready = writer.upsert.remote(self._table, [])
@@ -400,12 +400,16 @@ def _check_writer(ready) -> None:
     """Raise a job-level error when the GalleryWriter could not open the gallery table."""
     from ray.exceptions import ActorDiedError
 
+    from storage.errors import GalleryUnopenable
+
     try:
         ray.get(ready, timeout=60)
     except ActorDiedError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise Unavailable(f"the gallery could not be opened ({lines[-1] if lines else 'its writer died'})") from exc
-    except Exception:  # noqa: BLE001 - the writer is fine or busy: the original error is the one to report
+    except Exception as exc:  # noqa: BLE001 - the writer is fine or busy: the original error is the one to report
+        if isinstance(_cause(exc), GalleryUnopenable):  # a writer that was there already, on another table
+            raise Unavailable(_cause(exc).message) from exc
         return
 
 

@@ -62,3 +62,11 @@ class Unavailable(AtelierError):
     def __init__(self, message: str, *, code: str | None = None, retry_after: float = 1.0):
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class GalleryUnopenable(AtelierError):
+    """A gallery table that cannot be opened (another schema at its name, storage unreachable): retrying
+    will not help; an operator must look (500)."""
+
+    code = "gallery_unopenable"
+    status = 500

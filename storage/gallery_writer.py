@@ -37,6 +37,8 @@ class GalleryWrites:
         self.settings = settings
         self._galleries: dict[str, Any] = {}
         self.purger = None
+        # Tables open lazily, and the actor's "reads" group runs beside its writes: one opening at a time.
+        self._opening = threading.RLock()
         for gallery in opened:
             self._adopt(gallery)
 
@@ -55,10 +57,11 @@ class GalleryWrites:
         embed_model, dim = table
         found = self._galleries.get(embed_model)
         if found is None:
-            from storage.gallery import Gallery
-
-            found = self._adopt(Gallery.open(self.settings, dim=int(dim), embed_model=embed_model))
-        elif found.dim != int(dim):
+            with self._opening:
+                found = self._galleries.get(embed_model)
+                if found is None:
+                    found = self._adopt(_open(self.settings, embed_model, int(dim)))
+        if found.dim != int(dim):
             from storage.errors import InvalidInput
 
             raise InvalidInput(f"{embed_model!r} makes {found.dim}-d vectors, not {dim}-d", field="dim")
@@ -108,6 +111,21 @@ class GalleryWrites:
         return self.purger.status() if self.purger is not None else {"pending": 0, "purges": 0}
 
 
+def _open(settings: StorageSettings, embed_model: str, dim: int):
+    """A model's table of the gallery; one that cannot be opened (another schema, storage unreachable)
+    is a GalleryUnopenable naming why, which a job reports as its reason."""
+    from storage.errors import AtelierError, GalleryUnopenable
+    from storage.gallery import Gallery
+
+    try:
+        return Gallery.open(settings, dim=dim, embed_model=embed_model)
+    except AtelierError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - said once, in our words, with the cause's first line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GalleryUnopenable(f"the gallery could not be opened ({first})") from exc
+
+
 _LOCAL: dict[str, GalleryWrites] = {}
 _LOCAL_GUARD = threading.Lock()
 
@@ -134,8 +152,10 @@ class GalleryWriter(GalleryWrites):
     wait behind a commit and those callers never import LanceDB. Purges run in a thread of their own.
     """
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, table: Table | None = None):
         super().__init__(StorageSettings(**settings))
+        if table is not None:  # the table its creator writes: opened now, so a writer that cannot open it dies
+            self.gallery(table)
 
     @ray.method(concurrency_group="reads")
     def existing_hashes(self, table: Table, user_id: str, hashes: list[str]) -> set[str]:
@@ -154,13 +174,14 @@ def writer_name(settings: StorageSettings) -> str:
     return f"gallery_writer_v{PROTOCOL}_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def gallery_writer(settings: StorageSettings):
-    """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers)."""
+def gallery_writer(settings: StorageSettings, table: Table | None = None):
+    """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers);
+    the one who creates it has `table` opened first (and learns at once if it cannot be)."""
     placement = {"label_selector": settings.writer_label_selector} if settings.writer_label_selector else {}
     return GalleryWriter.options(
         name=writer_name(settings), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
         **placement,
-    ).remote(settings.model_dump())
+    ).remote(settings.model_dump(), table)
 
 
 class TableWriter:

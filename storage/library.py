@@ -36,7 +36,7 @@ class Library:
         from storage.gallery_writer import TableWriter, gallery_writer, local_writes
 
         if writer == "actor":
-            calls = Calls(gallery_writer(settings), what="gallery writer")
+            calls = Calls(gallery_writer(settings, (embed_model, dim)), what="gallery writer")
         else:
             calls = Calls(local_writes(settings, self.gallery), threads=True)
         self.writer = TableWriter(calls, (embed_model, dim))

@@ -35,7 +35,7 @@ def _files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
 
 def test_a_deleted_user_is_gone_from_every_file_after_the_purge_even_across_a_writer_restart(ray_cluster, tmp_path):
     settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), purge_within_s=3, vector_cache_mb=0)
-    writer = gallery_writer(settings)
+    writer = gallery_writer(settings, (MODEL, DIM))
     victim_rows = [make_row(VICTIM, i, caption=f"{CAPTION} {i}", description="a red door") for i in range(40)]
     others = [make_row("keeper", i, caption="a quiet harbour") for i in range(40)]
     for batch in (victim_rows[:20], others[:20], victim_rows[20:], others[20:]):
