@@ -335,7 +335,13 @@ class IngestRun:
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
                         meta={"ingest_job": self.spec.job_id, "name": r["name"]}, created_at=now) for r in new]
         try:
-            return list(_writer_call(writer.upsert, self._table, rows)["created"]), []
+            result = _writer_call(writer.upsert, self._table, rows)
+            # A row is this job's when the writer created it now, or when it holds this job's own row for that
+            # file: a commit whose answer was lost with the writer's node (the writer restarted elsewhere and
+            # the retried commit found the rows) stored them all the same, and they count as done, once.
+            return [bool(created) or ((stored.get("meta") or {}).get("ingest_job") == self.spec.job_id
+                                      and stored["meta"].get("name") == r["name"])
+                    for created, stored, r in zip(result["created"], result["rows"], new)], []
         except Exception as exc:  # noqa: BLE001 - classified below; rows are never lost silently
             cause = _cause(exc)
             if isinstance(cause, InvalidInput) and len(rows) > 1:

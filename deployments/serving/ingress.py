@@ -18,6 +18,9 @@ from deployments.service.models import ServeModels
 from deployments.serving.logs import INGRESS_LOGGING, into_serve_log
 
 
+WARM_LIBRARY_S = 60.0
+
+
 @serve.deployment(name="Ingress", logging_config=INGRESS_LOGGING)
 @serve.ingress()
 class Ingress:
@@ -34,8 +37,21 @@ class Ingress:
         """The live settings (timeouts, caches, Retry-After, search translation), without a restart."""
         self.service.tune(IngressTuning.model_validate(user_config or {}))
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        import asyncio
+        import logging
+
         import ray
+
+        # The gallery opened before Serve counts this replica ready (Serve awaits this method): a replica
+        # that replaces another (a rollout, a lost node) must not make a user's first search wait seconds
+        # for LanceDB and jieba, past the route's deadline. It waits for the Embedder's model id and
+        # dimension; if no Embedder answers in time, the first request opens it instead.
+        try:
+            await asyncio.wait_for(self.service.library(), timeout=WARM_LIBRARY_S)
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation; requests open it themselves
+            logging.getLogger("atelier.ingress").warning("the gallery was not opened at start (%s: %s); the first "
+                                                         "request opens it", type(exc).__name__, exc)
 
         # Who answered: Serve's replica id and the Ray node it runs on (what `ray list nodes` shows).
         served_by = {"X-Atelier-Replica": serve.get_replica_context().replica_id.unique_id,
