@@ -66,8 +66,13 @@ def run(nodes: int, photos: int, kit: Path, tmp: Path) -> dict:
     try:
         cluster.start()
         put_photos(cluster, photos)
-        config = cluster.write_config(cluster.tmp / "serve_config.yaml", lambda app: app["args"]["ingest"].update(
-            read_tasks=4, read_batch_size=32, batch_size=16, write_batch_size=64))
+        def sized(app):
+            app["args"]["ingest"].update(read_tasks=4, read_batch_size=32, batch_size=16, write_batch_size=64)
+            # The gallery writer anywhere: serve_config.yaml keeps it on `cpu` nodes, which the 1- and 2-node
+            # shapes lack (its read tasks would wait for a writer that cannot be placed).
+            app["args"]["storage"]["writer_label_selector"] = None
+
+        config = cluster.write_config(cluster.tmp / "serve_config.yaml", sized)
         env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs}"}
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--config", str(config), "--user", "bench",
