@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray
-from PIL import Image
 
 from deployments.models.configs import EmbedderConfig
 from pipelines.config import PipelineSections, embedder_geometry
