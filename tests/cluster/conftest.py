@@ -272,6 +272,11 @@ class MultiNode:
         args["ingest"].update(max_cpus=0.4, max_gpus=0.2, read_tasks=2, read_num_cpus=0.05, embed_actors=2,
                               embed_num_cpus=0.05, embed_num_gpus=0.05, batch_size=8, write_batch_size=16,
                               display_max_side=128)
+        # Deadlines a busy two-core box cannot reach (three nodes, moto, a bulk job): these tests look for
+        # 500s and hangs (the clients give up at 60 s), and a search slowed past 15 s by the box alone is a
+        # 504 they would read as a fault (one did, under the whole suite).
+        tuning = next(d for d in app["deployments"] if d["name"] == "Ingress")["user_config"]
+        tuning["timeouts"].update(default_s=45, search_s=45, writer_s=45)
         edit(app)
         path.write_text(yaml.safe_dump(config, allow_unicode=True))
         return path
