@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 venv install: $(STAMP)
 
 kit: $(STAMP)
-	$(BIN)/python -m deployments.kit build --size tiny models/tiny
+	$(BIN)/python -m models.kit build --size tiny checkpoints/tiny
 
 # Builds the tiny kit if missing, makes a demo API key, starts a local Ray head (`ray start`, token auth
 # on, dashboard on 127.0.0.1:8265) and `serve deploy`s serve_config.local.yaml on 127.0.0.1:8000;
@@ -45,4 +45,4 @@ test: $(STAMP) deps
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) models/tiny .pytest_cache
+	rm -rf $(VENV) checkpoints/tiny .pytest_cache

@@ -8,7 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
-from deployments.models.embedder import Embedder
+from models.embedder import Embedder
 
 
 class BatchLoggingEmbedder(Embedder):

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from deployments.kit import ROLES, build
+    from models.kit import ROLES, build
     from tests.cluster.conftest import MultiNode
     from tests.pipelines.sample_photos import jpeg
 

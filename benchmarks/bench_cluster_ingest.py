@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
-    from deployments.kit import ROLES, build
+    from models.kit import ROLES, build
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-ingest-"))
     kit = tmp / "kit"

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_embedders [--threads 2] [--no-write]
 
-The full-size random-weight stand-ins (`python -m deployments.kit build --size full`, into
+The full-size random-weight stand-ins (`python -m models.kit build --size full`, into
 benchmarks/data/kit-full): SigLIP 2 base/16 at 224 px (375 M parameters), Chinese-CLIP ViT-B/16
 (188 M) and CLIP ViT-B/32 (151 M), each loaded through `Embedder` (float32 on the CPU, torch
 threads as given) and timed the way the service calls it:
@@ -36,7 +36,7 @@ FAMILIES = [("embedder", "SigLIP 2 base/16-224"), ("embedder_chinese_clip", "Chi
 
 
 def ensure(name: str) -> Path:
-    from deployments.kit import build
+    from models.kit import build
 
     folder = KIT / name
     if not (folder / "atelier_stand_in.json").is_file():
@@ -59,7 +59,7 @@ def timed(fn, *args) -> float:
 
 
 def measure(name: str, threads: int, texts: list[str], images: list) -> dict:
-    from deployments.models import Embedder, EmbedderConfig
+    from models import Embedder, EmbedderConfig
 
     model = Embedder(EmbedderConfig(model=str(ensure(name)), num_threads=threads, device="cpu"))
     model.warmup()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         SECTION, "",
         f"Machine: {platform.machine()}, {args.threads} torch threads of this 2-core box, no GPU; float32 on the CPU; "
-        "full-size random-weight stand-ins (`deployments.kit build --size full`).",
+        "full-size random-weight stand-ins (`models.kit build --size full`).",
         f"Command: `.venv/bin/python -m benchmarks.bench_embedders --threads {args.threads}`", "",
         "| model | parameters | dim | reads Chinese | 1 query, p50 ms | queries/s, batch 32 | 1 photo, p50 ms "
         "| photos/s, batch 16 |",

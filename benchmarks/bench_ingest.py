@@ -74,7 +74,7 @@ def ensure_photos(n: int) -> list[Path]:
 def ensure_kit(kit: str) -> Path:
     folder = KITS[kit] / "embedder_clip"  # the CLIP ViT-B/32 stand-in this benchmark has always measured
     if not (folder / "atelier_stand_in.json").is_file():
-        from deployments.kit import build
+        from models.kit import build
 
         print(f"building the {kit} embedder stand-in in {KITS[kit]} ...", file=sys.stderr, flush=True)
         build("embedder_clip", kit, KITS[kit])
@@ -87,7 +87,7 @@ def part_pipeline(kit: Path, files: list[Path], work: Path, tuning: dict) -> dic
     import ray
 
     from deployments.config import IngestSpec
-    from deployments.models.embedder import EmbedderConfig
+    from models.embedder import EmbedderConfig
     from pipelines.ingest import IngestRun, run_job
     from pipelines.jobs import JobSpec, ledger
 
@@ -123,7 +123,7 @@ def part_threads(kit: Path, files: list[Path], work: Path) -> dict:
     from concurrent.futures import ThreadPoolExecutor
     from datetime import datetime, timezone
 
-    from deployments.models.embedder import Embedder, EmbedderConfig
+    from models.embedder import Embedder, EmbedderConfig
     from storage.blobs import open_blob_store, store_image
     from storage.gallery import Gallery
     from storage.intake import ImageIntake
@@ -157,7 +157,7 @@ def part_model(kit: Path, seconds_per_size: float) -> dict:
     import numpy as np
     from PIL import Image
 
-    from deployments.models.embedder import Embedder, EmbedderConfig
+    from models.embedder import Embedder, EmbedderConfig
 
     embedder = Embedder(EmbedderConfig(model=str(kit), num_threads=CORES))
     embedder.warmup()

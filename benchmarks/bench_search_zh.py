@@ -43,7 +43,7 @@ USER = "bench"
 
 def fill(tmp: Path, model: Path, rows: int) -> None:
     """`rows` rows of USER in `model`'s table (written directly, before any service runs)."""
-    from deployments.models import EmbedderConfig
+    from models import EmbedderConfig
     from pipelines.config import embedder_shape
     from storage.gallery import Gallery
     from storage.rows import new_row
@@ -128,7 +128,7 @@ def alone(tmp: Path, model: Path, texts: list[str]) -> dict:
     """Text-encode alone and gallery-rank alone, in this process, p50 ms."""
     import torch
 
-    from deployments.models import Embedder, EmbedderConfig
+    from models import Embedder, EmbedderConfig
     from storage.gallery import Gallery
     from storage.settings import StorageSettings
 
@@ -160,14 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     a = parser.parse_args(argv)
     from benchmarks.bench_embedders import KIT, ensure
-    from deployments.kit import build
+    from models.kit import build
     from deployments.local import ensure_kit
 
     siglip, clip = ensure("embedder"), ensure("embedder_clip")
     if not (KIT / "writer" / "atelier_stand_in.json").is_file():
         print("building the full-size writer stand-in ...", file=sys.stderr, flush=True)
         build("writer", "full", KIT)
-    tiny = ROOT / "models" / "tiny"
+    tiny = ROOT / "checkpoints" / "tiny"
     ensure_kit(tiny)
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-zh-"))
     kit = tmp / "kit"

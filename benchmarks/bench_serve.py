@@ -85,7 +85,7 @@ def ensure_kit(size: str) -> Path:
     # The CLIP ViT-B/32 stand-in: what this benchmark measured from the start (its numbers are CLIP's).
     if not (KITS[size] / "embedder_clip" / "config.json").is_file():
         print(f"building the {size} embedder stand-in into {KITS[size]} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "deployments.kit", "build", "--size", size, "--roles", "embedder_clip",
+        subprocess.run([sys.executable, "-m", "models.kit", "build", "--size", size, "--roles", "embedder_clip",
                         str(KITS[size])], cwd=REPO, check=True, env={**os.environ, **worker_env(2)},
                        stdout=subprocess.DEVNULL)
     return KITS[size]
@@ -95,7 +95,7 @@ def ensure_kit(size: str) -> Path:
 def embedder_app(kit: Path, threads: int, max_batch_size: int, wait_s: float, batch_log: Path):
     """The production Embedder shell, built through the same typed options as serve_config.yaml."""
     from deployments.config import ActorOptions, BatchOptions, DeploymentOptions, EmbedderSpec
-    from deployments.models.embedder import EmbedderConfig
+    from models.embedder import EmbedderConfig
     from deployments.serving.roles import EmbedderDeployment
 
     from benchmarks.batch_log import BatchLoggingEmbedder
@@ -147,7 +147,7 @@ def model_alone(kit: Path, threads: int, texts: list[str], rounds: int, batch: i
     """
     import torch
 
-    from deployments.models.embedder import Embedder, EmbedderConfig
+    from models.embedder import Embedder, EmbedderConfig
 
     model = Embedder(EmbedderConfig(model=str(kit / "embedder_clip"), num_threads=threads, device="cpu"))
     model.warmup()

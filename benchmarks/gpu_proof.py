@@ -5,7 +5,7 @@ NVIDIA GPU, and whether each role's GPU share in serve_config.yaml holds its pea
 Self-contained: it needs torch and transformers (and diffusers for the painter), never Ray,
 LanceDB, pydantic or this project's packages, and reads nothing from disk or the hub. Models are
 built with random weights straight on the device, from the production shapes copied below out of
-deployments/kit/builders.py (`full`), or the tiny kit's shapes (`tiny`, for the CPU test).
+models/kit/builders.py (`full`), or the tiny kit's shapes (`tiny`, for the CPU test).
 
     python benchmarks/gpu_proof.py --out DIR                       # all sections on cuda, full size
     python benchmarks/gpu_proof.py --out DIR --only painter        # one section (or a comma list)
@@ -80,7 +80,7 @@ PLAN = {
 }
 
 
-# -- the stand-ins' shapes (copied from deployments/kit/builders.py, which writes them to disk) --------
+# -- the stand-ins' shapes (copied from models/kit/builders.py, which writes them to disk) --------
 def clip_config(kit: str):
     from transformers import CLIPConfig
 
@@ -493,7 +493,7 @@ def run_writer(ctx: Ctx, sec: Section) -> None:
     model = _greedy_model(ctx, sec, Qwen2ForCausalLM, config)
     common = dict(prompt=plan["writer_prompt"], new=plan["writer_new"], vocab=text["vocab_size"])
     with torch.inference_mode():
-        # production: one request at a time, dynamic cache, no compile (deployments/models/writer.py)
+        # production: one request at a time, dynamic cache, no compile (models/writer.py)
         sec.step("b1_eager_dynamic", _generate_step(ctx, model, batch=1, runs=1, static=False, **common))
         dynamo_reset()
         for b in plan["writer_batches"]:

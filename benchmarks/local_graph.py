@@ -29,7 +29,7 @@ def start(data: Path, port: int = 8123) -> tuple[str, str]:
         from deployments.http.auth import add_key
     from deployments.local import ensure_kit
 
-    kit = ROOT / "models" / "tiny"
+    kit = ROOT / "checkpoints" / "tiny"
     ensure_kit(kit)
     key = add_key(data / "keys.json", "bench")
     spec = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())["applications"][0]["args"]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipelines.config import IngestSpec, ZipLimits
 from storage.settings import StorageArgs
 
-from .models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+from models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
 
 __all__ = ["LIVE_SETTINGS", "AppArgs", "BatchOptions", "DeploymentOptions", "IngestSpec", "IngressArgs", "IngressSpec",
            "IngressTuning", "ZipLimits"]

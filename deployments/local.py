@@ -26,7 +26,7 @@ import yaml
 
 from .http.auth import key_store
 from .http.proxy import PROXY_ENV
-from .models.configs import MARKER
+from models.configs import MARKER
 from .settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +36,10 @@ DASHBOARD_PORT = 8265
 
 def ensure_kit(folder: Path) -> None:
     """The tiny kit's four roles, built if missing, or rebuilt where an older kit holds another family
-    (a `models/tiny/embedder` from before SigLIP 2 was the default is CLIP's)."""
+    (a `checkpoints/tiny/embedder` from before SigLIP 2 was the default is CLIP's)."""
     import json
 
-    from .kit import EMBEDDER_FAMILIES, ROLES, build
+    from models.kit import EMBEDDER_FAMILIES, ROLES, build
 
     def current(role: str) -> bool:
         marker = folder / role / MARKER
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", choices=("up", "stop"), default="up")
     parser.add_argument("--config", type=Path, default=Path("serve_config.local.yaml"))
-    parser.add_argument("--kit", type=Path, default=Path("models/tiny"))
+    parser.add_argument("--kit", type=Path, default=Path("checkpoints/tiny"))
     parser.add_argument("--num-cpus", type=float, default=4,
                         help="logical CPUs Ray may hand out (replicas ask for fractions of one)")
     parser.add_argument("--port", type=int, default=GCS_PORT, help="the head's GCS port")
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the head's Prometheus metrics port (default: Ray picks one and lists it in "
                              "/tmp/ray/prom_metrics_service_discovery.json)")
     args = parser.parse_args(argv)
-    os.chdir(ROOT)  # the config's relative paths (models/tiny, data/) are the checkout's
+    os.chdir(ROOT)  # the config's relative paths (checkpoints/tiny, data/) are the checkout's
     return up(args) if args.command == "up" else stop(args)
 
 

@@ -1,7 +1,7 @@
 """A live model switch: every stored image re-embedded by another embedding model into that model's
 table, with Ray Data, while search keeps serving from the current model's table.
 
-    python -m pipelines.backfill --config serve_config.local.yaml --to models/tiny/embedder_chinese_clip
+    python -m pipelines.backfill --config serve_config.local.yaml --to checkpoints/tiny/embedder_chinese_clip
     python -m pipelines.backfill --config serve_config.local.yaml --to MODEL --user alice
     python -m pipelines.backfill --config serve_config.local.yaml --to MODEL --status
 
@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from deployments.models.configs import EmbedderConfig
+from models.configs import EmbedderConfig
 from pipelines.config import PipelineSections, embedder_geometry
 from pipelines.ingest import ERROR, NEW, EmbedImages, _writer_call, absolute_storage, square_pixels
 from pipelines.jobs import NAMESPACE

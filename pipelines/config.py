@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.models.configs import EmbedderConfig, crops_centre, vector_shape
+from models.configs import EmbedderConfig, crops_centre, vector_shape
 from storage.settings import StorageArgs, StorageSettings
 
 

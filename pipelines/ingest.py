@@ -30,8 +30,8 @@ import pyarrow as pa
 import ray
 from PIL import Image
 
-from deployments.models.configs import EmbedderConfig
-from deployments.models.errors import ModelError
+from models.configs import EmbedderConfig
+from models.errors import ModelError
 from pipelines.config import PipelineSections, embedder_geometry, embedder_shape
 from pipelines.jobs import NAMESPACE, JobSpec, job_id_for, ledger
 from pipelines.sources import Entry, EntryReader, as_url, list_sources
@@ -158,7 +158,7 @@ class EmbedImages:
     """A batch's new images -> unit vectors (float32 bytes); other rows pass through untouched."""
 
     def __init__(self, embedder: dict, side: int):
-        from deployments.models.embedder import Embedder
+        from models.embedder import Embedder
 
         self.model = Embedder(EmbedderConfig.model_validate(embedder))
         self.model.load()

@@ -23,7 +23,7 @@ def tiny_kit(tmp_path_factory) -> Path:
     """All four roles' tiny random-weight checkpoints (the Embedder in its three families), built from code."""
     import torch
 
-    from deployments.kit import STAND_INS, build
+    from models.kit import STAND_INS, build
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("kit")

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from deployments.config import LATENCY_BOUNDARIES_S
-from deployments.models.errors import ModelError
+from models.errors import ModelError
 from storage.errors import AtelierError
 
 from .auth import KeyRing, UrlSigner

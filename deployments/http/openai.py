@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from deployments.models.errors import ModelError
+from models.errors import ModelError
 from deployments.service import ChatAnswer, ProductService
 from deployments.service.models import ROLES
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge

@@ -81,7 +81,7 @@ class IngestDesk:
     async def _run_small(self, spec, files: list[tuple[str, bytes]]) -> None:
         """A small job in this replica, under the same ledger rules as a Ray Data driver: an attempt, a
         report (and heartbeat) per file, cancel before the next file starts, the same counting and errors."""
-        from deployments.models.errors import ModelError
+        from models.errors import ModelError
         from storage.errors import AtelierError
 
         ledger, job_id, user = self.ledger(), spec.job_id, spec.user_id

@@ -3,7 +3,7 @@
 - `ServeModels`: the models are Ray Serve deployments behind handles (production and the e2e tests).
   Serve's capacity and restart errors become our typed 503s here (`settle`), so nothing above
   sees a Ray exception.
-- `LocalModels`: the plain model classes of `deployments.models` in this process, each call in a
+- `LocalModels`: the plain model classes of `models` in this process, each call in a
   worker thread (the fast HTTP test tier, and anything else that wants the product without Ray).
 
 Both answer the same calls with the same values; the service is written against either.

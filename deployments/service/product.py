@@ -23,7 +23,7 @@ import numpy as np
 from cachetools import TTLCache
 from PIL import Image
 
-from deployments.models.errors import ModelError, ModelInputError
+from models.errors import ModelError, ModelInputError
 from storage.errors import AtelierError, InvalidInput, NotFound, Unavailable
 
 from .cache import AnswerCache

@@ -1,4 +1,4 @@
-"""The four model deployments: thin Serve shells around the plain model classes of `deployments.models`.
+"""The four model deployments: thin Serve shells around the plain model classes of `models`.
 
 Each loads and warms up its model in the constructor (Serve reports a replica ready only after
 that), runs calls off the event loop, counts and times them with Serve metrics, and reports health.
@@ -17,9 +17,9 @@ from ray import serve
 from ray.serve import metrics
 
 from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
-from deployments.models.base import CANCEL, ModelRole
-from deployments.models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
-from deployments.models.errors import ModelError
+from models.base import CANCEL, ModelRole
+from models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+from models.errors import ModelError
 from deployments.serving.logs import LOGGING, into_serve_log
 
 class RoleShell:
@@ -97,7 +97,7 @@ def _model_class(default: str, given: type | None) -> type:
         return given
     from importlib import import_module
 
-    return getattr(import_module("deployments.models"), default)
+    return getattr(import_module("models"), default)
 
 
 @serve.deployment(name="Embedder", logging_config=LOGGING)

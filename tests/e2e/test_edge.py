@@ -242,7 +242,7 @@ def test_model_names_never_show_local_paths(service, tiny_kit):
                                                                                 "painter")}
     assert r.status_code == 404 and "'atelier-writer'" in r.json()["error"]["message"]
     for text in (models.text, r.text):
-        assert str(tiny_kit) not in text and "models/tiny" not in text
+        assert str(tiny_kit) not in text and "checkpoints/tiny" not in text
 
 
 def test_each_answer_names_the_replica_and_the_node_that_gave_it(service):

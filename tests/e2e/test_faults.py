@@ -13,7 +13,7 @@ import time
 import pytest
 import ray.cloudpickle
 
-from deployments.models import Describer, ModelUnavailable, Writer
+from models import Describer, ModelUnavailable, Writer
 
 pytestmark = pytest.mark.e2e
 # Replicas cannot import this test module by name: ship its classes by value.

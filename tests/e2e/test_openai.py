@@ -49,7 +49,7 @@ def test_models_lists_the_four_roles(client, model_ids, tiny_kit):
 
 
 def test_embeddings_decode_from_the_default_base64(client, model_ids, tiny_kit):
-    from deployments.models.configs import vector_shape
+    from models.configs import vector_shape
 
     dim, _ = vector_shape(json.loads((tiny_kit / "embedder" / "config.json").read_text()))
     one = client.embeddings.create(model=model_ids["embedder"], input="a red bicycle by the sea")

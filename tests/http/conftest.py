@@ -11,7 +11,7 @@ def tiny_models(tiny_kit) -> dict:
     """The four roles' tiny checkpoints loaded and warmed up in this process."""
     import torch
 
-    from deployments.models import (Describer, DescriberConfig, Embedder, EmbedderConfig, Painter, PainterConfig,
+    from models import (Describer, DescriberConfig, Embedder, EmbedderConfig, Painter, PainterConfig,
                                     Writer, WriterConfig)
 
     torch.set_num_threads(1)

@@ -33,7 +33,7 @@ class CountingWriter:
         return getattr(self._writer, name)
 
     def to_english(self, text, **kw):
-        from deployments.models import ModelUnavailable
+        from models import ModelUnavailable
 
         self.calls += 1
         if self.fail:

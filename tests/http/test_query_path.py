@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def clip(tiny_kit):
-    from deployments.models import Embedder, EmbedderConfig
+    from models import Embedder, EmbedderConfig
 
     e = Embedder(EmbedderConfig(model=str(tiny_kit / "embedder_clip"), num_threads=1))
     e.warmup()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.models import Describer, DescriberConfig, DescriberInputError, ModelNotFound
+from models import Describer, DescriberConfig, DescriberInputError, ModelNotFound
 
 pytestmark = pytest.mark.unit
 

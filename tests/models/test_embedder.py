@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.models import Embedder, EmbedderConfig, EmbedderInputError, ModelNotFound
+from models import Embedder, EmbedderConfig, EmbedderInputError, ModelNotFound
 
 pytestmark = pytest.mark.unit
 
@@ -136,7 +136,7 @@ def test_missing_folder_fails_fast_naming_role_and_fix(tmp_path):
     with pytest.raises(ModelNotFound) as info:
         e.load()
     msg = str(info.value)
-    assert "embedder" in msg and "nowhere" in msg and "python -m deployments.kit build" in msg
+    assert "embedder" in msg and "nowhere" in msg and "python -m models.kit build" in msg
 
 
 def test_uncached_hub_id_fails_fast_offline(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deployments.kit import EMBEDDER_FAMILIES, MARKER, ROLES, STAND_INS, build
+from models.kit import EMBEDDER_FAMILIES, MARKER, ROLES, STAND_INS, build
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ def test_full_bilingual_embedders_have_the_real_parameter_counts(config, paramet
     import torch
     from transformers import AutoModel
 
-    from deployments.kit import builders
+    from models.kit import builders
 
     with torch.device("meta"):
         model = AutoModel.from_config(getattr(builders, config)("full"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.models import ModelNotFound, Painter, PainterConfig, PainterInputError
+from models import ModelNotFound, Painter, PainterConfig, PainterInputError
 
 pytestmark = pytest.mark.unit
 
@@ -84,8 +84,8 @@ def test_missing_model_names_the_role(tmp_path):
 def test_a_set_cancel_flag_stops_denoising_at_the_next_step(painter):
     import threading
 
-    from deployments.models.base import CANCEL
-    from deployments.models.errors import Cancelled
+    from models.base import CANCEL
+    from models.errors import Cancelled
 
     cancel, before = threading.Event(), painter.work_done
     painter.on_work = lambda units: cancel.set()  # cancelled as soon as the first step is done

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.models import ChatResult, Writer, WriterConfig, WriterInputError
+from models import ChatResult, Writer, WriterConfig, WriterInputError
 
 pytestmark = pytest.mark.unit
 
@@ -71,8 +71,8 @@ def test_bad_inputs_raise_typed_errors(writer, call, field):
 def test_a_set_cancel_flag_stops_generation_at_the_next_token(writer):
     import threading
 
-    from deployments.models.base import CANCEL
-    from deployments.models.errors import Cancelled
+    from models.base import CANCEL
+    from models.errors import Cancelled
 
     cancel, before = threading.Event(), writer.work_done
     writer.on_work = lambda units: cancel.set() if writer.work_done - before >= 2 else None

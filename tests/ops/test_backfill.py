@@ -81,7 +81,7 @@ def table_keys(operator, model: str, dim: int) -> set[tuple[str, str]]:
 
 def test_a_live_model_switch_moves_every_image_while_search_answers(operator, tiny_kit):
     from deployments.http.auth import key_store
-    from deployments.models import EmbedderConfig
+    from models import EmbedderConfig
     from pipelines.config import embedder_shape
 
     key = key_store().add(USER)[1]

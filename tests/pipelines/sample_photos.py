@@ -35,7 +35,7 @@ def open_gallery(kit: Path, lancedb_uri: Path | str, blob_root: Path | str):
     from storage.gallery import Gallery
     from storage.settings import StorageSettings
 
-    from deployments.models.configs import EmbedderConfig
+    from models.configs import EmbedderConfig
 
     model = str(kit / "embedder")
     dim, _ = embedder_shape(EmbedderConfig(model=model))
@@ -71,7 +71,7 @@ def job_on_an_unopenable_gallery(tmp: Path, kit: Path, user: str, photos: int, s
     import lancedb
     import pyarrow as pa
 
-    from deployments.models.configs import EmbedderConfig
+    from models.configs import EmbedderConfig
     from pipelines.ingest import embedder_shape, spec_from_config
     from storage.gallery import table_name
 

@@ -65,7 +65,7 @@ def run_cli(args: list[str], **kw):
 
 
 def test_crash_at_half_then_rerun_holds_exactly_the_distinct_set(ray_cluster, tiny_kit, gcs_address, tmp_path):
-    from deployments.models.embedder import Embedder, EmbedderConfig
+    from models.embedder import Embedder, EmbedderConfig
     from pipelines.ingest import spec_from_config
     from pipelines.jobs import ledger
     from storage.intake import ImageIntake

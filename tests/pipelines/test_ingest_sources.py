@@ -110,7 +110,7 @@ def test_square_pixels_without_crop_keeps_the_whole_picture():
 
 
 def test_which_families_crop(tiny_kit):
-    from deployments.models import EmbedderConfig
+    from models import EmbedderConfig
     from pipelines.config import embedder_geometry
 
     crops = {name: embedder_geometry(EmbedderConfig(model=str(tiny_kit / name)))[2]

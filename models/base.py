@@ -23,7 +23,7 @@ from .errors import ModelNotFound
 CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("atelier_cancel", default=None)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-BUILD_HINT = "build the offline stand-ins with `python -m deployments.kit build --size tiny models/tiny`"
+BUILD_HINT = "build the offline stand-ins with `python -m models.kit build --size tiny checkpoints/tiny`"
 
 
 class ModelRole:
@@ -63,7 +63,7 @@ class ModelRole:
             except (OSError, ValueError) as exc:
                 raise ModelNotFound(
                     f"{self.role}: could not load {self.config.model!r} ({exc}); {BUILD_HINT} "
-                    f"and point the {self.role}'s `model` at models/tiny/{self.role}"
+                    f"and point the {self.role}'s `model` at checkpoints/tiny/{self.role}"
                 ) from exc
             self._random_weights = self._detect_random_weights(source)
             self._loaded = True
@@ -139,7 +139,7 @@ class ModelRole:
         if not _HUB_ID.match(model):
             raise ModelNotFound(
                 f"{self.role}: no folder at {model!r} and it is not a hub id (org/name); {BUILD_HINT} "
-                f"and point the {self.role}'s `model` at models/tiny/{self.role}"
+                f"and point the {self.role}'s `model` at checkpoints/tiny/{self.role}"
             )
         if _in_hf_cache(model, self.config.revision):
             return model

@@ -1,6 +1,6 @@
 """The four model roles as plain Python classes: no Ray, no HTTP, testable alone.
 
-Names resolve on first use: `from deployments.models.configs import EmbedderConfig` (or any
+Names resolve on first use: `from models.configs import EmbedderConfig` (or any
 config) costs no torch import, which the ingress and the ingestion tasks rely on.
 """
 

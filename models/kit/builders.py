@@ -14,7 +14,7 @@ from typing import Callable, Literal
 
 import torch
 
-from ..models.configs import MARKER
+from ..configs import MARKER
 from . import tokenizers as tk
 
 Size = Literal["tiny", "full"]
@@ -79,7 +79,7 @@ def build(role: str, size: Size, out: Path, *, seed: int = 0, dtype: torch.dtype
             {"random_weights": True, "role": role.split("_", 1)[0], "stand_in": role,
              **({"family": EMBEDDER_FAMILIES[role]} if role in EMBEDDER_FAMILIES else {}),
              "size": size, "seed": seed, "parameters": params,
-             "note": "Random-weight stand-in built offline by `python -m deployments.kit`; its outputs are noise."},
+             "note": "Random-weight stand-in built offline by `python -m models.kit`; its outputs are noise."},
             indent=2,
         )
     )

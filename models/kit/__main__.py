@@ -1,4 +1,4 @@
-"""`python -m deployments.kit build --size tiny DIR`: write stand-in checkpoints for the chosen roles."""
+"""`python -m models.kit build --size tiny DIR`: write stand-in checkpoints for the chosen roles."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .builders import STAND_INS, build
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.kit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m models.kit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build random-weight stand-in checkpoints")
     b.add_argument("dir", type=Path, help="output folder; each role goes to DIR/<role>")
