@@ -161,7 +161,7 @@ def part_model(kit: Path, seconds_per_size: float) -> dict:
 
     embedder = Embedder(EmbedderConfig(model=str(kit), num_threads=CORES))
     embedder.warmup()
-    side = embedder.image_size
+    side = embedder.image_size()
     rng = np.random.default_rng(0)
     by_size = {}
     for batch in (1, 8, 16, 32, 64):

@@ -126,7 +126,7 @@ async def drive_embedder(handle, texts: list[str], warmup_s: float, seconds: flo
             text = texts[k % len(texts)]
             k += CLIENTS
             t0 = time.perf_counter()
-            _, vector = await handle.embed_text.remote(text)  # (model id, vector)
+            _, vector = await handle.call.remote("text_vector", text)  # a Vector: (model id, values)
             t1 = time.perf_counter()
             dims.add(len(vector))
             done.append((t1, t1 - t0))

@@ -102,7 +102,7 @@ def render(results: dict, summary: dict, command: str) -> str:
             "### (a) Text-embedding throughput, 32 concurrent callers", "",
             f"The production `EmbedderDeployment` (1 replica, `num_cpus={results['replica_cpus']}`, max_ongoing_requests "
             f"{2 * results['clients']}) driven through a `DeploymentHandle` from the driver by {results['clients']} asyncio callers, each "
-            f"awaiting `embed_text.remote(text)` in a loop; no HTTP. Batched = user_config `max_batch_size: "
+            f"awaiting `call.remote('text_vector', text)` in a loop; no HTTP. Batched = user_config `max_batch_size: "
             f"{results['max_batch_size']}, batch_wait_timeout_s: {results['wait_s']}`; batch 1 = the same deployment "
             f"with `max_batch_size: 1`, applied by `reconfigure()`. Completions counted over "
             f"{results['seconds']:g} s (full) / {max(3.0, results['seconds'] / 2):g} s (tiny) after a "

@@ -16,7 +16,7 @@ from deployments.http.auth import KeyRing, UrlSigner, key_store, load_secret
 from deployments.service import Policy, ProductService
 from deployments.service.cache import AnswerCache
 from deployments.service.ingest import IngestDesk, upload_body_limit
-from deployments.service.models import ModelGateway
+from deployments.service.models import LocalModels, ServeModels
 from deployments.settings import ServiceSettings
 from pipelines.config import IngestSpec
 from storage.settings import StorageSettings
@@ -44,7 +44,7 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
                 max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)
 
 
-def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: StorageSettings,
+def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
                     ingest: IngestSpec | None, in_process: bool,
                     tuning: IngressTuning | None = None) -> ProductService:
     """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process.
@@ -72,7 +72,7 @@ def product_service(models: ModelGateway, *, ingress: IngressSpec, storage: Stor
     return service
 
 
-def in_process_app(models: ModelGateway, *, ingress: IngressSpec, storage: StorageSettings,
+def in_process_app(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
                    settings: ServiceSettings | None = None) -> FastAPI:
     """The whole HTTP surface in this process (no Ray): the fast test tier drives it with a test client."""
     service = product_service(models, ingress=ingress, storage=storage, ingest=None, in_process=True)

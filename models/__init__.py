@@ -13,7 +13,8 @@ _WHERE = {
     "ModelInputError": "errors", "ModelNotFound": "errors", "ModelUnavailable": "errors",
     "PainterInputError": "errors", "WriterInputError": "errors", "MARKER": "configs",
     "ModelRole": "base", "Describer": "describer", "Embedder": "embedder", "Painter": "painter",
-    "PaintResult": "painter", "Writer": "writer", "ChatResult": "writer",
+    "PaintResult": "painter", "Writer": "writer", "ChatResult": "writer", "Vector": "vector",
+    "Operation": "base", "operation": "base",
 }
 
 __all__ = sorted(_WHERE)

@@ -3,24 +3,51 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import os
 import re
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 from urllib.parse import urlparse
 
 import torch
 
 from .configs import MARKER, ModelConfig
-from .errors import ModelNotFound
+from .errors import ModelNotFound, ModelUnavailable
 
 # The cancel flag of the call running in this context. The serving shell sets it before handing a
 # call to a worker thread (asyncio.to_thread copies the context) and sets the event when the
 # request is cancelled; the models look at it between denoising steps and generated tokens.
 CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("atelier_cancel", default=None)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """How the gateway may call a model method (`deployments.service.models`: `call(role, op, ...)`).
+
+    - `batch`: the name of a method taking a list and answering one value per item; in Serve,
+      concurrent single calls of this operation are grouped into one call of that method.
+    - `stream`: the method returns an iterator of pieces (call it with `stream(role, op, ...)`)."""
+
+    name: str
+    batch: str | None = None
+    stream: bool = False
+
+
+def operation(fn: Callable | None = None, *, batch: str | None = None, stream: bool = False):
+    """Marks a model method as an operation callers may reach through the gateway. Its answer is what
+    travels (picklable, shaped for the caller): adding an operation touches its model class and its
+    caller, and nothing in between."""
+
+    def mark(f: Callable) -> Callable:
+        f.__atelier_operation__ = Operation(f.__name__, batch=batch, stream=stream)
+        return f
+
+    return mark(fn) if fn is not None else mark
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 BUILD_HINT = "build the offline stand-ins with `python -m models.kit build --size tiny checkpoints/tiny`"
@@ -76,9 +103,33 @@ class ModelRole:
     def check_health(self) -> None:
         """Raise when the role cannot serve (used by Serve's health check)."""
         if not self._loaded:
-            from .errors import ModelUnavailable
-
             raise ModelUnavailable(f"{self.role} is not loaded")
+
+    # -- operations -------------------------------------------------------------------------------
+    @classmethod
+    def operations(cls) -> dict[str, Operation]:
+        """Every method of this role marked with `@operation`, by name."""
+        return _operations_of(cls)
+
+    def resolve(self, name: str) -> tuple[Callable[..., Any], Operation]:
+        """The bound method of an operation and how to call it; LookupError for anything not marked
+        (a caller's bug: the gateway never reaches an unmarked method)."""
+        spec = self.operations().get(name)
+        if spec is None:
+            raise LookupError(f"the {self.role} has no operation {name!r}")
+        return getattr(self, name), spec
+
+    @operation
+    def info(self) -> dict:
+        """What the service shows users about this model (and whether its answers are noise)."""
+        return {"role": self.role, "model_id": self.model_id, "name": self.public_name,
+                "random_weights": self.random_weights, **self.facts()}
+
+    @operation
+    def ready(self) -> bool:
+        """True once the role can serve (readiness probes); raises like check_health otherwise."""
+        self.check_health()
+        return True
 
     def _did_work(self, units: int = 1) -> None:
         self.work_done += units
@@ -163,6 +214,19 @@ class ModelRole:
             except ValueError:
                 return True
         return False
+
+
+@functools.cache
+def _operations_of(cls: type) -> dict[str, Operation]:
+    """A method marked anywhere up the class's MRO stays an operation in a subclass that overrides it."""
+    found = {}
+    for name in dir(cls):
+        for klass in cls.__mro__:
+            spec = getattr(klass.__dict__.get(name), "__atelier_operation__", None)
+            if spec is not None:
+                found[name] = spec
+                break
+    return found
 
 
 def _resolve_device(config: ModelConfig) -> tuple[torch.device, torch.dtype]:

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from PIL import Image
 
-from .base import ModelRole
+from .base import ModelRole, operation
 from .configs import DescriberConfig
 from .errors import DescriberInputError, ModelUnavailable
 from .writer import _seed
@@ -48,11 +48,13 @@ class Describer(ModelRole):
     def _warmup(self) -> None:
         self.describe(Image.new("RGB", (64, 64), (127, 127, 127)), max_new_tokens=2, seed=0)
 
+    @operation
     def describe(self, image: Image.Image, instruction: str | None = None, *, max_new_tokens: int | None = None,
                  seed: int | None = None) -> str:
         """What the vision model says about one image; the same seed gives the same text."""
         return self.answer(image, instruction, max_new_tokens=max_new_tokens, seed=seed).text
 
+    @operation
     def answer(self, image: Image.Image, instruction: str | None = None, *, max_new_tokens: int | None = None,
                seed: int | None = None) -> Description:
         """describe(), with why generation stopped and how many tokens went in (image tokens included) and out."""

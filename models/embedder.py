@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import ModelRole
+from .base import ModelRole, operation
 from .configs import EMBEDDER_FAMILIES, EmbedderConfig, vector_shape
 from .errors import EmbedderInputError, ModelUnavailable
+from .vector import Vector
 
 
 class Embedder(ModelRole):
@@ -88,11 +89,37 @@ class Embedder(ModelRole):
     def facts(self) -> dict:
         return {"family": self._family, "multilingual": self._multilingual, "dim": self._dim}
 
-    @property
+    @operation
+    def dimension(self) -> int:
+        """Values in each vector (a new gallery table's width)."""
+        return self.dim
+
+    @operation
     def image_size(self) -> int:
         """Side of the square the image tower sees; decoders can downscale to it on load."""
         self.load()
         return self._image_size
+
+    @operation(batch="image_vectors")
+    def image_vector(self, image: Image.Image) -> Vector:
+        return self.image_vectors([image])[0]
+
+    def image_vectors(self, images: Sequence[Image.Image]) -> list[Vector]:
+        """Each image's unit vector, tagged with the model that made it (one forward pass for all)."""
+        return self._tagged(self.embed_images(images), images)
+
+    @operation(batch="text_vectors")
+    def text_vector(self, text: str) -> Vector:
+        return self.text_vectors([text])[0]
+
+    def text_vectors(self, texts: Sequence[str]) -> list[Vector]:
+        """Each text's unit vector, tagged with the model that made it (one forward pass for all)."""
+        return self._tagged(self.embed_texts(texts), texts)
+
+    def _tagged(self, vectors: np.ndarray, inputs: Sequence) -> list[Vector]:
+        if len(vectors) != len(inputs):
+            raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(inputs)} inputs")
+        return [Vector(self.model_id, v) for v in vectors]
 
     # -- typed calls ------------------------------------------------------------------------------
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -118,6 +145,7 @@ class Embedder(ModelRole):
             out = self._model.get_image_features(pixel_values=pixel_values.to(self._device, self._dtype))
         return _normalised(out)
 
+    @operation
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (n, dim), unit-norm rows; text longer than the model's context is truncated."""
         self._check_batch(texts, "texts")
@@ -145,6 +173,7 @@ class Embedder(ModelRole):
             return {"input_ids": enc["input_ids"]}
         return dict(tok(list(texts), padding=True, truncation=True, max_length=self._context, **kw))
 
+    @operation
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is embedded from: special tokens included, cut at the model's context (SigLIP's
         padding, which is not the text's, not counted)."""

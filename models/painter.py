@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
-from .base import CANCEL, ModelRole
+from .base import CANCEL, ModelRole, operation
 from .configs import _WXH, PainterConfig
 from .errors import Cancelled, PainterInputError
 
@@ -99,6 +99,7 @@ class Painter(ModelRole):
             raise PainterInputError("seed must be an integer in 0..2**63-1", field="seed")
         return w, h, steps, float(guidance)
 
+    @operation
     def size_of(self, prompt: str, size: str | None, steps: int | None, seed: int | None,
                 guidance: float | None = None) -> str:
         """check() for a caller that only needs the size: 'WxH'."""
@@ -112,6 +113,12 @@ class Painter(ModelRole):
         return {"png": buf.getvalue(), "seed": result.seed, "size": result.size, "width": result.width,
                 "height": result.height, "steps": result.steps, "guidance": result.guidance,
                 "timings": result.timings, "model_id": self.model_id, "random_weights": self.random_weights}
+
+    @operation
+    def generate(self, prompt: str, *, size: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int | None = None) -> dict:
+        """paint(), as the answer travels to the service: PNG bytes and the facts of the generation."""
+        return self.as_answer(self.paint(prompt, size=size, steps=steps, guidance=guidance, seed=seed))
 
     def paint(self, prompt: str, *, size: str | None = None, steps: int | None = None,
               guidance: float | None = None, seed: int | None = None) -> PaintResult:

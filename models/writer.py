@@ -9,7 +9,7 @@ from typing import ClassVar, Iterator, Literal, Sequence
 import torch
 from pydantic import BaseModel
 
-from .base import CANCEL, ModelRole
+from .base import CANCEL, ModelRole, operation
 from .configs import WriterConfig
 from .errors import Cancelled, ModelUnavailable, WriterInputError
 
@@ -66,6 +66,7 @@ class Writer(ModelRole):
         self.chat([{"role": "user", "content": "hello"}], max_new_tokens=2, seed=0)
 
     # -- product calls ----------------------------------------------------------------------------
+    @operation
     def enhance_prompt(self, text: str, *, seed: int | None = None) -> str:
         """A short idea in any language -> a rich English text-to-image prompt."""
         self._check_text(text, "text")
@@ -75,6 +76,7 @@ class Writer(ModelRole):
         )
         return self._usable(result.text)
 
+    @operation
     def to_english(self, text: str, *, seed: int | None = None) -> str:
         """A search query in any language -> short English, as CLIP understands it."""
         self._check_text(text, "text")
@@ -84,6 +86,7 @@ class Writer(ModelRole):
         )
         return self._usable(result.text)
 
+    @operation
     def post_text(self, description: str, *, seed: int | None = None) -> str:
         """An image description -> a Chinese social-media post text."""
         self._check_text(description, "description")
@@ -93,6 +96,7 @@ class Writer(ModelRole):
         )
         return self._usable(result.text)
 
+    @operation
     def chat(self, messages: Sequence[dict | ChatMessage], *, max_new_tokens: int | None = None,
              temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
              stream: bool = False) -> ChatResult | Iterator[str]:
@@ -111,6 +115,12 @@ class Writer(ModelRole):
         return ChatResult(text=text, finish_reason=finish, prompt_tokens=int(inputs["input_ids"].shape[1]),
                           completion_tokens=int(len(new)))
 
+    @operation(stream=True)
+    def chat_stream(self, messages: Sequence[dict | ChatMessage], **params) -> Iterator[str]:
+        """chat() as text pieces, as they are decoded."""
+        return self.chat(messages, stream=True, **params)
+
+    @operation
     def count_tokens(self, text: str) -> int:
         self.load()
         return len(self._tokenizer(text)["input_ids"])

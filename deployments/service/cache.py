@@ -68,7 +68,7 @@ class AnswerCache:
 
 def encode(value) -> bytes:
     """Redis's copy: a vector's numbers (its key names its model), or a text."""
-    values = getattr(value, "values", None)  # a deployments.service.models.Vector
+    values = getattr(value, "values", None)  # a models.vector.Vector
     if isinstance(values, np.ndarray):
         value = values
     if isinstance(value, np.ndarray):

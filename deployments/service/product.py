@@ -5,8 +5,8 @@ request, call one of these methods and shape the answer; what a search, an uploa
 or a description *does* (which models, in which order, what is kept, what degrades) lives here, so
 both surfaces behave the same by construction.
 
-The service runs over a `ModelGateway` (Serve handles in production, the plain model classes in the
-fast test tier), a storage `Library`, the answer cache and the shared ledgers (stats, idempotency).
+The service runs over the model gateway (`models.call(role, op, ...)`: Serve handles in production, the
+plain model classes in the fast test tier), a storage `Library`, the answer cache and the shared ledgers (stats, idempotency).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from storage.errors import AtelierError, InvalidInput, NotFound, Unavailable
 
 from .cache import AnswerCache
 from .errors import RequestTimeout
-from .models import ROLES, ModelGateway, TextStream, Vector, model_calls, never_assigned
+from .models import ROLES, LocalModels, ServeModels, TextStream, Vector, model_calls, never_assigned
 
 log = logging.getLogger("atelier.service")
 _LATIN = re.compile(r"^[\x00-\x7F\u00C0-\u024F\u2018-\u201F]*$")
@@ -107,7 +107,7 @@ class ChatAnswer:
 
 
 class ProductService:
-    def __init__(self, models: ModelGateway, *, policy: Policy, cache: AnswerCache,
+    def __init__(self, models: ServeModels | LocalModels, *, policy: Policy, cache: AnswerCache,
                  library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None):
         self.models, self.policy, self.cache = models, policy, cache
         self.stats, self.idempotency, self.ingest = stats, idempotency, ingest
@@ -126,6 +126,10 @@ class ProductService:
         self.policy = policy
         self.cache.resize(lru_size=tuning.caches.lru_size, ttl_s=tuning.caches.ttl_s)
 
+    async def model_info(self, role: str) -> dict:
+        """What users are shown of a role's model: its public name, facts, and whether its answers are noise."""
+        return await self.models.info(role)
+
     # -- plumbing ---------------------------------------------------------------------------------
     async def library(self, vector: Vector | None = None):
         """Storage composed for this process over the embedding model's table: the configured model's,
@@ -138,7 +142,7 @@ class ProductService:
             async with self._library_lock:  # one Library per model and process, however many first requests race
                 lib = self._libraries.get(model)
                 if lib is None:
-                    dim = len(vector.values) if vector is not None else await self.models.dim()
+                    dim = len(vector.values) if vector is not None else await self.models.call("embedder", "dimension")
                     lib = self._libraries[model] = await self._library_factory(dim, model)
         return lib
 
@@ -168,7 +172,7 @@ class ProductService:
         model = (await self.models.info("embedder"))["model_id"]
 
         async def compute():
-            return await self.models.embed_text(text)
+            return await self.models.call("embedder", "text_vector", text)
 
         found = await self._cached("embed_text", text, compute, timeout=self.policy.timeouts.search_s,
                                    keep=lambda v: isinstance(v, Vector) and v.model == model)
@@ -186,7 +190,7 @@ class ProductService:
         if failed_key in self._failed:
             return text, True
         try:
-            return await self._cached("translate", text, lambda: self.models.to_english(text),
+            return await self._cached("translate", text, lambda: self.models.call("writer", "to_english", text),
                                       timeout=self.policy.timeouts.writer_s), False
         except Exception as exc:  # noqa: BLE001 - any Writer trouble means: search with the original text
             if _callers_mistake(exc):
@@ -199,7 +203,7 @@ class ProductService:
     async def enhance(self, text: str, request_id: str = "-") -> tuple[str, bool]:
         """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text."""
         try:
-            used = await self._cached("enhance", text, lambda: self.models.enhance_prompt(text),
+            used = await self._cached("enhance", text, lambda: self.models.call("writer", "enhance_prompt", text),
                                       timeout=self.policy.timeouts.writer_s)
             return used, False
         except Exception as exc:  # noqa: BLE001 - the original text is the fallback
@@ -237,7 +241,7 @@ class ProductService:
     async def post_text(self, description: str, request_id: str = "-") -> tuple[str, bool]:
         """The Chinese post text for a description: (text, degraded); the description itself is the fallback."""
         try:
-            return await asyncio.wait_for(self.models.post_text(description),
+            return await asyncio.wait_for(self.models.call("writer", "post_text", description),
                                           timeout=self.policy.timeouts.writer_s), False
         except Exception as exc:  # noqa: BLE001 - the text itself is the fallback, flagged degraded
             if _callers_mistake(exc):
@@ -260,7 +264,7 @@ class ProductService:
                                meta: dict | None = None) -> tuple[dict, bool]:
         """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
         image enters a gallery from the service (upload, generation, a small ingestion job) ends here."""
-        vector = await self.models.embed_image(image.model_image)
+        vector = await self.models.call("embedder", "image_vector", image.model_image)
         return await (await self.library(vector)).store(user, image, source=source, vector=vector.values,
                                                         caption=caption, meta=meta)
 
@@ -338,15 +342,18 @@ class ProductService:
 
     async def search_by_image(self, user: str, data: bytes, k: int, *, filename: str | None,
                               content_type: str | None) -> SearchAnswer:
-        image = await self.decode_image(data, filename=filename, content_type=content_type)
-        vector = await self.models.embed_image(image)
+        # Decoded at the side the image tower reads (a JPEG at a reduced scale), so a 12-megapixel query
+        # photo is made small here, once, instead of travelling whole to the Embedder's replica.
+        side = await self.models.call("embedder", "image_size")
+        image = await self.decode_image(data, filename=filename, content_type=content_type, model_size=side)
+        vector = await self.models.call("embedder", "image_vector", image)
         hits = await (await self.library(vector)).search(user, vector.values, k)
         return SearchAnswer(text=None, english=None, hits=hits)
 
     # -- generation -------------------------------------------------------------------------------
     async def check_paint(self, prompt: str, size: str | None, steps: int | None, seed: int | None) -> str:
         """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH."""
-        return await self.models.check_paint(prompt, size, steps, seed)
+        return await self.models.call("painter", "size_of", prompt, size, steps, seed)
 
     async def paint(self, user: str, prompt: str, *, size: str, steps: int | None, seed: int | None,
                     enhance: bool, keep: bool, n: int = 1, request_id: str = "-") -> list[Generated]:
@@ -355,7 +362,7 @@ class ProductService:
         async def run():
             used, degraded = (await self.enhance(prompt, request_id)) if enhance else (prompt, False)
             seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
-            painted = await asyncio.gather(*(self.models.paint(used, size=size, steps=steps, seed=s) for s in seeds))
+            painted = await asyncio.gather(*(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s) for s in seeds))
             out = [Generated(painted=p, original=prompt, used=used, degraded=degraded) for p in painted]
             if keep:
                 for g in out:
@@ -410,7 +417,7 @@ class ProductService:
         with an img_id both are saved on the caller's row (`description`, `post_text`), never over its caption."""
         async def run():
             try:
-                description = await self.models.describe(image, instruction)
+                description = await self.models.call("describer", "describe", image, instruction)
             except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503 of this route only
                 if _callers_mistake(exc):
                     raise
@@ -418,7 +425,7 @@ class ProductService:
                 raise Unavailable("the vision model cannot answer right now; retry shortly",
                                   code="describer_unavailable", retry_after=self.policy.retry_after_s) from None
             try:
-                post = await asyncio.wait_for(self.models.post_text(description),
+                post = await asyncio.wait_for(self.models.call("writer", "post_text", description),
                                               timeout=self.policy.timeouts.writer_s)
                 return description, post, False
             except Exception as exc:  # noqa: BLE001 - the Writer's input came from us; the description still stands
@@ -453,10 +460,10 @@ class ProductService:
         info = await self.models.info("writer")
         timeout = self.policy.timeouts.chat_s
         if not stream:
-            result = await self.deadline(self.models.chat(messages, **params), timeout, "the writer")
+            result = await self.deadline(self.models.call("writer", "chat", messages, **params), timeout, "the writer")
             return ChatAnswer(info=info, result=result)
         deadline = time.monotonic() + timeout
-        pieces = await self.models.chat_stream(messages, **params)
+        pieces = await self.models.stream("writer", "chat_stream", messages, **params)
         try:
             first = await self.deadline(pieces.next(), timeout, "the writer")
         except BaseException:
@@ -466,7 +473,7 @@ class ProductService:
                           deadline=deadline)
 
     async def count_chat_tokens(self, text: str) -> int:
-        return await self.models.count_chat_tokens(text)
+        return await self.models.call("writer", "count_tokens", text)
 
     async def vision_answer(self, image: Image.Image, question: str | None, *, max_new_tokens: int | None,
                             seed: int | None, request_id: str = "-") -> ChatAnswer:
@@ -475,7 +482,8 @@ class ProductService:
 
         async def ask():
             try:
-                return await self.models.answer(image, question, max_new_tokens=max_new_tokens, seed=seed)
+                return await self.models.call("describer", "answer", image, question, max_new_tokens=max_new_tokens,
+                                             seed=seed)
             except (AtelierError, ModelError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing vision model is a 503, as on /api/describe
@@ -490,16 +498,16 @@ class ProductService:
     async def embed(self, texts: list[str], *, dimensions: int | None) -> tuple[list[int], np.ndarray]:
         """Vectors of texts with their token counts; one text is batched with concurrent callers and cached."""
         if dimensions is not None:
-            dim = await self.models.dim()
+            dim = await self.models.call("embedder", "dimension")
             if dimensions != dim:
                 raise InvalidInput(f"dimensions={dimensions}: this model's vectors have {dim}; leave it out or "
                                    f"send {dim}", field="dimensions")
 
         async def run() -> tuple[list[int], np.ndarray]:
             # Counting first also refuses an oversized list before any forward pass.
-            counts = await self.models.count_text_tokens(texts)
+            counts = await self.models.call("embedder", "count_tokens", texts)
             if len(texts) == 1:
                 return counts, np.asarray([(await self.text_vector(texts[0])).values])
-            return counts, await self.models.embed_texts(texts)
+            return counts, await self.models.call("embedder", "embed_texts", texts)
 
         return await self.deadline(run(), self.policy.timeouts.search_s, "embedding")

@@ -11,19 +11,20 @@ import threading
 import time
 from typing import Any, AsyncIterator, Callable, Type
 
-import numpy as np
-from PIL import Image
 from ray import serve
 from ray.serve import metrics
 
+import models
 from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
+from deployments.serving.logs import LOGGING, into_serve_log
 from models.base import CANCEL, ModelRole
 from models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
 from models.errors import ModelError
-from deployments.serving.logs import LOGGING, into_serve_log
+
 
 class RoleShell:
-    """A thin Serve shell around one plain model role; subclasses only name their typed methods."""
+    """A thin Serve shell around one plain model role: one generic entry point (`call`, `stream`) for
+    every operation the role's class marks, so a new operation needs no change here."""
 
     def __init__(self, role: ModelRole):
         into_serve_log()
@@ -75,104 +76,37 @@ class RoleShell:
             self._requests.inc(tags={"role": role, "op": op, "outcome": outcome})
             self._latency.observe(time.perf_counter() - t0, tags={"role": role, "op": op})
 
-    def progress(self) -> dict:
-        """Work done so far on this replica (steps, tokens) and calls cancelled: for tests and operators."""
-        return {"unit": self.model.work_unit, "done": self.model.work_done, "cancelled": self.cancelled}
-
-    def info(self) -> dict:
-        """What the ingress shows users about this model (and whether its answers are noise)."""
-        return {"role": self.model.role, "model_id": self.model.model_id, "name": self.model.public_name,
-                "random_weights": self.model.random_weights, **self.model.facts()}
-
-    def ready(self) -> bool:
-        self.model.check_health()
-        return True
-
-    def check_health(self) -> None:
-        self.model.check_health()
-
-
-def _model_class(default: str, given: type | None) -> type:
-    if given is not None:
-        return given
-    from importlib import import_module
-
-    return getattr(import_module("models"), default)
-
-
-@serve.deployment(name="Embedder", logging_config=LOGGING)
-class EmbedderDeployment(RoleShell):
-    """Image and text vectors (CLIP, Chinese-CLIP or SigLIP 2), batched across concurrent requests."""
-
-    def __init__(self, config: dict, model_class: Type | None = None):
-        super().__init__(_model_class("Embedder", model_class)(EmbedderConfig.model_validate(config)))
-
-    def reconfigure(self, user_config: dict) -> None:
-        opts = BatchOptions.model_validate(user_config or {})
-        for batched in (self.embed_text, self.embed_image):
-            batched.set_max_batch_size(opts.max_batch_size)
-            batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+    async def call(self, op: str, *args, **kwargs) -> Any:
+        """The one entry point: run the model's operation `op` (a method marked `@operation`) off the
+        event loop. An operation with a `batch` method is grouped with concurrent calls of it."""
+        fn, spec = self.model.resolve(op)
+        if spec.stream:
+            raise LookupError(f"{op} streams: call it through stream() with .options(stream=True)")
+        if spec.batch:
+            [item] = args
+            return await self._batched(spec.batch, item)
+        return await self._run(op, fn, *args, **kwargs)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def embed_text(self, texts: list[str]) -> list[tuple[str, np.ndarray]]:
-        """One text -> (model id, unit vector); concurrent callers share a forward pass. The model id
-        goes with the vector: while a model switch rolls out, the caller stores or searches it in
-        that model's table (deployments.service.models.Vector)."""
-        vectors = await self._run("embed_texts", self.model.embed_texts, texts)
-        return self._with_model(_one_per_input(vectors, texts))
+    async def _batched(self, methods: list[str], items: list) -> list:
+        """Concurrent single calls folded into one call of their operation's batch method (one forward pass)."""
+        answers: list = [None] * len(items)
+        for method in dict.fromkeys(methods):
+            at = [i for i, m in enumerate(methods) if m == method]
+            out = await self._run(method, getattr(self.model, method), [items[i] for i in at])
+            if len(out) != len(at):
+                raise RuntimeError(f"{self.model.role}.{method} answered {len(out)} values for {len(at)} inputs")
+            for i, value in zip(at, out):
+                answers[i] = value
+        return answers
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def embed_image(self, images: list[Image.Image]) -> list[tuple[str, np.ndarray]]:
-        vectors = await self._run("embed_images", self.model.embed_images, images)
-        return self._with_model(_one_per_input(vectors, images))
-
-    def _with_model(self, vectors: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        return [(self.model.model_id, v) for v in vectors]
-
-    async def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """A caller's own list in one call (the OpenAI surface's list input)."""
-        return await self._run("embed_texts", self.model.embed_texts, texts)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens per text, for the OpenAI surface's usage report."""
-        return self.model.count_tokens(texts)
-
-    def dim(self) -> int:
-        return self.model.dim
-
-    def image_size(self) -> int:
-        return self.model.image_size
-
-
-def _one_per_input(vectors: np.ndarray, inputs: list) -> list[np.ndarray]:
-    if len(vectors) != len(inputs):
-        raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(inputs)} inputs")
-    return list(vectors)
-
-
-@serve.deployment(name="Writer", logging_config=LOGGING)
-class WriterDeployment(RoleShell):
-    """Prompt enhancement, Chinese post texts and chat, with token streaming."""
-
-    def __init__(self, config: dict, model_class: Type | None = None):
-        super().__init__(_model_class("Writer", model_class)(WriterConfig.model_validate(config)))
-
-    async def enhance_prompt(self, text: str, seed: int | None = None) -> str:
-        return await self._run("enhance_prompt", self.model.enhance_prompt, text, seed=seed)
-
-    async def to_english(self, text: str, seed: int | None = None) -> str:
-        return await self._run("to_english", self.model.to_english, text, seed=seed)
-
-    async def post_text(self, description: str, seed: int | None = None) -> str:
-        return await self._run("post_text", self.model.post_text, description, seed=seed)
-
-    async def chat(self, messages: list[dict], **params):
-        return await self._run("chat", self.model.chat, messages, stream=False, **params)
-
-    async def chat_stream(self, messages: list[dict], **params) -> AsyncIterator[str]:
-        """Text pieces as they are decoded; call through a handle with .options(stream=True)."""
+    async def stream(self, op: str, *args, **kwargs) -> AsyncIterator[Any]:
+        """The pieces of a streaming operation as they come; call through a handle with .options(stream=True)."""
+        fn, spec = self.model.resolve(op)
+        if not spec.stream:
+            raise LookupError(f"{op} does not stream: call it through call()")
         cancel = threading.Event()  # the stream's generation runs on after this first call returns
-        pieces = await self._run("chat_stream", self.model.chat, messages, stream=True, cancel=cancel, **params)
+        pieces = await self._run(op, fn, *args, cancel=cancel, **kwargs)
         sentinel = object()
         finished = False
         try:
@@ -187,8 +121,39 @@ class WriterDeployment(RoleShell):
                 cancel.set()
                 self.cancelled += 1
 
-    def count_tokens(self, text: str) -> int:
-        return self.model.count_tokens(text)
+    def progress(self) -> dict:
+        """Work done so far on this replica (steps, tokens) and calls cancelled: for tests and operators."""
+        return {"unit": self.model.work_unit, "done": self.model.work_done, "cancelled": self.cancelled}
+
+    def check_health(self) -> None:
+        self.model.check_health()
+
+
+def _model_class(default: str, given: type | None) -> type:
+    """The role's class: a test's own (`compose(model_classes=...)`), else the one `models` names (it
+    imports torch and transformers only now, in the replica, never in the ingress)."""
+    return given if given is not None else getattr(models, default)
+
+
+@serve.deployment(name="Embedder", logging_config=LOGGING)
+class EmbedderDeployment(RoleShell):
+    """Image and text vectors (CLIP, Chinese-CLIP or SigLIP 2), batched across concurrent requests."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Embedder", model_class)(EmbedderConfig.model_validate(config)))
+
+    def reconfigure(self, user_config: dict) -> None:
+        opts = BatchOptions.model_validate(user_config or {})
+        self._batched.set_max_batch_size(opts.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+
+@serve.deployment(name="Writer", logging_config=LOGGING)
+class WriterDeployment(RoleShell):
+    """Prompt enhancement, translation, Chinese post texts and chat, with token streaming."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Writer", model_class)(WriterConfig.model_validate(config)))
 
 
 @serve.deployment(name="Describer", logging_config=LOGGING)
@@ -198,17 +163,6 @@ class DescriberDeployment(RoleShell):
     def __init__(self, config: dict, model_class: Type | None = None):
         super().__init__(_model_class("Describer", model_class)(DescriberConfig.model_validate(config)))
 
-    async def describe(self, image: Image.Image, instruction: str | None = None,
-                       max_new_tokens: int | None = None, seed: int | None = None) -> str:
-        return await self._run("describe", self.model.describe, image, instruction,
-                               max_new_tokens=max_new_tokens, seed=seed)
-
-    async def answer(self, image: Image.Image, instruction: str | None = None,
-                     max_new_tokens: int | None = None, seed: int | None = None):
-        """describe() with finish reason and token counts (the OpenAI chat surface)."""
-        return await self._run("answer", self.model.answer, image, instruction,
-                               max_new_tokens=max_new_tokens, seed=seed)
-
 
 @serve.deployment(name="Painter", logging_config=LOGGING)
 class PainterDeployment(RoleShell):
@@ -216,14 +170,3 @@ class PainterDeployment(RoleShell):
 
     def __init__(self, config: dict, model_class: Type | None = None):
         super().__init__(_model_class("Painter", model_class)(PainterConfig.model_validate(config)))
-
-    def check(self, prompt: str, size: str | None = None, steps: int | None = None,
-              guidance: float | None = None, seed: int | None = None) -> str:
-        """Validate a request without painting; returns the size as WxH."""
-        return self.model.size_of(prompt, size, steps, seed, guidance=guidance)
-
-    async def paint(self, prompt: str, size: str | None = None, steps: int | None = None,
-                    guidance: float | None = None, seed: int | None = None) -> dict:
-        result = await self._run("paint", self.model.paint, prompt, size=size, steps=steps, guidance=guidance,
-                                 seed=seed)
-        return self.model.as_answer(result)

@@ -30,7 +30,7 @@ def roles(ray_cluster, tiny_kit):
         {"model": str(tiny_kit / "painter"), "num_threads": 1}),
         name="cancel_painter", route_prefix=None, blocking=False)
     for handle in (writer, painter):
-        handle.info.remote().result(timeout_s=300)
+        handle.call.remote("info").result(timeout_s=300)
     yield {"writer": writer, "painter": painter}
     for name in ("cancel_writer", "cancel_painter"):
         serve.delete(name, _blocking=False)
@@ -65,20 +65,20 @@ def _settled(handle) -> dict:
 def test_a_cancelled_generation_stops_denoising_and_frees_the_painter(roles):
     painter, steps = roles["painter"], 50
     start = painter.progress.remote().result()
-    response = painter.paint.remote("a slow storm over the sea", size="512x512", steps=steps, seed=1)
+    response = painter.call.remote("generate", "a slow storm over the sea", size="512x512", steps=steps, seed=1)
     _cancel_midway(painter, response)
     done = _settled(painter)["done"] - start["done"]
     assert 1 <= done < steps, done
-    out = painter.paint.remote("next", size="64x64", steps=1, seed=2).result(timeout_s=120)
+    out = painter.call.remote("generate", "next", size="64x64", steps=1, seed=2).result(timeout_s=120)
     assert out["steps"] == 1 and out["png"].startswith(b"\x89PNG")
 
 
 def test_a_cancelled_answer_stops_the_writer_at_the_next_token(roles):
     writer, asked = roles["writer"], 1024
     start = writer.progress.remote().result()
-    response = writer.chat.remote([{"role": "user", "content": "a long story"}], max_new_tokens=asked)
+    response = writer.call.remote("chat", [{"role": "user", "content": "a long story"}], max_new_tokens=asked)
     _cancel_midway(writer, response)
     done = _settled(writer)["done"] - start["done"]
     assert 1 <= done < asked, done
-    out = writer.chat.remote([{"role": "user", "content": "hi"}], max_new_tokens=3).result(timeout_s=120)
+    out = writer.call.remote("chat", [{"role": "user", "content": "hi"}], max_new_tokens=3).result(timeout_s=120)
     assert out.completion_tokens == 3

@@ -45,7 +45,7 @@ def test_each_family_loads_from_its_kit_folder_and_reports_itself(family, tiny_k
     model = embedder._model
     embedder.load()
     assert embedder._model is model
-    assert (embedder.family, embedder.multilingual, embedder.dim, embedder.image_size) == (kind, multilingual, dim, side)
+    assert (embedder.family, embedder.multilingual, embedder.dim, embedder.image_size()) == (kind, multilingual, dim, side)
     assert embedder._context == context
     assert embedder.random_weights is True
     assert embedder.model_id == str(tiny_kit / name)
