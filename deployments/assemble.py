@@ -11,7 +11,8 @@ import asyncio
 from fastapi import FastAPI
 
 from deployments.config import IngressSpec, IngressTuning
-from deployments.http.app import Edge, create_app
+from deployments.http.app import create_app
+from deployments.http.edge import Edge
 from deployments.http.auth import KeyRing, UrlSigner, key_store, load_secret
 from deployments.service import Policy, ProductService
 from deployments.service.cache import AnswerCache

@@ -6,7 +6,7 @@ from fastapi import Request
 
 from deployments.service import ProductService
 
-from .app import Edge, current_request_id
+from .edge import Edge, current_request_id
 from .auth import Unauthorized
 
 __all__ = ["caller", "current_request_id", "edge", "image_url", "record_out", "service"]

@@ -1,0 +1,211 @@
+"""The HTTP edge every route passes through: request ids, the one error map, body limits and per-route stats.
+
+Only this layer knows HTTP: storage and the service raise `AtelierError`s, the models raise
+`ModelError`s, and both are mapped here once. `app.create_app` assembles it with the routers; the
+routers read the request's id and the `Edge` through `deps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from deployments.config import LATENCY_BOUNDARIES_S
+
+from .auth import KeyRing, UrlSigner
+from .gate import new_request_id
+
+log = logging.getLogger("atelier.http")
+access = logging.getLogger("atelier.access")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_UNTRACKED = ("/healthz", "/readyz", "/metrics")
+CLIENT_CLOSED = 499  # the client closed the connection before the answer (nginx's code; never sent)
+
+
+def current_request_id() -> str:
+    """The id of the request being served."""
+    return request_id.get()
+
+
+@dataclass
+class Edge:
+    """What the routers share besides the service: who is calling, URL signing, limits, ingress knobs."""
+
+    keys: KeyRing
+    signer: UrlSigner
+    body_limits: dict[str, int] = field(default_factory=dict)
+    default_body_limit: int = 64 * 1024
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_search_k: int = 100
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.body_limits.items():  # longest prefix first
+            if path.startswith(prefix):
+                return limit
+        return self.default_body_limit
+
+
+def error_response(status: int, code: str, message: str, *, headers: dict | None = None,
+                   field: str | None = None) -> JSONResponse:
+    body = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _retry_after(exc: BaseException, default: float) -> dict:
+    return {"Retry-After": str(max(1, int(round(getattr(exc, "retry_after", None) or default))))}
+
+
+async def typed_error(request: Request, exc: Exception):
+    """The one map of both error families (storage/service and models) to HTTP, by their `status`."""
+    status = exc.status
+    headers = _retry_after(exc, 2) if status in (429, 503) else None
+    if status >= 500 and status not in (503, 504):
+        log.error("request %s failed: %s", request_id.get(), exc, exc_info=exc)
+    return error_response(status, exc.code, exc.message, headers=headers, field=exc.field)
+
+
+async def validation_error(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":  # its loc is ("body", <character position>), no field name
+        at = [p for p in first.get("loc", ()) if isinstance(p, int)]
+        where = f" at character {at[0]}" if at else ""
+        return error_response(422, "invalid_json", f"the request body is not valid JSON{where}: "
+                                                   f"{(first.get('ctx') or {}).get('error', 'malformed')}",
+                              field="body")
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+    msg = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
+    return error_response(422, "invalid_request", msg, field=where or None)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException):
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def client_closed(request: Request, exc: ClientDisconnect):
+    # Nobody reads this answer; its status is what logs, stats and metrics record.
+    return Response(status_code=CLIENT_CLOSED)
+
+
+async def bug(request: Request, exc: Exception):
+    log.error("request %s hit a bug", request_id.get(), exc_info=exc)
+    return error_response(500, "internal_error", f"an internal error occurred (request id {request_id.get()})")
+
+
+class EdgeMiddleware:
+    """Request ids for logs, body-size limits enforced while the body streams in, and per-route stats."""
+
+    def __init__(self, asgi, *, service, edge: Edge, serve_metrics: bool, echo_request_id: bool,
+                 served_by: dict[str, str] | None = None):
+        self.asgi, self.service, self.edge = asgi, service, edge
+        self._serve_metrics, self._echo = serve_metrics, echo_request_id
+        self._metrics = None
+        self._served_by = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (served_by or {}).items()]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.asgi(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        rid = headers.get("x-request-id") or new_request_id()  # the gate in front kept or made a safe one
+        token = request_id.set(rid)
+        limit = self.edge.limit_for(scope.get("path", ""))
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_with_id(message):
+            # In a cluster Serve's proxy puts the request id on the request (echoing the client's) and
+            # on the response; this layer adopts it for logs and stats and adds no second header.
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+                extra = [*self._served_by, *([(b"x-request-id", rid.encode("latin-1"))] if self._echo else [])]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            declared = headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                return await self._too_large(send_with_id, limit)
+            received = 0
+
+            async def counted_receive():
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise _BodyTooLarge(limit)
+                return message
+
+            try:
+                await self.asgi(scope, counted_receive, send_with_id)
+            except _BodyTooLarge:
+                if not status["sent"]:
+                    await self._too_large(send_with_id, limit)
+            except (asyncio.CancelledError, ClientDisconnect):
+                # The client went away (Serve cancels the request): nginx's 499, not a server error.
+                if not status["sent"]:
+                    status["code"] = CLIENT_CLOSED
+                raise
+        finally:
+            self._record(scope, status["code"], time.perf_counter() - started)
+            request_id.reset(token)
+
+    async def _too_large(self, send, limit: int):
+        body = json.dumps({"error": {"code": "too_large",
+                                     "message": f"the request body is over the limit of {limit} bytes"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, scope, code: int, seconds: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if path in _UNTRACKED:
+            return
+        # One access line per request, fields for log search (the request id and Serve's route come
+        # from Serve's log context); the route template, never the path, so no id or user is in it.
+        access.info("%s %s %d %.1fms", scope.get("method"), path or "(no route)", code, seconds * 1000,
+                    extra={"method": scope.get("method"), "route_template": path, "status": code,
+                           "latency_ms": round(seconds * 1000, 1)})
+        if path is None:
+            return
+        op = f"{scope['method']} {path}"
+        if self._serve_metrics:
+            try:
+                if self._metrics is None:
+                    # Only inside a Serve replica: the in-process tier and the proxy's gate never load Ray's Serve.
+                    from ray.serve import metrics
+
+                    self._metrics = (
+                        metrics.Counter("atelier_http_requests", description="HTTP requests by route and status code",
+                                        tag_keys=("route", "status")),
+                        metrics.Histogram("atelier_http_latency_s", description="HTTP latency by route, seconds",
+                                          boundaries=LATENCY_BOUNDARIES_S, tag_keys=("route",)),
+                    )
+                # Tagged by route template (never by user or id) so cardinality stays bounded.
+                self._metrics[0].inc(tags={"route": op, "status": str(code)})
+                self._metrics[1].observe(seconds, tags={"route": op})
+            except Exception:  # noqa: BLE001 - metrics must never fail a request
+                pass
+        self.service.record(op, seconds, code)
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive` when a body streams past its limit. An HTTPException so that FastAPI's
+    body parsing re-raises it (it turns any other error into a 400) and the error map answers 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")
