@@ -1,4 +1,4 @@
-"""The product API of shared/API.md: health, stats, text, generation, the gallery, search and describe.
+"""The product API of API.md: health, stats, text, generation, the gallery, search and describe.
 
 Thin routes: parse, call the ProductService, shape the answer.
 """

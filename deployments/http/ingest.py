@@ -1,4 +1,4 @@
-"""Bulk ingestion endpoints of shared/API.md: /api/init/upload (start, list, status, SSE events, cancel).
+"""Bulk ingestion endpoints of API.md: /api/init/upload (start, list, status, SSE events, cancel).
 
 Thin routes over the ProductService's ingest desk (`deployments.service.ingest`).
 """

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible surface of shared/API.md: /v1/models, embeddings, image generation and chat.
+"""The OpenAI-compatible surface of API.md: /v1/models, embeddings, image generation and chat.
 
 Thin routes over the same ProductService as the product API, so the official `openai` client
 reaches the same four models and stores a generated image exactly as `/api/generate/image` does.

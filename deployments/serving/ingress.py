@@ -1,4 +1,4 @@
-"""The ingress deployment: the product's HTTP API (shared/API.md) on each replica, over the model deployments.
+"""The ingress deployment: the product's HTTP API (API.md) on each replica, over the model deployments.
 
 The class only assembles: a ProductService over the four deployment handles, and the FastAPI app of
 `deployments.http` over that service, built on the replica (`__serve_build_asgi_app__`) once the
