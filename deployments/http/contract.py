@@ -18,8 +18,9 @@ _LIMITS = (("minLength", "min length"), ("maxLength", "max length"), ("minimum",
 
 def app_schema() -> dict:
     """The OpenAPI schema of the app `create_app` builds; routes need no service or key to be described."""
-    from .app import Edge, create_app
+    from .app import create_app
     from .auth import KeyRing, UrlSigner
+    from .edge import Edge
 
     return create_app(None, Edge(keys=KeyRing({}), signer=UrlSigner(b"schema only", 60))).openapi()
 
