@@ -69,7 +69,7 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
         library_factory=open_library, stats=stats, idempotency=idempotency, ingest=desk,
     )
     if desk is not None:
-        desk.attach(service.keep_ingested)  # small jobs run through the service, like single uploads
+        desk.attach(service.photos.keep_ingested)  # small jobs run through the service, like single uploads
     return service
 
 

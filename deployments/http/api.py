@@ -77,11 +77,11 @@ async def delete_me(user: str = Depends(caller), svc: ProductService = Depends(s
 # -- text and images --------------------------------------------------------------------------------
 @router.post("/api/text")
 async def text(body: TextRequest, user: str = Depends(caller), svc: ProductService = Depends(service)):
-    info = await svc.models.info("writer")
+    info = await svc.model_info("writer")
     if body.flag == "prompt_enhancement":
-        out, degraded = await svc.enhance(body.text, current_request_id())
+        out, degraded = await svc.texts.enhance(body.text, current_request_id())
     else:
-        out, degraded = await svc.post_text(body.text, current_request_id())
+        out, degraded = await svc.texts.post_text(body.text, current_request_id())
     return {"text": out, "flag": body.flag, "degraded": degraded, "random_weights": info["random_weights"]}
 
 
@@ -89,10 +89,10 @@ async def text(body: TextRequest, user: str = Depends(caller), svc: ProductServi
 async def generate_image(request: Request, body: GenerateRequest,
                          idempotency_key: str | None = Header(None, max_length=200),
                          user: str = Depends(caller), svc: ProductService = Depends(service)):
-    size = await svc.check_paint(body.text, body.size, body.steps, body.seed)
+    size = await svc.generation.check(body.text, body.size, body.steps, body.seed)
 
     async def work() -> dict:
-        [g] = await svc.paint(user, body.text, size=size, steps=body.steps, seed=body.seed, enhance=body.enhance,
+        [g] = await svc.generation.paint(user, body.text, size=size, steps=body.steps, seed=body.seed, enhance=body.enhance,
                               keep=body.save_to_gallery, request_id=current_request_id())
         p = g.painted
         return {
@@ -101,7 +101,7 @@ async def generate_image(request: Request, body: GenerateRequest,
             "img_id": g.row["img_id"] if g.row is not None else None,
             "generation_time": p["timings"]["total_s"], "size": p["size"],
             "prompt": {"original": g.original, "used": g.used}, "seed": p["seed"], "degraded": g.degraded,
-            "random_weights": bool(p["random_weights"] or (body.enhance and await svc.writer_random())),
+            "random_weights": bool(p["random_weights"] or (body.enhance and await svc.generation.writer_random())),
         }
 
     return await svc.idempotent(user, idempotency_key, body.model_dump_json(), work)
@@ -113,7 +113,7 @@ async def upload_image(request: Request, file: UploadFile = File(...), caption: 
                        user: str = Depends(caller), svc: ProductService = Depends(service)):
     if caption is not None and len(caption) > 2000:
         raise InvalidInput("caption has more than 2000 characters", field="caption")
-    row, created = await svc.keep_upload(user, await file.read(), filename=file.filename,
+    row, created = await svc.photos.keep_upload(user, await file.read(), filename=file.filename,
                                          content_type=file.content_type, caption=caption)
     return JSONResponse(record_out(request, user, row), status_code=201 if created else 200)
 
@@ -122,19 +122,19 @@ async def upload_image(request: Request, file: UploadFile = File(...), caption: 
 async def list_images(request: Request, limit: int = Query(20, ge=1, le=100),
                       cursor: str | None = Query(None, max_length=500),
                       user: str = Depends(caller), svc: ProductService = Depends(service)):
-    rows, next_cursor = await svc.list_images(user, limit, cursor)
+    rows, next_cursor = await svc.photos.list_images(user, limit, cursor)
     return {"items": [record_out(request, user, r) for r in rows], "next_cursor": next_cursor}
 
 
 @router.get("/api/images/{img_id}")
 async def get_image(request: Request, img_id: str, user: str = Depends(caller),
                     svc: ProductService = Depends(service)):
-    return record_out(request, user, await svc.get_image(user, img_id))
+    return record_out(request, user, await svc.photos.get_image(user, img_id))
 
 
 @router.delete("/api/images/{img_id}", status_code=204)
 async def delete_image(img_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
-    await svc.delete_image(user, img_id)
+    await svc.photos.delete_image(user, img_id)
     return Response(status_code=204)
 
 
@@ -143,10 +143,10 @@ async def image_file(request: Request, img_id: str, sig: str | None = Query(None
                      svc: ProductService = Depends(service)):
     """The display copy: with a valid signature (an <img> tag), or with the owner's key."""
     if sig is not None:
-        user = request.app.state.edge.signer.verify(sig, img_id, await svc.image_owner(img_id))
+        user = request.app.state.edge.signer.verify(sig, img_id, await svc.photos.image_owner(img_id))
     else:
         user = caller(request)
-    data, mime = await svc.image_file(user, img_id)
+    data, mime = await svc.photos.image_file(user, img_id)
     return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=300",
                                                     "X-Content-Type-Options": "nosniff"})
 
@@ -171,7 +171,7 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
     _check_k(request, k)
     if not q.strip():
         raise InvalidInput("q is blank; send some words to search for", field="q")
-    found = await svc.search(user, q, k, current_request_id())
+    found = await svc.search.text(user, q, k, current_request_id())
     return {"query": {"text": found.text, "embedded": found.embedded, "english": found.english},
             "results": _results(request, user, found.hits), "degraded": found.degraded}
 
@@ -180,7 +180,7 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
 async def search_by_image(request: Request, file: UploadFile = File(...), k: int = Form(10),
                           user: str = Depends(caller), svc: ProductService = Depends(service)):
     _check_k(request, k)
-    found = await svc.search_by_image(user, await file.read(), k, filename=file.filename,
+    found = await svc.search.by_image(user, await file.read(), k, filename=file.filename,
                                       content_type=file.content_type)
     return {"query": {"text": None, "embedded": None, "english": None}, "results": _results(request, user, found.hits)}
 
@@ -196,7 +196,7 @@ async def describe(request: Request, user: str = Depends(caller), svc: ProductSe
         if upload is None or isinstance(upload, str):
             raise InvalidInput("send the image as the multipart field `file`", field="file")
         instruction = form.get("instruction") if isinstance(form.get("instruction"), str) else None
-        image = await svc.decode_image(await upload.read(), filename=upload.filename,
+        image = await svc.photos.decode_image(await upload.read(), filename=upload.filename,
                                        content_type=upload.content_type)
     else:
         try:
@@ -204,7 +204,7 @@ async def describe(request: Request, user: str = Depends(caller), svc: ProductSe
         except (ValueError, TypeError) as exc:
             raise InvalidInput('send multipart `file` or JSON {"img_id": "..."}', field="img_id") from exc
         img_id, instruction = body.img_id, body.instruction
-        image = await svc.gallery_image(user, img_id)
-    out = await svc.describe(user, image, img_id=img_id, instruction=instruction, request_id=current_request_id())
+        image = await svc.photos.gallery_image(user, img_id)
+    out = await svc.conversation.describe(user, image, img_id=img_id, instruction=instruction, request_id=current_request_id())
     return {"description": out.description, "caption_zh": out.post_text, "img_id": out.img_id,
             "degraded": out.degraded, "random_weights": out.random_weights}

@@ -136,20 +136,20 @@ class ChatRequest(_OpenAIBody):
 # -- models -----------------------------------------------------------------------------------------
 @router.get("/v1/models")
 async def openai_models(user: str = Depends(caller), svc: ProductService = Depends(service)):
-    return {"object": "list", "data": [_model_card(await svc.models.info(role)) for role in ROLES]}
+    return {"object": "list", "data": [_model_card(await svc.model_info(role)) for role in ROLES]}
 
 
 @router.get("/v1/models/{model:path}")
 async def openai_model(model: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
-    return _model_card(await svc.served_model(model, *ROLES))
+    return _model_card(await svc.conversation.served_model(model, *ROLES))
 
 
 # -- embeddings -------------------------------------------------------------------------------------
 @router.post("/v1/embeddings")
 async def openai_embeddings(body: EmbeddingsRequest, user: str = Depends(caller),
                             svc: ProductService = Depends(service)):
-    info = await svc.served_model(body.model, "embedder")
-    counts, vecs = await svc.embed(_embedding_texts(body.input), dimensions=body.dimensions)
+    info = await svc.conversation.served_model(body.model, "embedder")
+    counts, vecs = await svc.texts.embed(_embedding_texts(body.input), dimensions=body.dimensions)
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vecs)]
     tokens = int(sum(counts))
@@ -161,11 +161,11 @@ async def openai_embeddings(body: EmbeddingsRequest, user: str = Depends(caller)
 @router.post("/v1/images/generations")
 async def openai_images(request: Request, body: ImagesRequest, user: str = Depends(caller),
                         svc: ProductService = Depends(service)):
-    await svc.served_model(body.model, "painter")
-    size = await svc.check_paint(body.prompt, None if body.size in (None, "auto") else body.size, body.steps,
+    await svc.conversation.served_model(body.model, "painter")
+    size = await svc.generation.check(body.prompt, None if body.size in (None, "auto") else body.size, body.steps,
                                  body.seed)
     keep = body.response_format == "url"
-    generated = await svc.paint(user, body.prompt, size=size, steps=body.steps, seed=body.seed, enhance=body.enhance,
+    generated = await svc.generation.paint(user, body.prompt, size=size, steps=body.steps, seed=body.seed, enhance=body.enhance,
                                 keep=keep, n=body.n, request_id=current_request_id())
     data = []
     for g in generated:
@@ -175,7 +175,7 @@ async def openai_images(request: Request, body: ImagesRequest, user: str = Depen
         else:
             item["b64_json"] = base64.b64encode(g.painted["png"]).decode()
         data.append(item)
-    writer_random = body.enhance and await svc.writer_random()
+    writer_random = body.enhance and await svc.generation.writer_random()
     return {"created": int(time.time()), "data": data, "size": generated[0].painted["size"],
             "degraded": generated[0].degraded,
             "random_weights": bool(any(g.painted["random_weights"] for g in generated) or writer_random)}
@@ -186,7 +186,7 @@ async def openai_images(request: Request, body: ImagesRequest, user: str = Depen
 async def openai_chat(request: Request, body: ChatRequest, user: str = Depends(caller),
                       svc: ProductService = Depends(service)):
     body.refuse_unsupported()
-    await svc.served_model(body.model, "writer", "describer")
+    await svc.conversation.served_model(body.model, "writer", "describer")
     images = []
     for i, m in enumerate(body.messages):
         for j, part in enumerate([] if isinstance(m.content, str) else m.content):
@@ -204,14 +204,14 @@ async def openai_chat(request: Request, body: ChatRequest, user: str = Depends(c
         image = await _vision_image(request, user, svc, url, where)
         # The question is the latest user text; the Describer sees only the image and that question.
         questions = [m.text().strip() for m in body.messages if m.role == "user" and m.text().strip()]
-        answer = await svc.vision_answer(image, questions[-1] if questions else None, request_id=current_request_id(),
+        answer = await svc.conversation.vision_answer(image, questions[-1] if questions else None, request_id=current_request_id(),
                                          **params)
         if not body.stream:
             return _completion_of(answer)
         return _sse(_vision_events(answer))
     # The Writer's chat template knows system/user/assistant; OpenAI's newer "developer" is its system.
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    answer = await svc.chat(messages, stream=body.stream, temperature=body.temperature, top_p=body.top_p, **params)
+    answer = await svc.conversation.chat(messages, stream=body.stream, temperature=body.temperature, top_p=body.top_p, **params)
     if not body.stream:
         return _completion_of(answer)
     return _sse(_writer_events(svc, answer))
@@ -234,7 +234,7 @@ async def _writer_events(svc: ProductService, answer: ChatAnswer) -> AsyncIterat
             yield chunk.delta({"content": piece})
             piece = await asyncio.wait_for(pieces.next(), timeout=max(0.0, answer.deadline - time.monotonic()))
         # Streams carry no token ids; re-tokenising the text tells whether the length limit ended it.
-        produced = await svc.count_chat_tokens("".join(text)) if text else 0
+        produced = await svc.conversation.count_chat_tokens("".join(text)) if text else 0
         yield chunk.delta({}, finish="length" if max_new is not None and produced >= max_new else "stop")
         yield {"data": "[DONE]"}
     except (asyncio.TimeoutError, TimeoutError):
@@ -267,7 +267,7 @@ async def _vision_image(request: Request, user: str, svc: ProductService, url: s
         data, mime = await _own_image(request, user, svc, url, where), None
     try:
         # Judged by its bytes (and the declared type must agree), like any upload.
-        return await svc.decode_image(data, content_type=mime, model_size=_VISION_SIDE)
+        return await svc.photos.decode_image(data, content_type=mime, model_size=_VISION_SIDE)
     except AtelierError as exc:
         exc.field = where
         raise
@@ -289,7 +289,7 @@ async def _own_image(request: Request, user: str, svc: ProductService, url: str,
         edge(request).signer.verify(sig, match["img_id"], user)
     except NotFound:
         raise NotFound("no such image", code="image_not_found", field=where) from None  # no existence oracle
-    data, _ = await svc.image_file(user, match["img_id"])
+    data, _ = await svc.photos.image_file(user, match["img_id"])
     return data
 
 

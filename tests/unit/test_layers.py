@@ -84,3 +84,21 @@ def test_the_cycle_finder_finds_a_cycle():
     graph.add_import(importer="a.y", imported="a.x")
     graph.add_import(importer="a.y", imported="a.z")
     assert import_cycles(graph) == [["a.x", "a.y"]]
+
+
+def test_no_source_file_over_450_lines_and_no_class_over_250():
+    """Files and classes a reader can hold (issue 27): the kit's builders and benchmarks/ are exempt."""
+    import ast
+
+    too_big = []
+    for package in PROJECT:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "kit" in path.relative_to(ROOT).parts:
+                continue
+            text = path.read_text()
+            if text.count("\n") > 450:
+                too_big.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 250:
+                    too_big.append(f"{path.relative_to(ROOT)}: class {node.name}, {node.end_lineno - node.lineno + 1} lines")
+    assert too_big == []

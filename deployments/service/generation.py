@@ -1,0 +1,49 @@
+"""Paint-and-keep: a prompt (enhanced by the Writer if asked) painted by the Painter, each image kept
+in the caller's gallery with its prompts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .context import Generated, Verbs
+from .photos import Photos
+from .texts import Texts
+
+
+class Generation(Verbs):
+    def __init__(self, ctx, texts: Texts, photos: Photos):
+        super().__init__(ctx)
+        self.texts, self.photos = texts, photos
+
+    async def check(self, prompt: str, size: str | None, steps: int | None, seed: int | None) -> str:
+        """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH."""
+        return await self.models.call("painter", "size_of", prompt, size, steps, seed)
+
+    async def paint(self, user: str, prompt: str, *, size: str, steps: int | None, seed: int | None,
+                    enhance: bool, keep: bool, n: int = 1, request_id: str = "-") -> list[Generated]:
+        """Paint-and-keep: the prompt (enhanced by the Writer if asked), n images (image i with seed + i),
+        each kept in the caller's gallery with its prompts when `keep`. Both HTTP surfaces use this."""
+        async def run():
+            used, degraded = (await self.texts.enhance(prompt, request_id)) if enhance else (prompt, False)
+            seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
+            painted = await asyncio.gather(*(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s) for s in seeds))
+            out = [Generated(painted=p, original=prompt, used=used, degraded=degraded) for p in painted]
+            if keep:
+                for g in out:
+                    g.row = await self.keep_generated(user, g)
+            return out
+
+        return await self.deadline(run(), self.policy.timeouts.generate_s, "image generation")
+
+    async def keep_generated(self, user: str, g: Generated) -> dict:
+        lib = await self.library()
+        image = await lib.admit(g.painted["png"], content_type="image/png")
+        p = g.painted
+        row, _ = await self.photos.embed_and_store(user, image, source="generated", caption=g.original,
+                                             meta={"prompt_original": g.original, "prompt_used": g.used,
+                                                   "seed": p["seed"], "size": p["size"], "model": p["model_id"],
+                                                   "steps": p["steps"]})
+        return row
+
+    async def writer_random(self) -> bool:
+        return bool((await self.models.info("writer"))["random_weights"])

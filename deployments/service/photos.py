@@ -1,0 +1,74 @@
+"""The caller's gallery as the service keeps it: uploads checked, embedded and stored; listing,
+reading, deleting; images decoded for a model to look at."""
+
+from __future__ import annotations
+
+import hashlib
+
+from PIL import Image
+
+from .context import Verbs
+
+
+class Photos(Verbs):
+    async def keep_upload(self, user: str, data: bytes, *, filename: str | None, content_type: str | None,
+                          caption: str | None) -> tuple[dict, bool]:
+        """An uploaded photo checked, embedded and kept: (row, created); the same bytes again return the row."""
+        lib = await self.library()
+        image = await lib.admit(data, filename=filename, content_type=content_type)
+        existing = await lib.find(user, image.content_hash)
+        if existing is not None:
+            return existing, False
+        return await self.embed_and_store(user, image, source="upload", caption=caption)
+
+    async def embed_and_store(self, user: str, image, *, source: str, caption: str | None = None,
+                               meta: dict | None = None) -> tuple[dict, bool]:
+        """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
+        image enters a gallery from the service (upload, generation, a small ingestion job) ends here."""
+        vector = await self.models.call("embedder", "image_vector", image.model_image)
+        return await (await self.library(vector)).store(user, image, source=source, vector=vector.values,
+                                                        caption=caption, meta=meta)
+
+    async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str, seen: set[str]) -> str:
+        """One file of a small ingestion job: skipped by its hash before any decode when the user (or this
+        job) has it, else checked, embedded and kept like an upload; returns the counter it adds to."""
+        content_hash = hashlib.sha256(data).hexdigest()
+        if content_hash in seen:  # claimed by another file of this job (before any await: files run at once)
+            return "skipped_duplicates"
+        seen.add(content_hash)
+        lib = await self.library()
+        if await lib.find(user, content_hash) is not None:
+            return "skipped_duplicates"
+        image = await lib.admit(data, filename=name)
+        _, created = await self.embed_and_store(user, image, source="ingest",
+                                                 meta={"ingest_job": job_id, "name": name})
+        return "done" if created else "skipped_duplicates"
+
+    async def list_images(self, user: str, limit: int, cursor: str | None) -> tuple[list[dict], str | None]:
+        return await (await self.library()).list(user, limit, cursor)
+
+    async def get_image(self, user: str, img_id: str) -> dict:
+        return await (await self.library()).get(user, img_id)
+
+    async def delete_image(self, user: str, img_id: str) -> None:
+        await (await self.library()).delete(user, img_id)
+
+    async def image_file(self, user: str, img_id: str) -> tuple[bytes, str]:
+        """The stored display copy of a user's image and its media type."""
+        return await (await self.library()).display(user, img_id)
+
+    async def image_owner(self, img_id: str) -> str | None:
+        """Who owns an image (for a signed URL, which does not carry its owner); None if nobody does."""
+        return await (await self.library()).owner(img_id)
+
+    async def decode_image(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
+                           model_size: int | None = None) -> Image.Image:
+        """Any image a caller sends for a model to look at (checked by its bytes like an upload), never kept."""
+        decoded = await (await self.library()).decode(data, filename=filename, content_type=content_type,
+                                                      model_size=model_size)
+        return decoded.model_image
+
+    async def gallery_image(self, user: str, img_id: str, *, model_size: int | None = None) -> Image.Image:
+        """One of the caller's own images, decoded for a model."""
+        data, _ = await self.image_file(user, img_id)
+        return await self.decode_image(data, model_size=model_size)

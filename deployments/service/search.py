@@ -1,0 +1,60 @@
+"""Search in Chinese or English, and by image: the query's vector, then the caller's gallery ranked."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from .context import SearchAnswer, Verbs
+from .models import Vector
+from .photos import Photos
+from .texts import Texts
+
+
+class Search(Verbs):
+    def __init__(self, ctx, texts: Texts, photos: Photos):
+        super().__init__(ctx)
+        self.texts, self.photos = texts, photos
+
+    async def query_vector(self, q: str, request_id: str = "-") -> tuple[Vector, str, str | None, bool]:
+        """A search text's vector: (vector, what was embedded, the English translation used or None, degraded).
+
+        A bilingual embedder (SigLIP 2, Chinese-CLIP) embeds the query as it is: no LLM call. With query
+        expansion on (`enhance_search`, off by default for these), a non-English query's translation is
+        embedded too and the two unit vectors are averaged: the translation adds to the query, never
+        replaces it. An English-only embedder (CLIP) searches the translation, as it cannot read Chinese;
+        a failed translation there searches the original text and says `degraded`.
+        """
+        multilingual = bool((await self.models.info("embedder")).get("multilingual"))
+        expand = self.policy.enhance_search if self.policy.enhance_search is not None else not multilingual
+        translated, degraded = (await self.texts.english(q, request_id)) if expand else (q, False)
+        english = translated if translated != q else None
+        if not multilingual:
+            return await self.texts.text_vector(translated), translated, english, degraded
+        if english is None:
+            return await self.texts.text_vector(q), q, None, degraded
+        direct, extra = await asyncio.gather(self.texts.text_vector(q), self.texts.text_vector(english))
+        if extra.model != direct.model:  # two models answered (a switch rolling out): never mix them
+            return direct, q, None, False
+        fused = np.asarray(direct.values, np.float32) + np.asarray(extra.values, np.float32)
+        return Vector(direct.model, fused / max(float(np.linalg.norm(fused)), 1e-12)), q, english, False
+
+    async def text(self, user: str, q: str, k: int, request_id: str = "-") -> SearchAnswer:
+        """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts."""
+        async def run():
+            vector, embedded, english, degraded = await self.query_vector(q, request_id)
+            hits = await (await self.library(vector)).search(user, vector.values, k, text=q)
+            return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded, embedded=embedded)
+
+        return await self.deadline(run(), self.policy.timeouts.search_s, "search")
+
+    async def by_image(self, user: str, data: bytes, k: int, *, filename: str | None,
+                              content_type: str | None) -> SearchAnswer:
+        # Decoded at the side the image tower reads (a JPEG at a reduced scale), so a 12-megapixel query
+        # photo is made small here, once, instead of travelling whole to the Embedder's replica.
+        side = await self.models.call("embedder", "image_size")
+        image = await self.photos.decode_image(data, filename=filename, content_type=content_type, model_size=side)
+        vector = await self.models.call("embedder", "image_vector", image)
+        hits = await (await self.library(vector)).search(user, vector.values, k)
+        return SearchAnswer(text=None, english=None, hits=hits)
