@@ -8,6 +8,10 @@ One run, same cluster, same gallery: the ingress at 1 replica, then at 2 (on the
 worker), each measured over HTTP with unique queries (no answer cache can help). On one 2-core machine
 the nodes share the same two cores: this shows what a second replica on another node costs or gives
 when the box is the limit, not the speed-up of a real second machine.
+
+Answers are checked before the section is written (benchmarks.checks): every upload 201, every search
+200 with k distinct hits from the user's gallery, the second replica on a second node and both nodes
+answering; a wrong answer exits 3 and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,23 +26,30 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.checks import check, check_statuses, run
 from benchmarks.results_md import publish
 
 SECTION = "## Search through one ingress replica against two on two nodes (issue 14)"
+K = 10
 
 
-def measure(base: str, key: str, clients: int, requests: int, tag: str) -> dict:
+def measure(base: str, key: str, clients: int, requests: int, tag: str, hits: int) -> dict:
+    """`requests` unique searches by `clients` clients; every answer must be 200 with `hits` distinct hits."""
     texts = iter(range(requests))
     lat: list[float] = []
     codes: dict[int, int] = {}
     served: set[str] = set()
+    wrong: list[str] = []
 
     def one(i: int, c: httpx.Client) -> None:
         t0 = time.perf_counter()
-        r = c.get("/api/search", params={"q": f"{tag} a harbour at dawn {i}", "k": 10})
+        r = c.get("/api/search", params={"q": f"{tag} a harbour at dawn {i}", "k": K})
         lat.append(time.perf_counter() - t0)
         codes[r.status_code] = codes.get(r.status_code, 0) + 1
         served.add(r.headers.get("x-atelier-node", "?"))
+        ids = [h["img_id"] for h in r.json()["results"]] if r.status_code == 200 else []
+        if r.status_code == 200 and not (len(ids) == len(set(ids)) == hits):
+            wrong.append(f"query {i}: {len(ids)} hits ({len(set(ids))} distinct), expected {hits}")
 
     def worker() -> None:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120,
@@ -51,6 +62,9 @@ def measure(base: str, key: str, clients: int, requests: int, tag: str) -> dict:
         for f in [pool.submit(worker) for _ in range(clients)]:
             f.result()
     wall = time.perf_counter() - start
+    check_statuses(f"{tag}: searches", codes, {200: requests})
+    check(len(lat) == requests, f"{tag}: {len(lat)} searches timed of {requests}")
+    check(not wrong, f"{tag}: {len(wrong)} wrong answers, e.g. {wrong[:3]}")
     lat.sort()
     return {"p50": statistics.median(lat), "p99": lat[int(0.99 * (len(lat) - 1))], "rps": len(lat) / wall,
             "codes": codes, "nodes": len(served)}
@@ -83,16 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         _, key = cluster.key_store().add("bench")
         with httpx.Client(base_url=cluster.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
             for i in range(args.images):
-                assert c.post("/api/images", files={"file": (f"b{i}.jpg", jpeg(10_000 + i), "image/jpeg")}).status_code == 201
-        measure(cluster.base, key, args.clients, 32, "warm1")
-        one = measure(cluster.base, key, args.clients, args.requests, "one")
+                r = c.post("/api/images", files={"file": (f"b{i}.jpg", jpeg(10_000 + i), "image/jpeg")})
+                check(r.status_code == 201, f"upload {i} answered {r.status_code}: {r.text[:200]}")
+        hits = min(K, args.images)
+        measure(cluster.base, key, args.clients, 32, "warm1", hits)
+        one = measure(cluster.base, key, args.clients, args.requests, "one", hits)
         cluster.deploy(cluster.write_config(tmp / "two.yaml"))
         time.sleep(5)
         placed = sorted(r["node"] for r in cluster.replicas("Ingress"))
-        measure(cluster.base, key, args.clients, 32, "warm2")
-        two = measure(cluster.base, key, args.clients, args.requests, "two")
+        check(len(placed) == len(set(placed)) == 2, f"the two ingress replicas are on nodes {placed}")
+        measure(cluster.base, key, args.clients, 32, "warm2", hits)
+        two = measure(cluster.base, key, args.clients, args.requests, "two", hits)
     finally:
         cluster.stop()
+    check(two["nodes"] == 2, f"{two['nodes']} node(s) answered the two replicas' searches")
 
     def row(name: str, m: dict) -> str:
         return (f"| {name} | {m['p50'] * 1000:.0f} | {m['p99'] * 1000:.0f} | {m['rps']:.1f} | "
@@ -122,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -11,12 +11,18 @@ run time, from its final status); where the work ran is read from Ray's state AP
 
 All nodes are processes sharing this machine's 2 cores: this shows the work spreading over nodes and
 what that costs (object transfers between raylets, more processes), not the speed-up of more machines.
+
+Counts are checked before the section is written (benchmarks.checks): each job ends `succeeded` with
+done = total = photos, nothing skipped or failed, and the gallery on S3, read before the cluster stops,
+holds each photo's content hash exactly once; the embedding actors ran; otherwise it exits 3 and writes
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import hashlib
 import json
 import os
 import platform
@@ -27,22 +33,43 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.checks import check, check_stored, run as checked, stored_hashes
 from benchmarks.results_md import publish
 
 SECTION = "## Bulk ingest on 1, 2 and 3 Ray nodes (issue 14)"
 SHAPES = {1: ((), 2), 2: (("gpu",), 0), 3: (("gpu", "cpu"), 0)}  # nodes -> (workers, GPUs the head declares)
+USER = "bench"
 
 
-def put_photos(cluster, count: int) -> None:
+def put_photos(cluster, count: int) -> list[str]:
+    """`count` distinct JPEGs into the bucket; their content hashes (what the gallery keys them by)."""
     import boto3
 
     from tests.pipelines.sample_photos import jpeg
 
     s3 = boto3.client("s3", endpoint_url=cluster.s3, aws_access_key_id="atelier-test",
                       aws_secret_access_key="atelier-test-secret", region_name="us-east-1")
+
+    def put(i: int) -> str:
+        body = jpeg(60_000 + i, size=(320, 240))
+        s3.put_object(Bucket=cluster.BUCKET, Key=f"photos/{i:05d}.jpg", Body=body)
+        return hashlib.sha256(body).hexdigest()
+
     with cf.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: s3.put_object(Bucket=cluster.BUCKET, Key=f"photos/{i:05d}.jpg",
-                                              Body=jpeg(60_000 + i, size=(320, 240))), range(count)))
+        return list(pool.map(put, range(count)))
+
+
+def stored(cluster, kit: Path) -> list[str]:
+    """The user's content hashes in the gallery on S3, one per row."""
+    from models import EmbedderConfig
+    from pipelines.config import embedder_shape
+    from storage.gallery import Gallery
+    from storage.settings import StorageSettings
+
+    model = str(kit / "embedder")  # the model MultiNode.write_config serves, which the job follows
+    dim, _ = embedder_shape(EmbedderConfig(model=model))
+    settings = StorageSettings(lancedb_uri=cluster.lancedb, lancedb_storage_options=cluster.storage_options)
+    return stored_hashes(Gallery.open(settings, dim=dim, embed_model=model), USER)
 
 
 def where_it_ran(cluster) -> dict[str, Counter]:
@@ -65,7 +92,7 @@ def run(nodes: int, photos: int, kit: Path, tmp: Path) -> dict:
     cluster.tmp.mkdir(parents=True)
     try:
         cluster.start()
-        put_photos(cluster, photos)
+        sent = put_photos(cluster, photos)
         def sized(app):
             app["args"]["ingest"].update(read_tasks=4, read_batch_size=32, batch_size=16, write_batch_size=64)
             # The gallery writer anywhere: serve_config.yaml keeps it on `cpu` nodes, which the 1- and 2-node
@@ -75,14 +102,20 @@ def run(nodes: int, photos: int, kit: Path, tmp: Path) -> dict:
         config = cluster.write_config(cluster.tmp / "serve_config.yaml", sized)
         env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs}"}
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--config", str(config), "--user", "bench",
+        done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--config", str(config), "--user", USER,
                                f"s3://{cluster.BUCKET}/photos/"], env=env, cwd=cluster.tmp, capture_output=True,
                               text=True, timeout=1800)
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"the ingest on {nodes} node(s) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         status = json.loads(done.stdout[done.stdout.index("{"):])
+        got = {k: status.get(k) for k in ("state", "total", "done", "skipped_duplicates", "failed")}
+        check(got == {"state": "succeeded", "total": photos, "done": photos, "skipped_duplicates": 0, "failed": 0},
+              f"the ingest on {nodes} node(s) ended {got}")
+        check_stored(f"the gallery after the ingest on {nodes} node(s)", sent, stored(cluster, kit))
         spread = where_it_ran(cluster)
+        check(sum(spread["embed"].values()) > 0 and sum(spread["read"].values()) > 0,
+              f"on {nodes} node(s) Ray's state API shows the job's tasks as {spread}")
     finally:
         cluster.stop()
     took = status["finished_at"] - status["started_at"]
@@ -102,10 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     kit = tmp / "kit"
     for role in ROLES:
         build(role, "tiny", kit, seed=0)
-    results = [run(n, args.photos, kit, tmp) for n in (1, 2, 3)]
-    for r in results:
-        s = r["status"]
-        assert (s["state"], s["done"], s["failed"]) == ("succeeded", args.photos, 0), s
+    results = [run(n, args.photos, kit, tmp) for n in (1, 2, 3)]  # each checks its counts
+    check(all(r["seconds"] > 0 for r in results), f"job times {[r['seconds'] for r in results]}")
 
     def where(counter: Counter) -> str:
         return ", ".join(f"{node} {n}" for node, n in sorted(counter.items())) or "-"
@@ -125,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {r['nodes']} | {r['seconds']:.1f} | {r['rate']:.1f} | {r['rate'] / base:.2f}x | "
           f"{where(r['spread']['read'])} | {where(r['spread']['embed'])} |" for r in results],
         "",
-        "Every run stored every photo once (done = photos, 0 failed). The nodes share this machine's two cores, "
+        "Every run stored every photo once (checked before this was written: done = total = photos, 0 skipped, "
+        "0 failed, and the gallery on S3 held each photo's content hash exactly once). The nodes share this machine's two cores, "
         "so more nodes cannot add compute: the table shows the job's tasks spreading to the workers (read tasks "
         "go wherever there is room; the embedding actors only where GPUs are declared) and what that costs "
         "(batches crossing between raylets' object stores, more processes on the same cores). It says nothing "
@@ -136,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(checked(main))

@@ -15,7 +15,10 @@ keep-alive connection, in four phases of one run:
             image a conversation may carry), which the service reads and parses: the work a user
             may ask of it, for scale.
 
-Goal: the strangers' p99 at most 2x the idle p99. Numbers go to benchmarks/RESULTS.md ("The HTTP edge").
+Goal: the strangers' p99 at most 2x the idle p99. Numbers go to benchmarks/RESULTS.md ("The HTTP edge"),
+once the answers are checked (benchmarks.checks): every probe 200 `{"status": ...}`, every stranger
+refused 401, every keyed chat body refused 415 (it is no image), each phase answered and pushed bytes;
+otherwise it exits 3 and writes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from benchmarks.checks import check, check_statuses, run
 from benchmarks.local_graph import start
 from benchmarks.results_md import publish
 
@@ -51,13 +55,15 @@ def probe(base: str, n: int) -> list[float]:
 
     out = []
     with httpx.Client(base_url=base, timeout=60) as c:
-        c.get("/healthz")
+        first = c.get("/healthz")
+        check(first.status_code == 200, f"/healthz answered {first.status_code}: {first.text[:200]}")
         for _ in range(n):
             t0 = time.perf_counter()
             r = c.get("/healthz")
             out.append(time.perf_counter() - t0)
-            if r.status_code != 200:
-                raise RuntimeError(f"/healthz answered {r.status_code}")
+            check(r.status_code == 200 and r.content == first.content,
+                  f"/healthz answered {r.status_code} {r.text[:200]!r}, not {first.text[:200]!r}")
+    check(len(out) == n, f"{len(out)} probes of {n}")
     return out
 
 
@@ -172,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         with Senders(base, args.clients, key=key, body="chat", routes=["/v1/chat/completions"]) as s:
             keyed = probe(base, args.probes)
         rows.append((f"{args.clients} keyed clients, 13 MB chat bodies", keyed, s))
+    for name, _, senders in rows:  # strangers are refused before their bodies are read; a chat body is no image
+        if senders is not None:
+            refused = "415" if "keyed" in name else "401"
+            check_statuses(f"{name}: answers to the senders", senders.statuses,
+                           {refused: sum(senders.statuses.values())})
+            check(sum(senders.statuses.values()) > 0 and senders.sent_bytes > 0,
+                  f"{name}: the senders got {senders.statuses} for {senders.sent_bytes} bytes")
     idle_p99 = pct(idle, 0.99)
     lines = [
         SECTION, "",
@@ -196,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -12,7 +12,9 @@ threads as given) and timed the way the service calls it:
 - one photo at a time (an upload), and photos in batches of 16 (bulk ingestion's actors).
 
 Ratios are against CLIP ViT-B/32 in the same run. Random weights cost what real ones do: the
-numbers are the architectures', not the checkpoints' quality.
+numbers are the architectures', not the checkpoints' quality. Every call's answer is checked before the
+section is written (benchmarks.checks): one finite unit vector of the model's width per text or photo;
+otherwise it exits 3 and writes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.checks import check, check_vectors, run
 from benchmarks.results_md import publish
 from benchmarks.texts import queries
 
@@ -52,10 +55,13 @@ def photos(n: int) -> list:
     return [Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def timed(fn, *args) -> float:
+def timed(fn, items: list, dim: int, what: str) -> float:
+    """Seconds of one call `fn(items)`, whose answer is checked afterwards: a unit vector per item."""
     t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
+    out = fn(items)
+    took = time.perf_counter() - t0
+    check_vectors(what, out, len(items), dim)
+    return took
 
 
 def measure(name: str, threads: int, texts: list[str], images: list) -> dict:
@@ -63,12 +69,16 @@ def measure(name: str, threads: int, texts: list[str], images: list) -> dict:
 
     model = Embedder(EmbedderConfig(model=str(ensure(name)), num_threads=threads, device="cpu"))
     model.warmup()
-    single_text = [timed(model.embed_texts, [t]) for t in texts[:64]]
+    d = model.dim
+    single_text = [timed(model.embed_texts, [t], d, f"{name}: text {t!r}") for t in texts[:64]]
     batches = [texts[i:i + 32] for i in range(64, len(texts) - 31, 32)]
-    batch_text = sum(timed(model.embed_texts, b) for b in batches)
-    single_image = [timed(model.embed_images, [im]) for im in images[:8]]
+    batch_text = sum(timed(model.embed_texts, b, d, f"{name}: a batch of {len(b)} texts") for b in batches)
+    single_image = [timed(model.embed_images, [im], d, f"{name}: one photo") for im in images[:8]]
     img_batches = [images[i:i + 16] for i in range(8, len(images) - 15, 16)]
-    batch_image = sum(timed(model.embed_images, b) for b in img_batches)
+    batch_image = sum(timed(model.embed_images, b, d, f"{name}: a batch of {len(b)} photos") for b in img_batches)
+    check(len(single_text) == 64 and batches and single_image and img_batches,
+          f"{name}: timed {len(single_text)} texts, {len(batches)} text batches, {len(single_image)} photos, "
+          f"{len(img_batches)} photo batches")
     n_params = sum(p.numel() for p in model._model.parameters())
     return {"name": name, "family": model.family, "multilingual": model.multilingual, "dim": model.dim,
             "params": n_params, "text_p50_ms": 1000 * statistics.median(single_text),
@@ -112,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

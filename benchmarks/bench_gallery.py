@@ -8,6 +8,11 @@ ANN index against a flat scan, recall@10 against numpy, and upsert rows/s; never
 Tables are kept under benchmarks/data/gallery/ (git-ignored) and reused when complete (--rebuild to
 start again). Vectors are clustered unit vectors (1000 clusters, a 32-d spread per cluster, small
 isotropic noise), made chunk by chunk from fixed seeds, so truth is recomputed without storing them.
+
+Answers are checked before the section is written (benchmarks.checks): the table holds every row, each
+search answers k distinct hits of the searched user only, the exact paths (flat, the vector cache) find
+the true top 10 (recall@10 >= 0.99), and the probes' rows are all stored and all deleted again;
+otherwise it exits 3 and writes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/bench_gallery.py`
 import pyarrow as pa  # noqa: E402
 
 from benchmarks import results_md  # noqa: E402
+from benchmarks.checks import check, check_hits, run  # noqa: E402
 
 from storage.gallery import VECTOR_INDEX, Gallery  # noqa: E402
 from storage.schema import arrow_schema, dedup_key  # noqa: E402
@@ -173,7 +179,10 @@ def small_upserts(gallery: Gallery, dim: int) -> dict:
             times.append(time.perf_counter() - t)
         out[f"batch_{batch}"] = {"rows_per_s": round(batch * calls / sum(times), 1),
                                  "p50_ms": round(1000 * percentile(times, 50), 1)}
+    sent = sum(batch * calls for batch, calls in ((1, 40), (64, 10)))
+    check(gallery.count("writer-probe") == sent, f"small upserts: {gallery.count('writer-probe')} rows stored of {sent}")
     gallery.delete_user("writer-probe")
+    check(gallery.count("writer-probe") == 0, "small upserts: the probe's rows outlived delete_user")
     return out
 
 
@@ -185,16 +194,20 @@ def vector_cache(gallery: Gallery, truth, queries: np.ndarray, dim: int) -> dict
     for n, user in enumerate(user_ids):
         gallery._vectors.drop(user)
         t = time.perf_counter()
-        gallery.search(user, queries[n], k=K)
+        hits = gallery.search(user, queries[n], k=K)
         loads.append(time.perf_counter() - t)
+        check_hits(f"{user}'s first search", hits, K)
     rows = rows_of(2 * 10**9, _unit(np.random.default_rng(7).standard_normal((20, dim))), 1, user="cache-probe")
     after = []
     for i, row in enumerate(rows):
         gallery.upsert([row])
         t = time.perf_counter()
-        gallery.search(user_ids[i % len(user_ids)], queries[i], k=K)
+        hits = gallery.search(user_ids[i % len(user_ids)], queries[i], k=K)
         after.append(time.perf_counter() - t)
+        check_hits("a search after another user's write", hits, K)
+    check(gallery.count("cache-probe") == len(rows), f"cache probe: {gallery.count('cache-probe')} rows of {len(rows)}")
     gallery.delete_user("cache-probe")
+    check(gallery.count("cache-probe") == 0, "cache probe: the probe's rows outlived delete_user")
     return {"load_p50_ms": round(1000 * percentile(loads, 50), 1), "load_max_ms": round(1000 * max(loads), 1),
             "after_write_p50_ms": round(1000 * percentile(after, 50), 1),
             "after_write_p95_ms": round(1000 * percentile(after, 95), 1),
@@ -228,8 +241,11 @@ def measure(gallery: Gallery, truth, queries: np.ndarray, exact: bool | None) ->
         hits = gallery.search(user, q, k=K, exact=exact)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)  # every thread of this process: less hostage to other load
-        assert {h["user_id"] for h in hits} == {user}
+        check_hits(f"search {n} of {user} (exact={exact})", hits, K)
+        check({h["user_id"] for h in hits} == {user}, f"search {n} of {user} answered rows of {[h['user_id'] for h in hits]}")
         recalls.append(len({f"{i:032x}" for i in best} & {h["img_id"] for h in hits}) / K)
+    if exact is not False:  # a flat scan, or the vector cache ranking in numpy: exact, so it finds the truth
+        check(np.mean(recalls) >= 0.99, f"exact={exact} search found the true top {K} at recall {np.mean(recalls):.3f}")
     return {"p50_ms": round(1000 * percentile(times, 50), 1), "p95_ms": round(1000 * percentile(times, 95), 1),
             "cpu_p50_ms": round(1000 * percentile(cpu, 50), 1), "recall_at_10": round(float(np.mean(recalls)), 3), "min_recall": round(float(np.min(recalls)), 2)}
 
@@ -272,7 +288,8 @@ def run_size(args, rows: int) -> dict:
         result.update(json.loads(marker.read_text()))
         result["reused"] = True
     gallery = Gallery.open(base, dim=args.dim, embed_model=MODEL)
-    assert gallery.count() == rows and VECTOR_INDEX in {ix.name for ix in gallery.table.list_indices()}
+    check(gallery.count() == rows, f"the table holds {gallery.count()} rows of {rows}")
+    check(VECTOR_INDEX in {ix.name for ix in gallery.table.list_indices()}, f"the table has no {VECTOR_INDEX} index")
 
     user_ids = [user_of(i * RUN, args.users) for i in range(args.probe_users)]  # distinct users
     truth = truth_for(corpus, rows, args.users, user_ids)
@@ -403,4 +420,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -8,7 +8,10 @@ tensors at its best batch size); with the full-size CLIP ViT-B/32 stand-in and w
 
 The photos (about 2000x1500 JPEGs, made here once) and the kits live in benchmarks/data/ (ignored).
 Every measurement runs in its own subprocess, so no Ray process or torch thread pool of one part
-competes with the next.
+competes with the next. Each checks its answers before it reports a rate (benchmarks.checks): (a) and (b)
+store every photo exactly once (their content hashes read back from the gallery against the files'),
+(a)'s job ends `succeeded` with nothing skipped or failed, (c)'s tower answers a finite vector per image;
+a part with wrong answers exits 3, and the run then exits 3 without writing RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/bench_ingest.py`
     sys.path.insert(0, str(REPO))
 
 from benchmarks import results_md  # noqa: E402
+from benchmarks.checks import WRONG_EXIT, BenchmarkWrong, check, check_stored, run, stored_hashes  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data"
 PHOTOS = DATA / "ingest-photos"
@@ -71,6 +75,13 @@ def ensure_photos(n: int) -> list[Path]:
     return [PHOTOS / f"IMG_{i:05d}.jpg" for i in range(n)]
 
 
+def sent_hashes(files: list[Path]) -> list[str]:
+    """The photos' content hashes, as the intake keys them (sha256 of the file's bytes)."""
+    import hashlib
+
+    return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+
+
 def ensure_kit(kit: str) -> Path:
     folder = KITS[kit] / "embedder_clip"  # the CLIP ViT-B/32 stand-in this benchmark has always measured
     if not (folder / "atelier_stand_in.json").is_file():
@@ -109,7 +120,18 @@ def part_pipeline(kit: Path, files: list[Path], work: Path, tuning: dict) -> dic
     status = run_job(spec, console=False)
     seconds = time.perf_counter() - t0
     ray.shutdown()
-    assert status["state"] == "succeeded" and status["done"] == len(files), status
+    got = {k: (status or {}).get(k) for k in ("state", "total", "done", "skipped_duplicates", "failed")}
+    n = len(files)
+    check(got == {"state": "succeeded", "total": n, "done": n, "skipped_duplicates": 0, "failed": 0},
+          f"(a) the job of {n} photos ended {got}")
+    check(commits and sum(rows for _, rows in commits) == n, f"(a) the driver committed {commits} rows of {n}")
+    from pipelines.config import embedder_shape
+    from storage.gallery import Gallery
+    from storage.settings import StorageSettings
+
+    dim, _ = embedder_shape(ingest.embedder)
+    gallery = Gallery.open(StorageSettings(lancedb_uri=str(work / "lancedb")), dim=dim, embed_model=ingest.embedder.model)
+    check_stored("(a) the pipeline's gallery", sent_hashes(files), stored_hashes(gallery, "bench"))
     after_first = sum(n for _, n in commits[1:])
     span = commits[-1][0] - commits[0][0]
     return {"images": len(files), "seconds": seconds, "img_per_s": len(files) / seconds, "tuning": tuning,
@@ -148,7 +170,7 @@ def part_threads(kit: Path, files: list[Path], work: Path) -> dict:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, files))
     seconds = time.perf_counter() - t0
-    assert gallery.count("bench") == len(files)
+    check_stored("(b) the thread pool's gallery", sent_hashes(files), stored_hashes(gallery, "bench"))
     return {"images": len(files), "seconds": seconds, "img_per_s": len(files) / seconds}
 
 
@@ -167,7 +189,9 @@ def part_model(kit: Path, seconds_per_size: float) -> dict:
     for batch in (1, 8, 16, 32, 64):
         images = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(batch)]
         pixels = embedder.preprocess(images)  # decoded and preprocessed once, outside the clock
-        embedder.embed_pixels(pixels)
+        out = embedder.embed_pixels(pixels)
+        check(out.shape == (batch, embedder.dim) and np.isfinite(out).all(),
+              f"(c) the image tower answered {out.shape} for {batch} images of width {embedder.dim}")
         done, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds_per_size or done < 2 * batch:
             embedder.embed_pixels(pixels)
@@ -189,8 +213,9 @@ TUNING = {
     "tiny": {"max_cpus": CORES, "read_tasks": 3, "read_num_cpus": 0.45, "read_batch_size": 16, "embed_actors": 1,
              "embed_num_cpus": 0.5, "embed_threads": 1, "batch_size": 64, "write_batch_size": 256},
 }
-for _t in TUNING.values():
-    assert _t["read_tasks"] * _t["read_num_cpus"] + _t["embed_actors"] * _t["embed_num_cpus"] + 0.06 <= CORES
+for _kit, _t in TUNING.items():  # a setting, not an answer: refused at import, `python -O` or not
+    if _t["read_tasks"] * _t["read_num_cpus"] + _t["embed_actors"] * _t["embed_num_cpus"] + 0.06 > CORES:
+        raise ValueError(f"TUNING[{_kit!r}] asks for more than the {CORES} logical CPUs a job gets")
 
 
 def run_part(part: str, kit: str, images: int, model_seconds: float) -> dict:
@@ -200,9 +225,15 @@ def run_part(part: str, kit: str, images: int, model_seconds: float) -> dict:
            "--images", str(images), "--model-seconds", str(model_seconds), "--part-out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(CORES), "TOKENIZERS_PARALLELISM": "false"}
     print(f"[{kit}] ({part}) ...", file=sys.stderr, flush=True)
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    done = subprocess.run(cmd, cwd=REPO, env=env)
+    if done.returncode == WRONG_EXIT:
+        raise BenchmarkWrong(f"[{kit}] ({part}) measured wrong answers (its reason is above)")
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, cmd)
     result = json.loads(out.read_text())
     out.unlink()
+    check(result["img_per_s"] > 0 and (part == "c" or result["images"] == images),
+          f"[{kit}] ({part}) reported {result['img_per_s']} img/s over {result.get('images')} of {images} images")
     print(f"[{kit}] ({part}) {result['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
     return result
 
@@ -221,6 +252,7 @@ def child(args) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.part_out).write_text(json.dumps(result))
+    return 0
 
 
 def render(results: dict, images: int, machine: dict, command: str) -> str:
@@ -295,4 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -5,7 +5,10 @@ latency Serve's HTTP hop adds to a no-op FastAPI route (default proxy, HAProxy i
     .venv/bin/python -m benchmarks.bench_serve --only hop  # one half; --help for the knobs
 
 Every measurement runs in a subprocess with its own Ray session: Ray reads RAY_SERVE_ENABLE_HA_PROXY only
-when it starts, and one part failing (HAProxy is new in Ray) must not hide the others' numbers.
+when it starts, and one part failing (HAProxy is new in Ray) must not hide the others' numbers. Wrong
+answers are another matter (benchmarks.checks): every embedding must be one vector of the model's width,
+every `/noop` answer 200 with the app's body; a part that sees otherwise exits 3, is not retried, and the
+run exits 3 without writing RESULTS.md (serve_report.verify checks the results, --render-only's too).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ KITS = {"full": DATA / "kit-full", "tiny": DATA / "kit-tiny"}
 CLIENTS = 32
 REPLICA_CPUS = 0.5  # logical CPUs per replica; ray.init(num_cpus=4) on 2 cores, so fractions schedule anything
 
-from benchmarks.serve_report import RESULTS, machine, render, summarise, write_section  # noqa: E402
+from benchmarks.checks import WRONG_EXIT, BenchmarkWrong, check, run  # noqa: E402
+from benchmarks.serve_report import RESULTS, machine, render, summarise, verify, write_section  # noqa: E402
 from benchmarks.texts import text_stats, varied_texts  # noqa: E402
 
 
@@ -112,7 +116,7 @@ def embedder_app(kit: Path, threads: int, max_batch_size: int, wait_s: float, ba
         spec.model.model_dump(), BatchLoggingEmbedder)
 
 
-async def drive_embedder(handle, texts: list[str], warmup_s: float, seconds: float) -> dict:
+async def drive_embedder(handle, texts: list[str], warmup_s: float, seconds: float, dim: int) -> dict:
     """CLIENTS asyncio callers, each awaiting one text at a time; counts completions after the warm-up."""
     start = time.perf_counter()
     window = (start + warmup_s, start + warmup_s + seconds)
@@ -133,8 +137,8 @@ async def drive_embedder(handle, texts: list[str], warmup_s: float, seconds: flo
 
     await asyncio.gather(*(caller(i) for i in range(CLIENTS)))
     inside = [lat for t, lat in done if window[0] <= t <= window[1]]
-    if len(dims) != 1:
-        raise RuntimeError(f"the embedder answered vectors of sizes {sorted(dims)}")
+    check(dims == {dim}, f"the embedder answered vectors of sizes {sorted(dims)}, expected {dim}")
+    check(inside, f"no embedding finished inside the {seconds} s window")
     return {"requests": len(inside), "rps": len(inside) / seconds, "window": (wall, wall + seconds),
             "p50_ms": 1e3 * percentile(inside, 50), "p99_ms": 1e3 * percentile(inside, 99),
             "load": os.getloadavg()[0]}
@@ -145,6 +149,7 @@ def model_alone(kit: Path, threads: int, texts: list[str], rounds: int, batch: i
     batching can buy on this CPU at best. `sorted` groups texts of similar token counts into each batch, which
     shows what padding a mixed batch to its longest text costs.
     """
+    import numpy as np
     import torch
 
     from models.embedder import Embedder, EmbedderConfig
@@ -160,6 +165,11 @@ def model_alone(kit: Path, threads: int, texts: list[str], rounds: int, batch: i
         return [pool[i:i + size] for i in range(0, len(pool), size)]
 
     modes = {"batched": chunks(sample, batch), "sorted": chunks(by_length, batch), "batch1": chunks(sample, 1)}
+    for mode, pool in modes.items():  # every mode embeds every text, one unit vector of the model's width each
+        out = np.concatenate([model.embed_texts(chunk) for chunk in pool])
+        check(out.shape == (len(sample), model.dim) and np.isfinite(out).all()
+              and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-3),
+              f"model alone, {mode}: vectors of shape {out.shape}, expected {(len(sample), model.dim)} unit ones")
     runs = []
     for r in range(rounds):
         row = {}
@@ -170,7 +180,7 @@ def model_alone(kit: Path, threads: int, texts: list[str], rounds: int, batch: i
             row[mode] = len(sample) / (time.perf_counter() - t0)
         runs.append(row)
     return {f"{m}_rps": statistics.median(r[m] for r in runs) for m in modes} | {
-        "round_ratios": [r["batched"] / r["batch1"] for r in runs], "texts": len(sample)}
+        "round_ratios": [r["batched"] / r["batch1"] for r in runs], "texts": len(sample), "dim": model.dim}
 
 
 def part_batching(opts) -> dict:
@@ -201,7 +211,8 @@ def part_batching(opts) -> dict:
                     # Same deployment each time: only user_config changes, which Serve applies with reconfigure().
                     handle = serve.run(embedder_app(kit, threads, *modes[mode], batch_log),
                                        name="embed-bench", route_prefix=None)
-                    row[mode] = asyncio.run(drive_embedder(handle, texts, opts.warmup_s, seconds))
+                    row[mode] = asyncio.run(drive_embedder(handle, texts, opts.warmup_s, seconds,
+                                                           alone[f"{size}/{threads}"]["dim"]))
                     row[mode].update(batches_between(batch_log, *row[mode]["window"]))
                     print(f"  {size} threads={threads} round {r + 1} {mode}: {row[mode]['rps']:.1f} req/s, "
                           f"mean batch {row[mode]['mean_batch']:.1f}, load {row[mode]['load']:.1f}", file=sys.stderr)
@@ -223,8 +234,8 @@ def sequential_latency(base: str, requests: int, warmup: int) -> dict:
 
     with httpx.Client(base_url=base, timeout=10) as client:
         first = client.get("/noop")
-        if first.status_code != 200 or first.json() != {"ok": True, "service": "noop"}:
-            raise RuntimeError(f"{base}/noop answered {first.status_code} {first.text[:200]!r}")
+        check(first.status_code == 200 and first.json() == {"ok": True, "service": "noop"},
+              f"{base}/noop answered {first.status_code} {first.text[:200]!r}")
         for _ in range(warmup):
             client.get("/noop")
         lat, errors = [], 0
@@ -232,8 +243,9 @@ def sequential_latency(base: str, requests: int, warmup: int) -> dict:
             t0 = time.perf_counter_ns()
             r = client.get("/noop")
             lat.append((time.perf_counter_ns() - t0) / 1e6)
-            errors += r.status_code != 200
+            errors += r.status_code != 200 or r.content != first.content
         connections = len(client._transport._pool.connections)  # private, but the only way to see reuse
+    check(errors == 0 and len(lat) == requests, f"{base}/noop: {errors} wrong answers of {len(lat)}")
     return {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "mean_ms": statistics.fmean(lat),
             "errors": errors, "connections": connections}
 
@@ -372,7 +384,7 @@ def run_part(part: str, argv: list[str], extra_env: dict[str, str], timeout_s: f
     for attempt in range(1, attempts + 1):
         result = _run_part_once(part, argv, extra_env, timeout_s, quiet)
         result["attempts"] = attempt
-        if "error" not in result:
+        if "error" not in result or result.get("wrong"):  # wrong answers are not the shared machine's luck
             break
         print(f"  {part} failed ({result['error']}), attempt {attempt} of {attempts}", file=sys.stderr)
     return result
@@ -404,7 +416,8 @@ def _run_part_once(part: str, argv: list[str], extra_env: dict[str, str], timeou
     if proc.returncode == 0 and out.stat().st_size:
         result = json.loads(out.read_text())
     else:
-        result = {"error": f"exit {proc.returncode}", "stderr_tail": "".join(tail[-15:])}
+        result = {"error": f"exit {proc.returncode}", "stderr_tail": "".join(tail[-15:]),
+                  "wrong": proc.returncode == WRONG_EXIT}
     out.unlink(missing_ok=True)
     return {**result, **meta}
 
@@ -418,7 +431,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def part_meta(result: dict) -> dict:
-    keys = ("wall_s", "load_before", "load_after", "waited_s", "attempts", "error", "stderr_tail")
+    keys = ("wall_s", "load_before", "load_after", "waited_s", "attempts", "error", "stderr_tail", "wrong")
     return {k: result[k] for k in keys if k in result}
 
 
@@ -462,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         if not latest.is_file():
             p.error(f"{latest.relative_to(REPO)} is missing: run the benchmark once without --render-only")
         results = json.loads(latest.read_text())["results"]
+        verify(results)
         text = render(results, summarise(results), results["command"])
         if not opts.no_write:
             write_section(text)
@@ -496,10 +510,16 @@ def main(argv: list[str] | None = None) -> int:
                 results["parts"][part] = part_meta(results[part])
         finally:
             shutil.rmtree(hap_dir, ignore_errors=True)
-    summary = summarise(results)
     DATA.mkdir(parents=True, exist_ok=True)
-    # A --no-write trial keeps its numbers apart, so --render-only always rebuilds what RESULTS.md shows.
+    # A --no-write trial keeps its numbers apart, so --render-only always rebuilds what RESULTS.md shows; so
+    # does a run with wrong answers (kept there for a look, never published).
     raw = DATA / "bench_serve-trial.json" if opts.no_write else latest
+    try:
+        verify(results)
+    except BenchmarkWrong:
+        (DATA / "bench_serve-trial.json").write_text(json.dumps({"results": results}, indent=2))
+        raise
+    summary = summarise(results)
     raw.write_text(json.dumps({"results": results, "summary": summary}, indent=2))
     text = render(results, summary, command)
     if opts.no_write:
@@ -512,4 +532,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

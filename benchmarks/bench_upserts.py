@@ -1,5 +1,6 @@
 """One-row upserts (one upload each) into a fresh gallery: p50 per 200 rows as the table grows,
-with compaction every N inserting commits; never run by pytest.
+with compaction every N inserting commits; never run by pytest. It prints, never writes RESULTS.md, and
+exits 3 (benchmarks.checks) unless the table holds every row sent, once.
 
     .venv/bin/python -m benchmarks.bench_upserts --every-commits 1000000   # rows-only compaction (every 5,000 rows)
     .venv/bin/python -m benchmarks.bench_upserts --every-commits 50        # the default
@@ -14,6 +15,7 @@ import uuid
 
 import numpy as np
 
+from benchmarks.checks import check, run
 from storage.gallery import Gallery
 from storage.settings import StorageSettings
 
@@ -39,8 +41,10 @@ def main() -> None:
                 last = times[-200:]
                 print(f"rows {i + 1}: p50 of the last {len(last)} {1000 * np.median(last):.0f} ms, "
                       f"max {1000 * max(last):.0f} ms", flush=True)
+        check(gallery.count("u1") == gallery.count() == args.rows,
+              f"the table holds {gallery.count()} rows ({gallery.count('u1')} of u1) of {args.rows} sent")
         print(f"every {args.every_commits} commits: {args.rows} rows in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -3,14 +3,25 @@
 NVIDIA GPU, and whether each role's GPU share in serve_config.yaml holds its peak.
 
 Self-contained: it needs torch and transformers (and diffusers for the painter), never Ray,
-LanceDB, pydantic or this project's packages, and reads nothing from disk or the hub. Models are
-built with random weights straight on the device, from the production shapes copied below out of
+LanceDB, pydantic or this project's packages, and reads nothing from disk or the hub but
+benchmarks/checks.py beside it (the benchmarks' shared answer checks, standard library only). Models
+are built with random weights straight on the device, from the production shapes copied below out of
 models/kit/builders.py (`full`), or the tiny kit's shapes (`tiny`, for the CPU test).
+
+Answers are checked before a rate is kept: every tower's output has the shape asked for (one vector
+of the family's width per image or text) and only finite values, every generation makes exactly the
+tokens asked for, every painting is a finite image of the size asked for, fp8 Linears stay within 10%
+of bf16. A wrong step is recorded under "wrong" in its section's JSON, summary.md (the tables
+RESULTS.md takes) is not written, and the run exits 3.
 
     python benchmarks/gpu_proof.py --out DIR                       # all sections on cuda, full size
     python benchmarks/gpu_proof.py --out DIR --only painter        # one section (or a comma list)
     python benchmarks/gpu_proof.py --out DIR --device cpu --kit tiny   # what tests/benchmarks runs
     python benchmarks/gpu_proof.py --out DIR --only summary --results RUN_DIR   # re-tabulate a run
+
+The embedder section measures CLIP ViT-B/32 (issue 10's goal is its image rate), then the bilingual
+families the Embedder also serves (issue 15): SigLIP 2 base/16-224, the production default, whose
+eager peak is the role's memory, and Chinese-CLIP base/16.
 
 Sections, in run order: embedder, describer, writer, painter, summary. Each writes DIR/SECTION.json
 after every step and when it ends (a section that fails records its traceback there and the next one
@@ -66,6 +77,27 @@ FP8_MAX = 448.0  # largest float8_e4m3fn
 GIB = 2**30
 REPO = Path(__file__).resolve().parents[1]
 
+
+def _sibling(name: str):
+    """benchmarks/NAME.py loaded from beside this file (not as the `benchmarks` package, which the GPU
+    host's copy of the tree cannot import without the project's dependencies)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"gpu_proof_{name}", Path(__file__).resolve().with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+checks = _sibling("checks")
+check, BenchmarkWrong = checks.check, checks.BenchmarkWrong
+
+
+def check_output(what: str, out: torch.Tensor, shape: tuple) -> None:
+    """A model's answer has the shape asked for and only finite values (checked outside any timing)."""
+    check(tuple(out.shape) == tuple(shape), f"{what}: output of shape {tuple(out.shape)}, expected {tuple(shape)}")
+    check(bool(torch.isfinite(out).all()), f"{what}: non-finite values in the output")
+
 # Per kit: batch sizes, lengths and run counts. `full` is what the issue asks for; `tiny` keeps every
 # code path at a size whose whole run takes seconds on 2 CPU cores.
 PLAN = {
@@ -92,6 +124,44 @@ def clip_config(kit: str):
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=32, patch_size=8),
         projection_dim=64,
+    )
+
+
+def chinese_clip_config(kit: str):
+    """OFA-Sys/chinese-clip-vit-base-patch16 at `full`: RoBERTa-wwm-ext-base-chinese + ViT-B/16, 512-d."""
+    from transformers import ChineseCLIPConfig
+
+    if kit == "full":
+        tower = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+        text = dict(vocab_size=21128, max_position_embeddings=512, **tower)
+        vision, projection = dict(image_size=224, patch_size=16, **tower), 512
+    else:
+        tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        text = dict(vocab_size=8000, max_position_embeddings=64, **tower)
+        vision, projection = dict(image_size=32, patch_size=8, **tower), 32
+    return ChineseCLIPConfig(text_config=dict(type_vocab_size=2, pad_token_id=0, **text), vision_config=vision,
+                             projection_dim=projection)
+
+
+CHINESE_CLIP_CONTEXT = 52  # Chinese-CLIP's text context (its tokenizer's model_max_length)
+SIGLIP_CONTEXT = 64  # SigLIP's text tower reads exactly 64 tokens, padded on the right
+
+
+def siglip2_config(kit: str):
+    """google/siglip2-base-patch16-224 at `full` (a `siglip` model): Gemma's 256k vocabulary, 12-layer
+    text and ViT-B/16 vision towers, 768-d vectors."""
+    from transformers import SiglipConfig
+
+    if kit == "full":
+        tower = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+        vocab_size, vision = 256000, dict(image_size=224, patch_size=16)
+    else:
+        tower = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2)
+        vocab_size, vision = 8000, dict(image_size=32, patch_size=8)
+    return SiglipConfig(
+        text_config=dict(vocab_size=vocab_size, max_position_embeddings=SIGLIP_CONTEXT,
+                         projection_size=tower["hidden_size"], pad_token_id=0, eos_token_id=1, bos_token_id=2, **tower),
+        vision_config=dict(**vision, **tower),
     )
 
 
@@ -288,6 +358,9 @@ class Section:
         t = time.perf_counter()
         try:
             res = fn() or {}
+        except BenchmarkWrong as exc:  # recorded as wrong: the run exits 3 and writes no summary.md
+            res = {"error": f"BenchmarkWrong: {exc}", "wrong": str(exc)}
+            log(f"{self.name}/{name}: WRONG ANSWER {str(exc)[:300]}")
         except Exception as exc:  # a failed step is recorded and the section goes on
             res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
             log(f"{self.name}/{name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
@@ -351,7 +424,7 @@ def cuda_overhead_gib(ctx: Ctx) -> float | None:
     return round((total - free - torch.cuda.memory_reserved(ctx.device)) / GIB, 3)
 
 
-# -- embedder: CLIP ViT-B/32 ------------------------------------------------------------------------------
+# -- embedder: CLIP ViT-B/32, then SigLIP 2 and Chinese-CLIP ------------------------------------------------------------------------------
 def run_embedder(ctx: Ctx, sec: Section) -> None:
     from transformers import CLIPModel
 
@@ -395,6 +468,7 @@ def run_embedder(ctx: Ctx, sec: Section) -> None:
             for _ in range(warmup - 1):
                 tower(px)
             res = rate(lambda: tower(px), batch)
+            check_output(f"CLIP image tower, batch {batch}", tower(px), (batch, config.projection_dim))
             return {"batch": batch, "img_per_s": res["per_s"], "runs_img_per_s": res["runs_per_s"],
                     "ms_per_batch": res["ms_per_batch"], "first_call_s": rnd(first)}
         return go
@@ -416,6 +490,7 @@ def run_embedder(ctx: Ctx, sec: Section) -> None:
             for _ in range(3):
                 text(ids, mask)
             res = rate(lambda: text(ids, mask), n)
+            check_output(f"CLIP text tower, batch {n}", text(ids, mask), (n, config.projection_dim))
             return {"batch": n, "tokens": length, "texts_per_s": res["per_s"], "runs_texts_per_s": res["runs_per_s"],
                     "ms_per_batch": res["ms_per_batch"]}
 
@@ -424,7 +499,91 @@ def run_embedder(ctx: Ctx, sec: Section) -> None:
     prod = [s.get("peak_reserved_gib") for k, s in steps.items() if k.endswith("_eager") and "peak_reserved_gib" in s]
     sec.rec["memory"]["production_peak_reserved_gib"] = max(prod) if prod else None
     sec.rec["memory"]["production_note"] = "max over the eager steps (a call holds at most 256 images)"
+    sec.rec["families"] = {"clip": {"parameters": sec.rec["parameters"], "weights_gib": sec.rec["memory"]["weights_gib"]}}
+    del model, image, text, compiled
+    dynamo_reset()
+    ctx.mem_reset(empty=True)
+    for family in ("siglip2", "chinese_clip"):
+        _bilingual(ctx, sec, family, rate)
+    bi = [s.get("peak_reserved_gib") for k, s in steps.items() if k.startswith("siglip2_") and "peak_reserved_gib" in s]
+    # SigLIP 2 is the production embedder (serve_config.yaml): its eager peak is the one the share must hold.
+    if bi:
+        sec.rec["memory"]["production_peak_reserved_gib"] = max(bi)
+        sec.rec["memory"]["production_note"] = "max over SigLIP 2's eager steps (the default embedder; a call holds at most 256 images)"
+    if "siglip2" in sec.rec["families"]:  # the role's figures are the default family's; CLIP's stay in families
+        sec.rec["parameters"] = sec.rec["families"]["siglip2"]["parameters"]
+        sec.rec["memory"]["weights_gib"] = sec.rec["families"]["siglip2"]["weights_gib"]
     sec.rec["headline"] = {k: s.get("img_per_s", s.get("texts_per_s")) for k, s in steps.items()}
+
+
+def _bilingual(ctx: Ctx, sec: Section, family: str, rate: Callable[[Callable[[], Any], int], dict]) -> None:
+    """The bilingual families the Embedder serves beside CLIP: image tower at the largest batch (eager and,
+    for SigLIP 2, compiled) and the text tower at its own context (SigLIP pads every text to 64 tokens)."""
+    from transformers import ChineseCLIPModel, SiglipModel
+
+    plan = ctx.plan
+    config = siglip2_config(ctx.kit) if family == "siglip2" else chinese_clip_config(ctx.kit)
+    with ctx.build():
+        model = (SiglipModel if family == "siglip2" else ChineseCLIPModel)(config).eval()
+    sec.rec["families"][family] = {"parameters": n_params(model), "weights_gib": weights_gib(model)}
+    size = int(config.vision_config.image_size)
+    length = SIGLIP_CONTEXT if family == "siglip2" else CHINESE_CLIP_CONTEXT
+    # one width for both towers (else image and text vectors could not be compared): SigLIP's pooled
+    # width, Chinese-CLIP's projection
+    dim = config.vision_config.hidden_size if family == "siglip2" else config.projection_dim
+
+    def features(out):
+        return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5: an output object
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return features(self.m.get_image_features(pixel_values=pixel_values))
+
+    def image_step(tower, batch: int, warmup: int) -> Callable[[], dict]:
+        def go() -> dict:
+            px = torch.randn(batch, 3, size, size, device=ctx.device, dtype=ctx.dtype)
+            first = ctx.time(lambda: tower(px))
+            for _ in range(warmup - 1):
+                tower(px)
+            res = rate(lambda: tower(px), batch)
+            check_output(f"{family} image tower, batch {batch}", tower(px), (batch, dim))
+            return {"batch": batch, "image": size, "img_per_s": res["per_s"], "runs_img_per_s": res["runs_per_s"],
+                    "ms_per_batch": res["ms_per_batch"], "first_call_s": rnd(first)}
+        return go
+
+    def text_step() -> dict:
+        n = plan["text_batch"]
+        ids = torch.randint(3, config.text_config.vocab_size - 1, (n, length), device=ctx.device)
+        if family == "siglip2":  # input_ids only: <eos> after the text, <pad> to 64 (the last token pools)
+            ids[:, length // 2] = 1
+            ids[:, length // 2 + 1:] = 0
+            kw = {"input_ids": ids}
+        else:
+            kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for _ in range(3):
+            model.get_text_features(**kw)
+        res = rate(lambda: features(model.get_text_features(**kw)), n)
+        check_output(f"{family} text tower, batch {n}", features(model.get_text_features(**kw)), (n, dim))
+        return {"batch": n, "tokens": length, "texts_per_s": res["per_s"], "runs_texts_per_s": res["runs_per_s"],
+                "ms_per_batch": res["ms_per_batch"]}
+
+    big = max(plan["embed_batches"])
+    image = ImageTower(model)
+    with torch.inference_mode():
+        sec.step(f"{family}_image_b{big}_eager", image_step(image, big, warmup=3))
+        if family == "siglip2":
+            dynamo_reset()
+            compiled = torch.compile(image, **ctx.compile_kw("reduce-overhead"))
+            sec.step(f"{family}_image_b{big}_compiled", image_step(compiled, big, warmup=4))
+            del compiled
+        sec.step(f"{family}_text_b{plan['text_batch']}_eager", text_step)
+    del model, image
+    dynamo_reset()
+    ctx.mem_reset(empty=True)
 
 
 # -- writer: Qwen2.5-1.5B shape, greedy ---------------------------------------------------------------------
@@ -463,6 +622,7 @@ def _generate_step(ctx: Ctx, model, *, batch: int, prompt: int, new: int, runs: 
 
         first = ctx.time(once)  # warm-up (compiles the decoding step when static)
         times = [ctx.time(once) for _ in range(runs)]
+        check(counted == [new] * len(counted), f"generate, batch {batch}: {counted} new tokens per run, asked {new}")
         got = counted[-1]
         return {"batch": batch, "prompt_tokens": prompt, "new_tokens": got,
                 "tok_per_s": rnd(batch * got / p50(times)), "seq_tok_per_s": rnd(got / p50(times)),
@@ -532,6 +692,7 @@ def run_describer(ctx: Ctx, sec: Section) -> None:
 
             first = ctx.time(once)
             times = [ctx.time(once) for _ in range(runs)]
+            check(counted == [new] * len(counted), f"describe: {counted} new tokens per run, asked {new}")
             got = counted[-1]
             return {"image": f"{image}x{image}", "image_tokens": image_tokens, "prompt_tokens": int(ids.shape[1]),
                     "new_tokens": got, "p50_s": rnd(p50(times)), "runs_s": [rnd(t) for t in times],
@@ -601,8 +762,7 @@ def to_fp8(blocks: list[torch.nn.Module], ctx: Ctx) -> dict:
         emulate, why = True, f"{type(exc).__name__}: {str(exc)[:200]}"
         y = Fp8Linear(lin, fast_accum=True, emulate=True)(x).float()
     rel = float((y - ref).norm() / ref.norm())
-    if not rel < 0.1:
-        raise RuntimeError(f"fp8 Linear relative error {rel:.3g} against bf16: wrong, not only imprecise")
+    check(rel < 0.1, f"fp8 Linear relative error {rel:.3g} against bf16: wrong, not only imprecise")
     before = sum(m.weight.numel() * m.weight.element_size() for _, _, m in targets)
     count = len(targets)
     del lin, x, ref, y
@@ -693,16 +853,19 @@ def run_painter(ctx: Ctx, sec: Section) -> None:
         mark(2)
         z = lat.view(1, tokens_side, tokens_side, latent_channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
         z = z.reshape(1, latent_channels, lat_side, lat_side) / vae_scaling + vae_shift
-        img = vae.decode(z, return_dict=False)[0]
-        img = ((img.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        decoded = vae.decode(z, return_dict=False)[0]
+        img = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         mark(3)
-        img.cpu()  # the PNG's pixels reach the host, as the role's output_type="pil" does
+        pixels = img.cpu()  # the PNG's pixels reach the host, as the role's output_type="pil" does
         total = time.perf_counter() - t
         if ev is not None:
             ev[3].synchronize()
             phases = [ev[i].elapsed_time(ev[i + 1]) / 1000 for i in range(3)]
         else:
             phases = [marks[i + 1] - marks[i] for i in range(3)]
+        # the answer, checked once the clock has stopped: an image of the size asked for, no NaN before uint8
+        check_output(f"painting {size}x{size}", decoded, (1, 3, size, size))
+        check(tuple(pixels.shape) == (1, 3, size, size), f"painting: pixels of shape {tuple(pixels.shape)}")
         return {"total": total, "encode": phases[0], "denoise": phases[1], "decode": phases[2]}
 
     def measure(attn: Callable[[], Any] = contextlib.nullcontext, warmup: int = 1) -> dict:
@@ -852,12 +1015,17 @@ def summarise(results_dir: Path, out: Path) -> dict:
             g["met"] = None
         else:
             g["met"] = best <= GOALS[key] if key == "painter_p50_s" else best >= GOALS[key]
+    wrong = [f"{role}/{name}: {st['wrong']}" for role, rec in recs.items()
+             for name, st in rec.get("steps", {}).items() if "wrong" in st]
     summary = {"env": env, "kit": sorted({str(r.get("kit")) for r in recs.values()}), "shares_from": shares_from,
                "memory": memory_rows, "goals": goals,
-               "sections": {r: recs[r].get("status") for r in recs}}
+               "sections": {r: recs[r].get("status") for r in recs}, "wrong": wrong}
     md = summary_markdown(recs, summary)
     summary["markdown"] = md
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)  # the record, wrong steps listed; the tables only once checked:
+    (out / "summary.md").unlink(missing_ok=True)
+    check(not wrong, f"{len(wrong)} step(s) measured wrong answers: {'; '.join(wrong)[:1500]}")
+    checks.ready_to_publish(str(out / "summary.md"))
     (out / "summary.md").write_text(md)
     return summary
 
@@ -886,6 +1054,14 @@ def summary_markdown(recs: dict, s: dict) -> str:
     t = next((v for k, v in emb.items() if k.startswith("text_")), {})
     lines.append(f"| embedder | text tower, batch {t.get('batch', '-')} x {t.get('tokens', '-')} tokens, texts/s | "
                  f"{_f(t.get('texts_per_s'), '{:,.0f}')} | - |")
+    for family, name in (("siglip2", "SigLIP 2 base/16-224"), ("chinese_clip", "Chinese-CLIP base/16")):
+        e = next((v for k, v in emb.items() if k.startswith(f"{family}_image_") and k.endswith("_eager")), {})
+        c = next((v for k, v in emb.items() if k.startswith(f"{family}_image_") and k.endswith("_compiled")), {})
+        t = next((v for k, v in emb.items() if k.startswith(f"{family}_text_")), {})
+        lines.append(f"| embedder ({name}) | image tower, batch {e.get('batch', '-')}, img/s | "
+                     f"{_f(e.get('img_per_s'), '{:,.0f}')} | {_f(c.get('img_per_s'), '{:,.0f}')} |")
+        lines.append(f"| embedder ({name}) | text tower, batch {t.get('batch', '-')} x {t.get('tokens', '-')} tokens, "
+                     f"texts/s | {_f(t.get('texts_per_s'), '{:,.0f}')} | - |")
     wr = recs.get("writer", {}).get("steps", {})
     for b in (1, 16):
         e = wr.get("b1_eager_dynamic", {}) if b == 1 else {}
@@ -950,7 +1126,8 @@ def run_section(ctx: Ctx, name: str) -> str:
     try:
         RUNNERS[name](ctx, sec)
         failed = [k for k, v in sec.rec["steps"].items() if "error" in v]
-        sec.rec["status"] = "partial" if failed else "ok"
+        wrong = [k for k, v in sec.rec["steps"].items() if "wrong" in v]
+        sec.rec["status"] = "wrong" if wrong else "partial" if failed else "ok"
     except Exception as exc:
         sec.rec["status"] = "error"
         sec.rec["error"] = f"{type(exc).__name__}: {exc}"
@@ -1003,8 +1180,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(args.results or args.out, args.out)
         print(summary["markdown"], flush=True)
     log(f"done in {time.perf_counter() - ctx.t0:.0f} s: {statuses}")
+    if "wrong" in statuses.values():  # summary (when asked) has already refused to write summary.md
+        raise BenchmarkWrong(f"wrong answers in {sorted(k for k, v in statuses.items() if v == 'wrong')}")
     return 0 if all(s == "ok" for s in statuses.values()) else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(checks.run(main))

@@ -1,11 +1,14 @@
 """The local graph for benchmarks: serve_config.local.yaml's app (the tiny kit, resources for 2 cores)
-on a temp data folder, with Serve's proxy gated as in every deployment."""
+on a temp data folder, with Serve's proxy gated as in every deployment. `start` checks that the key it
+returns is let in to an empty gallery (benchmarks.checks), so no benchmark times answers for a stranger."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
+
+from benchmarks.checks import check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +57,13 @@ def start(data: Path, port: int = 8123) -> tuple[str, str]:
     while time.monotonic() < deadline:
         try:
             if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                return base, key
+                break
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise RuntimeError("the local graph did not become ready")
+    else:
+        raise RuntimeError("the local graph did not become ready")
+    r = httpx.get(base + "/api/images", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    check(r.status_code == 200 and r.json()["items"] == [],
+          f"the benchmark's key on a fresh gallery: GET /api/images answered {r.status_code} {r.text[:300]}")
+    return base, key

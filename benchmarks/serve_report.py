@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from benchmarks import results_md
+from benchmarks.checks import check
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Serve: batching and the proxy hop (issue 5)"
@@ -35,6 +36,27 @@ def machine() -> dict:
 
 def med(values) -> float:
     return statistics.median(list(values))
+
+
+def verify(results: dict) -> None:
+    """The answers behind the numbers, before any is rendered for RESULTS.md (benchmarks.checks): no part
+    saw wrong answers, every batching run finished requests in its window, every hop round answered every
+    request 200 with the app's body, and something was measured at all."""
+    for name, meta in results.get("parts", {}).items():
+        check(not meta.get("wrong"), f"part {name} measured wrong answers: {meta.get('stderr_tail', '')[-800:]}")
+    configs = results.get("batching", {}).get("configs", [])
+    for cfg in configs:
+        for n, r in enumerate(cfg["rounds"], 1):
+            for mode, m in r.items():
+                if mode != "ratio":
+                    check(m["requests"] > 0, f"{cfg['size']}/{cfg['threads']} round {n} {mode}: no request finished")
+    rounds = 0
+    for key in ("hop_proxy", "hop_haproxy"):
+        for n, r in enumerate(results.get(key, {}).get("rounds", []), 1):
+            rounds += 1
+            for target in ("uvicorn", "serve"):
+                check(r[target]["errors"] == 0, f"{key} round {n}: {r[target]['errors']} wrong /noop answers from {target}")
+    check(configs or rounds, "nothing was measured: every part failed")
 
 
 def summarise(results: dict) -> dict:

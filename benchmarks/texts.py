@@ -6,6 +6,8 @@ import random
 import statistics
 from pathlib import Path
 
+from benchmarks.checks import check
+
 SUBJECTS = [
     "a golden retriever puppy", "an old fisherman mending his nets", "two kids racing on bicycles",
     "a steaming bowl of tonkotsu ramen", "a red vintage convertible", "the Eiffel Tower",
@@ -83,4 +85,5 @@ def queries(n: int, lang: str, seed: int = 11) -> list[str]:
     out = pool[:n]
     while len(out) < n:
         out.append(f"{pool[len(out) % len(pool)]} {len(out)}")
+    check(len(set(out)) == len(out) == n, f"{n} {lang} queries asked, {len(set(out))} distinct made")
     return out

@@ -62,7 +62,10 @@ def run_script(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict
 HEADLINES = {
     "embedder": {"image_b64_eager": "img_per_s", "image_b256_eager": "img_per_s",
                  "image_b64_compiled": "img_per_s", "image_b256_compiled": "img_per_s",
-                 "text_b64_eager": "texts_per_s"},
+                 "text_b64_eager": "texts_per_s",
+                 "siglip2_image_b256_eager": "img_per_s", "siglip2_image_b256_compiled": "img_per_s",
+                 "siglip2_text_b64_eager": "texts_per_s",
+                 "chinese_clip_image_b256_eager": "img_per_s", "chinese_clip_text_b64_eager": "texts_per_s"},
     "writer": {"b1_eager_dynamic": "tok_per_s", "b1_static_compiled": "tok_per_s",
                "b16_static_compiled": "tok_per_s"},
     "describer": {"prefill_1_token": "p50_s", "describe_8_tokens": "p50_s"},
@@ -99,9 +102,15 @@ def test_tiny_cpu_run_measures_every_section(full_run):
     fp8 = painter["steps"]["compile_fp8"]
     assert fp8["linears"] > 0 and 0 < fp8["layer_rel_err_vs_bf16"] < 0.1
     assert "skipped" in painter["steps"]["compile_fp8_cudnn_attention"]  # cuDNN attention is CUDA-only
+    embedder = json.loads((out / "embedder.json").read_text())
+    assert set(embedder["families"]) == {"clip", "siglip2", "chinese_clip"}
+    assert all(f["parameters"] > 0 for f in embedder["families"].values())
+    assert embedder["steps"]["siglip2_text_b64_eager"]["tokens"] == 64  # SigLIP's fixed padding
     summary = json.loads((out / "summary.json").read_text())
     assert {row["role"] for row in summary["memory"]} == {"embedder", "writer", "describer", "painter"}
-    assert "| painter |" in (out / "summary.md").read_text()
+    assert summary["wrong"] == []  # every step's answers checked (shapes, finite values, token counts)
+    md = (out / "summary.md").read_text()
+    assert "| painter |" in md and "| embedder (SigLIP 2 base/16-224) |" in md
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{s}.json" for s in HEADLINES] + ["summary.json", "summary.md"])  # <= 8 files for the device tool
 
@@ -127,3 +136,21 @@ def test_only_writes_just_that_section(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["describer.json"]
     rec = json.loads((out / "describer.json").read_text())
     assert rec["status"] == "ok" and rec["steps"]["describe_8_tokens"]["p50_s"] > 0
+
+
+def test_a_wrong_step_leaves_no_summary_md(tmp_path):
+    """A step that measured wrong answers (issue 27): summary records it, writes no tables, and exits 3."""
+    results = tmp_path / "run"
+    results.mkdir()
+    wrong = "generate, batch 1: [3, 3] new tokens per run, asked 16"
+    (results / "writer.json").write_text(json.dumps({
+        "section": "writer", "status": "wrong", "kit": "tiny", "env": {}, "memory": {},
+        "steps": {"b1_eager_dynamic": {"error": f"BenchmarkWrong: {wrong}", "wrong": wrong}}}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").write_text("an earlier run's tables")
+    proc, _ = run_script(out, "--only", "summary", "--results", str(results))
+    assert proc.returncode == 3, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "WRONG ANSWERS, nothing published" in proc.stderr
+    assert json.loads((out / "summary.json").read_text())["wrong"] == [f"writer/b1_eager_dynamic: {wrong}"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
