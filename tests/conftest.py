@@ -194,16 +194,6 @@ def service(ray_cluster) -> Service:
     return Service(ray_cluster.base, keys, ray_cluster.tmp)
 
 
-LAST = ("test_a_live_model_switch_moves_every_image_while_search_answers", "test_stop_stops_this_cluster_only")
-
-
-def pytest_collection_modifyitems(items):
-    """The shared cluster's last two tests, in this order: the embedding-model switch (tests/ops/test_backfill.py:
-    the service then serves the other model, so nothing runs after it but) `make stop`, which ends the cluster."""
-    last = sorted((item for item in items if item.name in LAST), key=lambda item: LAST.index(item.name))
-    items[:] = [item for item in items if item not in last] + last
-
-
 def serve_log_records(deployment: str, app: str | None = None, request_id: str | None = None,
                       timeout_s: float = 30) -> list[dict]:
     """The JSON records of a deployment's replica logs on this cluster (Serve writes them under the
