@@ -12,14 +12,15 @@ from fastapi import FastAPI
 
 from deployments.config import IngressSpec, IngressTuning
 from deployments.http.app import create_app
-from deployments.http.edge import Edge
 from deployments.http.auth import KeyRing, UrlSigner, key_store, load_secret
-from deployments.service import Policy, ProductService
+from deployments.http.edge import Edge
+from deployments.service import Policy, ProductService, state
 from deployments.service.cache import AnswerCache
 from deployments.service.ingest import IngestDesk, upload_body_limit
 from deployments.service.models import LocalModels, ServeModels
 from deployments.settings import ServiceSettings
 from pipelines.config import IngestSpec
+from storage.library import Library
 from storage.settings import StorageSettings
 
 
@@ -50,9 +51,6 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
                     tuning: IngressTuning | None = None) -> ProductService:
     """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process.
     `tuning` is the live settings to start with (the ingress's reconfigure() applies later ones)."""
-    from deployments.service import state
-    from storage.library import Library
-
     tuning = tuning or IngressTuning()
     stats, idempotency = state.in_process() if in_process else state.shared()
 

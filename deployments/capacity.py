@@ -30,6 +30,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.gallery_writer import WRITER_NUM_CPUS
+
+from .config import AppArgs
+
 EPS = 1e-9
 CPU_NODE_CPUS = 16.0
 CPUS_PER_GPU = 12.0
@@ -146,7 +150,6 @@ def parse_nodes(text: str) -> list[Node]:
 def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
     """Every deployment of atelier's applications with its replica bounds and per-replica resources,
     and the ingest section (for --ingest-jobs)."""
-    from .config import AppArgs
 
     out: list[Deployment] = []
     ingest: dict = {}
@@ -179,7 +182,6 @@ def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
                                   float(actor.get("num_gpus", 0)), float(actor.get("memory") or 0),
                                   tuple(sorted((actor.get("label_selector") or {}).items()))))
         # The gallery writer, one per gallery (storage/gallery_writer.py), where its label selector lets it.
-        from storage.gallery_writer import WRITER_NUM_CPUS
 
         selector = args.storage.settings().writer_label_selector or {}
         out.append(Deployment("GalleryWriter", 1, 1, WRITER_NUM_CPUS, 0.0, 0.0, tuple(sorted(selector.items()))))

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from .http.auth import key_store
-from .http.proxy import PROXY_ENV
 from models.configs import MARKER
+from storage.settings import StorageSettings
+
+from .http.auth import KeyRing, Unauthorized, key_store
+from .http.proxy import PROXY_ENV
 from .settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,8 @@ def ensure_kit(folder: Path) -> None:
     (a `checkpoints/tiny/embedder` from before SigLIP 2 was the default is CLIP's)."""
     import json
 
+    # Only when the kit must be built: the builders import torch, transformers and diffusers, which the
+    # launcher (`make serve`, `make stop`) otherwise never loads.
     from models.kit import EMBEDDER_FAMILIES, ROLES, build
 
     def current(role: str) -> bool:
@@ -57,7 +61,6 @@ def keys_uri(config: Path) -> str:
     """Where the cluster's key table lives: ATELIER_KEYS_URI, else the gallery's database as the config
     names it; a local folder as an absolute path, since the proxy and the replicas get it from the
     environment."""
-    from storage.settings import StorageSettings
 
     uri = ServiceSettings().keys_uri
     if not uri:
@@ -74,7 +77,6 @@ def _absolute(uri: str) -> str:
 def ensure_demo_key(uri: str) -> str:
     """The local demo user's key, kept in plain text beside the URL secret (data/local_demo_key by
     default) for the quickstart only; made again if the key table no longer holds it."""
-    from .http.auth import KeyRing, Unauthorized
 
     store = key_store(ServiceSettings(keys_uri=uri))
     plain = Path(ServiceSettings().url_secret_file).with_name("local_demo_key")

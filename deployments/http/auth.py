@@ -17,6 +17,9 @@ from pathlib import Path
 
 from storage.errors import AtelierError, NotFound
 from storage.keys import KeyStore, digest
+from storage.settings import StorageSettings
+
+from deployments.settings import ServiceSettings
 
 log = logging.getLogger("atelier.auth")
 
@@ -106,9 +109,6 @@ class KeyRing:
 
 def key_store(settings=None) -> KeyStore:
     """The cluster's key table, where the environment says (`ServiceSettings.keys_uri`)."""
-    from deployments.settings import ServiceSettings
-    from storage.settings import StorageSettings
-
     settings = settings or ServiceSettings()
     storage = StorageSettings()
     return KeyStore(settings.keys_uri or storage.lancedb_uri, table=settings.keys_table,

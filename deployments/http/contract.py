@@ -11,6 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+from .app import create_app
+from .auth import KeyRing, UrlSigner
+from .edge import Edge
+
 BEGIN, END = "<!-- generated: routes -->", "<!-- /generated -->"
 _LIMITS = (("minLength", "min length"), ("maxLength", "max length"), ("minimum", ">="), ("exclusiveMinimum", ">"),
            ("maximum", "<="), ("exclusiveMaximum", "<"), ("minItems", "min items"), ("maxItems", "max items"))
@@ -18,9 +22,6 @@ _LIMITS = (("minLength", "min length"), ("maxLength", "max length"), ("minimum",
 
 def app_schema() -> dict:
     """The OpenAPI schema of the app `create_app` builds; routes need no service or key to be described."""
-    from .app import create_app
-    from .auth import KeyRing, UrlSigner
-    from .edge import Edge
 
     return create_app(None, Edge(keys=KeyRing({}), signer=UrlSigner(b"schema only", 60))).openapi()
 

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import logging
 
+from starlette.middleware import Middleware
+
+from .auth import KeyRing, key_store
+from .gate import Gate
+
 PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.http.proxy:middlewares"}
 
 log = logging.getLogger("atelier.proxy")
@@ -22,11 +27,6 @@ log = logging.getLogger("atelier.proxy")
 
 def middlewares() -> list:
     """Serve's proxy callback: the list of Starlette middlewares its ASGI app is wrapped in."""
-    from starlette.middleware import Middleware
-
-    from .auth import KeyRing, key_store
-    from .gate import Gate
-
     _quiet_server_header()
     ring: list[KeyRing] = []
 
