@@ -273,7 +273,7 @@ def run_size(args, rows: int) -> dict:
             gallery.optimize()  # compacts the appended chunks and folds them into the scalar/FTS indexes
             result["load"]["bulk_optimize_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        gallery.build_ann_index()
+        gallery.upkeep.build_ann_index()
         result["index_build_s"] = round(time.perf_counter() - t, 1)
         log(f"index built in {result['index_build_s']}s")
         t = time.perf_counter()

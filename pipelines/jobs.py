@@ -15,9 +15,8 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import IngestSpec
-from storage.placement import on_head_node
+from storage.placement import NAMESPACE, detached, on_head_node
 
-NAMESPACE = "atelier"
 # Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log).
 LEDGER_ACTOR = "atelier_ingest_jobs_v2"
 PROGRESS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
@@ -371,8 +370,7 @@ class LedgerMetrics:
 
 def ledger():
     """The cluster's one JobLedger, created by whoever asks first (detached: it outlives callers)."""
-    return JobLedger.options(name=LEDGER_ACTOR, namespace=NAMESPACE, get_if_exists=True,
-                             lifetime="detached", **on_head_node()).remote()
+    return detached(JobLedger, LEDGER_ACTOR, **on_head_node()).remote()
 
 
 @ray.remote(max_restarts=0)

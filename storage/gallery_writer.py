@@ -14,9 +14,9 @@ from typing import Any
 
 import ray
 
+from storage.placement import detached
 from storage.settings import StorageSettings
 
-NAMESPACE = "atelier"
 # Part of the actor's name. Raise it when the actor's methods change: the writer is detached and
 # outlives a redeploy, and a new caller must not get an old writer that lacks a method it calls.
 # During a rolling upgrade the old and new writers may both commit for a while; the table's
@@ -178,10 +178,7 @@ def gallery_writer(settings: StorageSettings, table: Table | None = None):
     """The cluster's writer for this gallery, created by whoever asks first (detached: it outlives callers);
     the one who creates it has `table` opened first (and learns at once if it cannot be)."""
     placement = {"label_selector": settings.writer_label_selector} if settings.writer_label_selector else {}
-    return GalleryWriter.options(
-        name=writer_name(settings), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-        **placement,
-    ).remote(settings.model_dump(), table)
+    return detached(GalleryWriter, writer_name(settings), **placement).remote(settings.model_dump(), table)
 
 
 class TableWriter:

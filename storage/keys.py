@@ -24,7 +24,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from storage.errors import InvalidInput, NotFound
 from storage.gallery.filters import sql_str
-from storage.gallery.table import is_commit_conflict
+from storage.gallery.commits import is_commit_conflict
 from storage.schema import check_user_id
 
 KEY_PREFIX = "atl_"

@@ -156,6 +156,7 @@ class GalleryFields(LanceModel):
 
 
 DERIVED = ("search_text", "dedup_key")
+PRIMARY_KEY = "dedup_key"  # the table's primary key: (user_id, content_hash) as one column
 COLUMNS = list(GalleryFields.model_fields)
 READ_COLUMNS = [c for c in COLUMNS if c not in DERIVED]
 """What a read returns: every column but the vector and the derived ones."""

@@ -14,12 +14,12 @@ import numpy as np
 from cachetools import TTLCache
 
 from storage.calls import Calls
+from storage.placement import detached, on_head_node
 
 # Versioned like the gallery writer: the actor is detached and outlives a redeploy, and its
 # `record` now takes a status code (v1 took ok: bool).
 STATS_ACTOR = "atelier_stats_v2"
 IDEMPOTENCY_ACTOR = "atelier_idempotency"
-NAMESPACE = "atelier"
 
 
 class StatsLedger:
@@ -97,11 +97,7 @@ def named(cls, name: str):
     """The cluster's one instance of a state actor, created by whoever asks first."""
     import ray
 
-    from storage.placement import on_head_node
-
-    actor = ray.remote(num_cpus=0.01, max_restarts=-1)(cls)
-    return actor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-                         **on_head_node()).remote()
+    return detached(ray.remote(num_cpus=0.01, max_restarts=-1)(cls), name, **on_head_node()).remote()
 
 
 def shared() -> tuple[StatsCalls, Calls]:

@@ -2,7 +2,7 @@
 
 A delete records a purge due within `purge_within_s / 2` in a small LanceDB table next to the
 gallery's (`<gallery_table>_purges`: due times only, no user data). The process that writes the
-gallery runs a `Purger` thread that calls `Gallery.purge()` once a purge is due and then clears it.
+gallery runs a `Purger` thread that calls `GalleryUpkeep.purge()` once a purge is due and then clears it.
 The queue outlives the writer: a writer that restarts (its node died, a redeploy) finds the
 pending purge and runs it, so no delete stays recoverable from disk longer than the bound.
 """
@@ -77,7 +77,7 @@ class Purger:
                 now = time.time()
                 if due is not None and due <= now:
                     started = time.time()
-                    self.gallery.purge()
+                    self.gallery.upkeep.purge()
                     self.queue.clear(started)
                     self.purges += 1
                     self.last_purge_at, self.last_error = time.time(), None

@@ -1,7 +1,8 @@
-"""The gallery table: one embedding model's LanceDB table of image rows, its writes, reads and upkeep.
+"""The gallery table: one embedding model's LanceDB table of image rows, its writes and reads.
 
-Search lives in `search.py`, SQL filters and cursors in `filters.py`, and the vector cache's refresh
-rules in `storage/vector_cache.py`; `Gallery` composes them.
+Search lives in `search.py`, SQL filters and cursors in `filters.py`, the table's upkeep (indexes,
+compaction, purges) in `upkeep.py`, the write lock and commit retries in `commits.py`, and the vector
+cache's refresh rules in `storage/vector_cache.py`; `Gallery` composes them.
 
 - One table per embedding model (`<gallery_table>__<model slug>_<hash>_<dim>`): vectors of two
   models cannot be compared and their dimensions differ, so a search can only ever see its own
@@ -27,22 +28,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
-import time
 from datetime import timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree, HnswSq, IvfPq
 from lancedb.query import ColumnOrdering
 from pydantic import ValidationError
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from storage.errors import InvalidInput, NotFound, Unavailable
+from storage.errors import InvalidInput, NotFound
 from storage.schema import (
     HEX32,
+    PRIMARY_KEY,
     READ_COLUMNS,
     SHA256,
     GalleryFields,
@@ -54,23 +52,13 @@ from storage.schema import (
 from storage.settings import StorageSettings
 from storage.vector_cache import TableVectors, VectorCache
 
+from .commits import commit, table_lock
 from .filters import decode_cursor, encode_cursor, in_list, invalid, row_out, sql_str, user_filter
-from .search import VECTOR_INDEX, GallerySearch
+from .search import GallerySearch
+from .upkeep import GalleryUpkeep
 
-PRIMARY_KEY = "dedup_key"
-FTS_INDEX = "search_text_idx"
-_SCALAR_INDEXES = {"user_id": "user_id_idx", "img_id": "img_id_idx", "dedup_key": "dedup_key_idx"}
 _CACHED_COLUMNS = READ_COLUMNS + [PRIMARY_KEY, "vector"]  # what the vector cache holds of a row
 _IN_CHUNK = 1000  # keys per `IN (...)` filter
-
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _table_lock(key: str) -> threading.Lock:
-    """One lock per table in this process, shared by every Gallery opened on it."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def table_name(base: str, embed_model: str, dim: int) -> str:
@@ -79,25 +67,18 @@ def table_name(base: str, embed_model: str, dim: int) -> str:
     return f"{base}__{slug}_{digest}_{dim}"
 
 
-def is_commit_conflict(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "commit conflict" in text or "retryable" in text or "too many concurrent writers" in text
-
-
 class Gallery:
-    """Rows, search and indexes of one embedding model's gallery table."""
+    """Rows, reads, writes and search of one embedding model's gallery table; `upkeep` keeps its indexes."""
 
     def __init__(self, db, table, settings: StorageSettings, dim: int, embed_model: str):
         self.db, self.table, self.settings = db, table, settings
         self.dim, self.embed_model = dim, embed_model
         self.name = table.name
-        self._lock = _table_lock(f"{settings.lancedb_uri}|{self.name}")
-        self._since_optimize = 0
-        self._commits_since_optimize = 0
-        self._indexes_seen: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._lock = table_lock(f"{settings.lancedb_uri}|{self.name}")
+        self.upkeep = GalleryUpkeep(table, settings, dim=dim, lock=self._lock, model_tables=self._model_tables)
         self._vectors = VectorCache(settings.vector_cache_mb * 2**20, settings.vector_cache_ttl_s)
         self._search = GallerySearch(
-            table, settings, dim=dim, index_names=self._index_names,
+            table, settings, dim=dim, index_names=self.upkeep.index_names,
             vectors=TableVectors(self._vectors, table, dim=dim, key=PRIMARY_KEY, columns=_CACHED_COLUMNS,
                                  user_filter=user_filter))
 
@@ -106,47 +87,10 @@ class Gallery:
         """Open (or create) the table of `embed_model`, whose vectors have `dim` values."""
         if not isinstance(embed_model, str) or not embed_model.strip():
             raise InvalidInput("embed_model must name the embedding model", field="embed_model")
-        schema = arrow_schema(dim)
-        # Writes come from the GalleryWriter actor in another process: without a consistency
-        # interval this process would keep reading the table version it first opened.
-        db = lancedb.connect(
-            settings.lancedb_uri,
-            read_consistency_interval=timedelta(seconds=settings.read_consistency_s),
-            storage_options=settings.lancedb_storage_options or None,
-        )
-        name = table_name(settings.gallery_table, embed_model, dim)
-        try:
-            table = db.open_table(name)
-        except ValueError:  # not there yet
-            try:
-                table = db.create_table(name, schema=schema)
-            except ValueError:  # created meanwhile by another process
-                table = db.open_table(name)
-        missing = [f.name for f in schema if f.name not in table.schema.names]
-        if missing == ["post_text"]:  # a table from before post texts had their own column
-            _add_text_column(table, "post_text")
-            missing = []
-        if missing or table.schema.field("vector").type != schema.field("vector").type:
-            raise RuntimeError(
-                f"gallery table {name} at {settings.lancedb_uri} has another schema (missing {missing}); "
-                "back it up and remove it, or point ATELIER_LANCEDB_URI elsewhere"
-            )
+        db, table = _open_table(settings, table_name(settings.gallery_table, embed_model, dim), arrow_schema(dim))
         gallery = cls(db, table, settings, dim, embed_model)
-        gallery._ensure_table_setup()
+        gallery.upkeep.setup()
         return gallery
-
-    def _ensure_table_setup(self) -> None:
-        """Primary key and the indexes every table has from its first row on (idempotent)."""
-        field = self.table.schema.field(PRIMARY_KEY)
-        if not any(k.startswith(b"lance-schema:unenforced-primary-key") for k in (field.metadata or {})):
-            self._write(lambda: self.table.set_unenforced_primary_key(PRIMARY_KEY))
-        names = self._index_names(fresh=True)
-        for column, index in _SCALAR_INDEXES.items():
-            if index not in names:
-                self._write(lambda c=column, i=index: self.table.create_index(c, config=BTree(), name=i))
-        if FTS_INDEX not in names:
-            self._write(lambda: self.table.create_index("search_text", config=_fts_config(), name=FTS_INDEX))
-        self._index_names(fresh=True)
 
     # -- writes -----------------------------------------------------------------------------------
     def upsert(self, rows: Sequence[Mapping[str, Any] | GalleryFields]) -> dict:
@@ -158,17 +102,17 @@ class Gallery:
         """
         if not rows:
             return {"rows": [], "created": [], "inserted": 0}
-        fields, vectors = self._validate(rows)
+        fields, vectors = _checked_rows(rows, self.dim, self.embed_model)
         first: dict[str, int] = {}
         for i, row in enumerate(fields):
             first.setdefault(row.dedup_key, i)
         unique = sorted(first.values())
         with self._lock:
-            stored = self._rows_by_keys([fields[i].dedup_key for i in unique])
+            stored = _rows_by_keys(self.table, [fields[i].dedup_key for i in unique])
             new = [i for i in unique if fields[i].dedup_key not in stored]
             created: set[str] = set()
             if new:
-                data = self._to_arrow([fields[i] for i in new], vectors[new])
+                data = _to_arrow([fields[i] for i in new], vectors[new], self.dim)
                 result = self._write(
                     lambda: self.table.merge_insert(PRIMARY_KEY).when_not_matched_insert_all().execute(data)
                 )
@@ -178,7 +122,7 @@ class Gallery:
                         stored[fields[i].dedup_key] = row_out(fields[i].model_dump())
                 else:
                     # Another process inserted some of these keys meanwhile: their row is the one kept.
-                    again = self._rows_by_keys([fields[i].dedup_key for i in new])
+                    again = _rows_by_keys(self.table, [fields[i].dedup_key for i in new])
                     for i in new:
                         if again[fields[i].dedup_key]["img_id"] == fields[i].img_id:
                             created.add(fields[i].dedup_key)
@@ -248,82 +192,22 @@ class Gallery:
             self._search.user_changed(user_id)
         return count
 
-    def build_ann_index(self) -> None:
-        """(Re)build the vector index over every row now in the table."""
-        with self._lock:
-            self._build_ann_index()
-
-    def _ann_config(self, dim: int):
-        s = self.settings
-        if s.ann_index_type == "IVF_HNSW_SQ":
-            return HnswSq(distance_type="cosine", num_partitions=s.ann_num_partitions,
-                          max_iterations=s.ann_max_iterations)
-        sub = s.ann_num_sub_vectors or (dim // 8 if dim % 8 == 0 else None)
-        return IvfPq(distance_type="cosine", num_partitions=s.ann_num_partitions, num_sub_vectors=sub,
-                     max_iterations=s.ann_max_iterations)
-
-    def _build_ann_index(self) -> None:
-        config = self._ann_config(self.dim)
-        self._write(lambda: self.table.create_index("vector", config=config, name=VECTOR_INDEX, replace=True))
-        self._index_names(fresh=True)
-
     def warm_up(self) -> None:
         """Load what the first search would otherwise pay for: jieba's dictionary (1-4 s here) and
         the table's indexes. Call once per replica at start."""
         words_for_search("预热")
-        self._index_names(fresh=True)
+        self.upkeep.index_names(fresh=True)
         self.table.count_rows()
 
     def optimize(self) -> dict:
-        """Compact small fragments, fold new rows into every index, drop versions older than the
-        retention (deleted rows linger in old versions until then), and build the ANN index once
-        the table is large enough."""
-        with self._lock:
-            self._compact()
-            rows = self.table.count_rows()
-            if VECTOR_INDEX not in self._index_names(fresh=True) and rows >= self.settings.ann_min_rows:
-                self._build_ann_index()
-        return {"rows": rows, "indexes": sorted(self._index_names(fresh=True))}
-
-    def purge(self) -> dict:
-        """Make what was deleted physically gone from every model's table of this gallery.
-
-        A delete only hides rows (a deletion vector), and the old versions, the data files and the
-        full-text and scalar indexes keep their values. Here fragments holding deleted rows are
-        rewritten without them (compaction materialises deletions), every index is rebuilt over what
-        remains, and every older version is removed with the files only it referenced. Readers that
-        were on a removed version re-read the latest one (`storage.library` retries such a read).
-        """
-        done = []
-        with self._lock:
-            for table in self._model_tables():
-                self._write(lambda t=table: t.to_lance().optimize.compact_files(
-                    materialize_deletions=True, materialize_deletions_threshold=0.0))
-                table.checkout_latest()
-                self._rebuild_indexes(table)
-                table.cleanup_old_versions(older_than=timedelta(0))
-                done.append(table.name)
-            self._index_names(fresh=True)
-            self._since_optimize = self._commits_since_optimize = 0
-        return {"tables": done}
-
-    def _rebuild_indexes(self, table) -> None:
-        """Every index of `table` built again from its current rows (an index keeps the values of rows
-        deleted since it was built)."""
-        names = {ix.name for ix in table.list_indices()}
-        for column, index in _SCALAR_INDEXES.items():
-            self._write(lambda c=column, i=index: table.create_index(c, config=BTree(), name=i, replace=True))
-        self._write(lambda: table.create_index("search_text", config=_fts_config(), name=FTS_INDEX, replace=True))
-        if VECTOR_INDEX in names:
-            dim = table.schema.field("vector").type.list_size
-            self._write(lambda: table.create_index("vector", config=self._ann_config(dim), name=VECTOR_INDEX,
-                                                   replace=True))
+        """`GalleryUpkeep.optimize`: compact, fold new rows into the indexes, drop old versions."""
+        return self.upkeep.optimize()
 
     # -- reads ------------------------------------------------------------------------------------
     def get(self, user_id: str, img_id: str) -> dict:
         if not isinstance(img_id, str) or not HEX32.match(img_id):
             raise NotFound("no such image", code="image_not_found")
-        rows = self._select(f"{user_filter(user_id)} AND img_id = {sql_str(img_id)}", limit=1)
+        rows = _select(self.table, f"{user_filter(user_id)} AND img_id = {sql_str(img_id)}", limit=1)
         if not rows:
             raise NotFound("no such image", code="image_not_found")
         return rows[0]
@@ -340,7 +224,7 @@ class Gallery:
         if not isinstance(content_hash, str) or not SHA256.match(content_hash):
             return None
         key = dedup_key(check_user_id(user_id), content_hash)
-        rows = self._select(f"{user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(key)}", limit=1)
+        rows = _select(self.table, f"{user_filter(user_id)} AND {PRIMARY_KEY} = {sql_str(key)}", limit=1)
         return rows[0] if rows else None
 
     def existing_hashes(self, user_id: str, hashes: Iterable[str]) -> set[str]:
@@ -411,100 +295,14 @@ class Gallery:
         self._vectors.drop(user_id)
 
     # -- internals --------------------------------------------------------------------------------
-    def _validate(self, rows: Sequence[Mapping[str, Any] | GalleryFields]) -> tuple[list[GalleryFields], np.ndarray]:
-        """Every row through the schema's model; vectors checked together (per-row pydantic
-        validation of 512 floats would cost more than the write)."""
-        fields, vectors = [], []
-        for i, row in enumerate(rows):
-            if isinstance(row, GalleryFields):
-                data = row.model_dump()
-            elif isinstance(row, Mapping):
-                data = dict(row)
-            else:
-                raise InvalidInput(f"row {i} is a {type(row).__name__}, not a mapping", field="rows")
-            if "vector" not in data:
-                raise InvalidInput(f"row {i} has no vector", field="vector")
-            vectors.append(data.pop("vector"))
-            data.setdefault("embed_model", self.embed_model)
-            if data["embed_model"] != self.embed_model:
-                raise InvalidInput(
-                    f"row {i} was embedded by {data['embed_model']!r}; this gallery holds {self.embed_model!r} vectors",
-                    code="wrong_embed_model", field="embed_model")
-            for derived in ("search_text", "dedup_key"):
-                data.pop(derived, None)
-            if data.get("img_id") is None:
-                data.pop("img_id", None)
-            if data.get("created_at") is None:
-                data.pop("created_at", None)
-            try:
-                fields.append(GalleryFields.model_validate(data))
-            except ValidationError as exc:
-                raise invalid(exc, row=i) from None
-        try:
-            matrix = np.asarray(vectors, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise InvalidInput(f"every vector must hold {self.dim} numbers", field="vector") from None
-        if matrix.ndim != 2 or matrix.shape[1] != self.dim:
-            raise InvalidInput(f"every vector must hold {self.dim} numbers (this gallery's model)", field="vector")
-        bad = ~np.isfinite(matrix).all(axis=1) | ~matrix.any(axis=1)
-        if bad.any():
-            raise InvalidInput(f"row {int(np.argmax(bad))}'s vector is all zeros or not finite", field="vector")
-        return fields, matrix
-
-    def _to_arrow(self, rows: list[GalleryFields], vectors: np.ndarray) -> pa.Table:
-        schema = arrow_schema(self.dim)
-        columns = {name: [getattr(r, name) for r in rows] for name in schema.names if name != "vector"}
-        arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name != "vector"]
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
-        arrays.append(pa.FixedSizeListArray.from_arrays(flat, self.dim))
-        return pa.Table.from_arrays(arrays, schema=schema)
-
-    def _rows_by_keys(self, keys: Sequence[str]) -> dict[str, dict]:
-        found: dict[str, dict] = {}
-        for i in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[i:i + _IN_CHUNK]
-            for r in (self.table.search().where(in_list(PRIMARY_KEY, chunk)).select(READ_COLUMNS + [PRIMARY_KEY])
-                      .limit(None).to_list()):
-                found[r[PRIMARY_KEY]] = row_out(r)
-        return found
-
-    def _select(self, where: str, limit: int | None = None) -> list[dict]:
-        return [row_out(r) for r in self.table.search().where(where).select(READ_COLUMNS).limit(limit).to_list()]
-
     def _after_insert(self, inserted: int, users: set[str]) -> None:
         for user in users:
             self._search.user_changed(user)
-        if not inserted:
-            return
-        self._since_optimize += inserted
-        self._commits_since_optimize += 1
-        if VECTOR_INDEX not in self._index_names() and self.table.count_rows() >= self.settings.ann_min_rows:
-            self._build_ann_index()
-        elif (self._since_optimize >= self.settings.optimize_every_rows
-              or self._commits_since_optimize >= self.settings.optimize_every_commits):
-            self._compact()
-
-    def _compact(self) -> None:
-        """Fold new rows into the indexes, compact the small fragments upserts leave, drop old
-        versions; the counters that trigger it start again."""
-        self._write(lambda: self.table.optimize(
-            cleanup_older_than=timedelta(seconds=self.settings.version_retention_s)))
-        self._since_optimize = self._commits_since_optimize = 0
+        self.upkeep.after_insert(inserted)
 
     def _write(self, op):
         """Run one commit, retrying commit conflicts; a conflict that persists is a 503."""
-        retrying = Retrying(
-            retry=retry_if_exception(is_commit_conflict),
-            stop=stop_after_attempt(self.settings.write_retry_attempts),
-            wait=wait_random_exponential(multiplier=0.05, max=2),
-            reraise=True,
-        )
-        try:
-            return retrying(op)
-        except Exception as exc:
-            if is_commit_conflict(exc):
-                raise Unavailable("the gallery is busy with other writes; try again", code="gallery_busy") from exc
-            raise
+        return commit(op, self.settings.write_retry_attempts)
 
     def _model_tables(self) -> list:
         """This model's table and every other model's table of the same gallery."""
@@ -518,13 +316,6 @@ class Gallery:
                 break
         return [self.table] + [self.db.open_table(n) for n in sorted(names)]
 
-    def _index_names(self, fresh: bool = False) -> frozenset[str]:
-        seen_at, names = self._indexes_seen
-        if fresh or time.monotonic() - seen_at > 10:
-            names = frozenset(ix.name for ix in self.table.list_indices())
-            self._indexes_seen = (time.monotonic(), names)
-        return names
-
 
 def _add_text_column(table, name: str) -> None:
     """Add an empty string column to an existing table (a schema migration; concurrent openers race safely)."""
@@ -536,7 +327,96 @@ def _add_text_column(table, name: str) -> None:
             raise
 
 
-def _fts_config() -> FTS:
-    # Text arrives already split into words (words_for_search); stemming folds English forms.
-    return FTS(base_tokenizer="simple", language="English", lower_case=True, stem=True, remove_stop_words=False,
-               ascii_folding=True)
+def _open_table(settings: StorageSettings, name: str, schema: pa.Schema):
+    """(db, table): the table `name` opened, or created with `schema`; a table from before post texts
+    gets that column, one with another schema is refused."""
+    # Writes come from the GalleryWriter actor in another process: without a consistency
+    # interval this process would keep reading the table version it first opened.
+    db = lancedb.connect(
+        settings.lancedb_uri,
+        read_consistency_interval=timedelta(seconds=settings.read_consistency_s),
+        storage_options=settings.lancedb_storage_options or None,
+    )
+    try:
+        table = db.open_table(name)
+    except ValueError:  # not there yet
+        try:
+            table = db.create_table(name, schema=schema)
+        except ValueError:  # created meanwhile by another process
+            table = db.open_table(name)
+    missing = [f.name for f in schema if f.name not in table.schema.names]
+    if missing == ["post_text"]:  # a table from before post texts had their own column
+        _add_text_column(table, "post_text")
+        missing = []
+    if missing or table.schema.field("vector").type != schema.field("vector").type:
+        raise RuntimeError(
+            f"gallery table {name} at {settings.lancedb_uri} has another schema (missing {missing}); "
+            "back it up and remove it, or point ATELIER_LANCEDB_URI elsewhere"
+        )
+    return db, table
+
+
+def _rows_by_keys(table, keys: Sequence[str]) -> dict[str, dict]:
+    """The rows of `table` with these primary keys, by key."""
+    found: dict[str, dict] = {}
+    for i in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[i:i + _IN_CHUNK]
+        for r in (table.search().where(in_list(PRIMARY_KEY, chunk)).select(READ_COLUMNS + [PRIMARY_KEY])
+                  .limit(None).to_list()):
+            found[r[PRIMARY_KEY]] = row_out(r)
+    return found
+
+
+def _select(table, where: str, limit: int | None = None) -> list[dict]:
+    return [row_out(r) for r in table.search().where(where).select(READ_COLUMNS).limit(limit).to_list()]
+
+
+def _checked_rows(rows: Sequence[Mapping[str, Any] | GalleryFields], dim: int,
+                  embed_model: str) -> tuple[list[GalleryFields], np.ndarray]:
+    """Every row through the schema's model; vectors checked together (per-row pydantic
+    validation of 512 floats would cost more than the write)."""
+    fields, vectors = [], []
+    for i, row in enumerate(rows):
+        if isinstance(row, GalleryFields):
+            data = row.model_dump()
+        elif isinstance(row, Mapping):
+            data = dict(row)
+        else:
+            raise InvalidInput(f"row {i} is a {type(row).__name__}, not a mapping", field="rows")
+        if "vector" not in data:
+            raise InvalidInput(f"row {i} has no vector", field="vector")
+        vectors.append(data.pop("vector"))
+        data.setdefault("embed_model", embed_model)
+        if data["embed_model"] != embed_model:
+            raise InvalidInput(
+                f"row {i} was embedded by {data['embed_model']!r}; this gallery holds {embed_model!r} vectors",
+                code="wrong_embed_model", field="embed_model")
+        for derived in ("search_text", "dedup_key"):
+            data.pop(derived, None)
+        if data.get("img_id") is None:
+            data.pop("img_id", None)
+        if data.get("created_at") is None:
+            data.pop("created_at", None)
+        try:
+            fields.append(GalleryFields.model_validate(data))
+        except ValidationError as exc:
+            raise invalid(exc, row=i) from None
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"every vector must hold {dim} numbers", field="vector") from None
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise InvalidInput(f"every vector must hold {dim} numbers (this gallery's model)", field="vector")
+    bad = ~np.isfinite(matrix).all(axis=1) | ~matrix.any(axis=1)
+    if bad.any():
+        raise InvalidInput(f"row {int(np.argmax(bad))}'s vector is all zeros or not finite", field="vector")
+    return fields, matrix
+
+
+def _to_arrow(rows: list[GalleryFields], vectors: np.ndarray, dim: int) -> pa.Table:
+    schema = arrow_schema(dim)
+    columns = {name: [getattr(r, name) for r in rows] for name in schema.names if name != "vector"}
+    arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name != "vector"]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    arrays.append(pa.FixedSizeListArray.from_arrays(flat, dim))
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -32,7 +32,7 @@ def test_each_index_type_answers_every_k(tmp_path, index_type):
     gallery = Gallery.open(settings, dim=DIM, embed_model="test/embedder")
     stored = gallery.upsert(rows("alice", alice) + rows("bob", bob))["rows"]
     ids = np.array([r["img_id"] for r in stored[:3000]])
-    gallery.build_ann_index()
+    gallery.upkeep.build_ann_index()
     assert VECTOR_INDEX in {ix.name for ix in gallery.table.list_indices()}
 
     unit = alice / np.linalg.norm(alice, axis=1, keepdims=True)
