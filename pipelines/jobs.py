@@ -1,79 +1,31 @@
-"""Ingestion jobs' status where every ingress replica can read it, and how a job's driver is started.
+"""Ingestion jobs' status where every ingress replica can read it: the job ledger.
 
 Status lives in one detached named actor (`JobLedger`), not in a replica. Drivers report progress
 and a heartbeat every few seconds; a job whose driver stops reporting is marked failed (or
 cancelled, when that was asked) the next time anyone reads it, so no job stays `running` forever.
+What a job is lives in pipelines.spec; who runs it (pipelines.attempt, .run, .submit) stands on this.
 """
 
 from __future__ import annotations
 
-import hashlib
+import threading
 import time
-from typing import Any, Literal
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from ray.util import metrics
 
-from pipelines.config import IngestSpec
+from pipelines.spec import JobSpec, JobStatus
 from storage.placement import NAMESPACE, detached, on_head_node
+
+# JobSpec is also imported from here by the ledger's callers (tests/ops, benchmarks); its home is pipelines.spec.
+__all__ = ["COUNTERS", "LEDGER_ACTOR", "NAMESPACE", "TERMINAL", "JobLedger", "JobSpec", "LedgerMetrics", "ledger"]
 
 # Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log).
 LEDGER_ACTOR = "atelier_ingest_jobs_v2"
 PROGRESS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
 MAX_PROGRESS_EVENTS = 50_000  # per job; a longer log keeps its last entries (the stream then skips some)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 COUNTERS = ("total", "done", "skipped_duplicates", "failed")
-
-
-class NamedFile(BaseModel):
-    """A file known by URL whose name the user gave (a staged multipart upload)."""
-
-    name: str
-    url: str
-
-
-class JobSpec(BaseModel):
-    """Everything a driver needs; kept with the job, so `python -m pipelines.ingest --job ID` runs it anywhere."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    user_id: str = Field(min_length=1, max_length=256)
-    sources: list[str] = Field(default_factory=list, description="Folders, .zip files, s3:// prefixes, files.")
-    files: list[NamedFile] = Field(default_factory=list, description="Files with user-given names.")
-    storage: dict[str, Any] = Field(default_factory=dict, description="StorageSettings values (no secrets).")
-    ingest: IngestSpec
-    staged_prefix: str | None = Field(None, description="Blob prefix of a staged upload, removed when the job ends.")
-    fingerprint: str = Field("", description="What makes a retried request the same job (manifest or key).")
-
-
-class JobError(BaseModel):
-    name: str
-    code: str
-    message: str
-
-
-class JobStatus(BaseModel):
-    """The public shape of GET /api/init/upload/{job_id}; times are Unix seconds."""
-
-    job_id: str
-    state: State
-    total: int = 0
-    done: int = 0
-    skipped_duplicates: int = 0
-    failed: int = 0
-    errors: list[JobError] = Field(default_factory=list)
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    message: str | None = Field(None, description="Why a job failed as a whole (its driver died, a bad source), "
-                                                   "or what a job that succeeded lived through (a node lost).")
-
-
-def job_id_for(user_id: str, basis: str) -> str:
-    """Deterministic: the same user and the same basis (Idempotency-Key, manifest, sources) give the same job."""
-    return hashlib.sha256(f"{user_id}\x00{basis}".encode()).hexdigest()[:32]
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
@@ -308,8 +260,6 @@ class LedgerMetrics:
     def __init__(self, jobs: dict[str, dict], every_s: float):
         self._jobs = jobs
         try:
-            from ray.util import metrics
-
             self._rows = metrics.Counter("atelier_ingest_rows", description="ingestion files handled, by outcome",
                                          tag_keys=("outcome",))
             self._ended = metrics.Counter("atelier_ingest_jobs_ended", description="ingestion jobs ended, by state",
@@ -327,8 +277,6 @@ class LedgerMetrics:
         except Exception:  # noqa: BLE001 - no Ray worker here (a plain instance in a unit test)
             self._rows = None
             return
-        import threading
-
         threading.Thread(target=self._refresh_forever, args=(every_s,), daemon=True,
                          name="ledger-metrics").start()
 
@@ -372,42 +320,3 @@ def ledger():
     """The cluster's one JobLedger, created by whoever asks first (detached: it outlives callers)."""
     return detached(JobLedger, LEDGER_ACTOR, **on_head_node()).remote()
 
-
-@ray.remote(max_restarts=0)
-class IngestDriver:
-    """A job's driver as a detached actor: it outlives the ingress replica that started it."""
-
-    def run(self, job_id: str) -> dict | None:
-        from pipelines.ingest import run_job
-
-        spec = ray.get(ledger().spec.remote(job_id))
-        try:
-            return None if spec is None else run_job(JobSpec.model_validate(spec), console=False)
-        finally:
-            ray.actor.exit_actor()
-
-
-def submission_id(job_id: str, submission: int) -> str:
-    return f"atelier-ingest-{job_id}-{submission}"
-
-
-def submit(spec: JobSpec, submission: int) -> str:
-    """Start the job's driver; the id is deterministic, so a retried request never starts a second one."""
-    sid = submission_id(spec.job_id, submission)
-    ingest = spec.ingest
-    if ingest.submitter == "jobs":
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(ingest.jobs_address)
-        try:
-            client.submit_job(entrypoint=f"python -m pipelines.ingest --job {spec.job_id}", submission_id=sid,
-                              entrypoint_num_cpus=ingest.driver_num_cpus, runtime_env=ingest.jobs_runtime_env)
-        except Exception as exc:  # the same id again means this submission already happened
-            if "already exists" not in str(exc):
-                raise
-        return sid
-    # On the head, as Ray Jobs places an entrypoint: losing a worker costs the job retried tasks, not its driver.
-    driver = IngestDriver.options(name=sid, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-                                  num_cpus=ingest.driver_num_cpus, **on_head_node()).remote()
-    driver.run.remote(spec.job_id)
-    return sid

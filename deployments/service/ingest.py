@@ -19,9 +19,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator, BinaryIO
 
+from models.errors import ModelError
 from pipelines.config import IngestSpec
-from storage.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from pipelines.sources import check_zip
+from pipelines.spec import JobSpec, absolute_storage, job_id_for
+from storage.blobs import open_blob_store, user_prefix
+from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from storage.settings import StorageSettings
+
+# pipelines.jobs, .attempt and .submit import Ray: they are imported where a desk uses them, so the
+# in-process app (no cluster and no desk, which imports this module through deployments.assemble) never
+# loads Ray.
 
 log = logging.getLogger("atelier.ingest")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -78,66 +86,52 @@ class IngestDesk:
         limit = self.spec.fast_path_max_files
         return self._keep is not None and staged.zip_data is None and 0 < len(staged.files) <= limit
 
-    async def _run_small(self, spec, files: list[tuple[str, bytes]]) -> None:
-        """A small job in this replica, under the same ledger rules as a Ray Data driver: an attempt, a
-        report (and heartbeat) per file, cancel before the next file starts, the same counting and errors."""
-        from models.errors import ModelError
-        from storage.errors import AtelierError
+    async def _run_small(self, spec: JobSpec, files: list[tuple[str, bytes]]) -> None:
+        """A small job in this replica, as one attempt under the job ledger's rules (pipelines.attempt), as a
+        Ray Data driver runs: a report per file and a heartbeat between, cancel before the next file starts,
+        the same counting and errors. The attempt's calls block on the ledger: they run in threads."""
+        from pipelines.attempt import JobAttempt  # Ray: see the top
 
-        ledger, job_id, user = self.ledger(), spec.job_id, spec.user_id
-        attempt = await ledger.begin.remote(job_id)
-        if attempt is None:
+        job, user = JobAttempt(spec, self.storage), spec.user_id
+        if not await asyncio.to_thread(job.begin):
             return
-        counters = {"total": len(files), "done": 0, "skipped_duplicates": 0, "failed": 0}
         state, message, seen = "succeeded", None, set()
-        stop = asyncio.Event()
-        reporting = asyncio.Lock()
         # A few files at once: the Embedder batches them, intake decodes run in parallel threads.
         slots = asyncio.Semaphore(SMALL_JOB_CONCURRENCY)
 
         async def one(name: str, data: bytes) -> None:
             async with slots:
-                if stop.is_set():
+                if job.stop.is_set():
                     return
                 errors, outcome = [], "failed"
                 try:
-                    outcome = await self._keep(user, name, data, job_id, seen)
+                    outcome = await self._keep(user, name, data, spec.job_id, seen)
                 except (AtelierError, ModelError) as exc:
                     errors.append({"name": name, "code": exc.code, "message": exc.message})
-                async with reporting:  # one report per file, in the order they finish
-                    counters[outcome] += 1
-                    if await ledger.report.remote(job_id, attempt, counters, errors) != "go":
-                        stop.set()
+                await asyncio.to_thread(job.add, done=int(outcome == "done"),
+                                        skipped=int(outcome == "skipped_duplicates"), errors=errors)
 
         try:
-            if await ledger.report.remote(job_id, attempt, counters, []) != "go":
-                stop.set()
+            await asyncio.to_thread(job.add, total=len(files))
             await asyncio.gather(*(one(name, data) for name, data in files))
-            if stop.is_set() and sum(counters[c] for c in ("done", "skipped_duplicates", "failed")) < len(files):
+            if job.stop.is_set() and job.handled() < len(files):
                 state = "cancelled"
         except Exception as exc:  # noqa: BLE001 - the job fails as a whole; the same upload again resumes it
-            log.exception("small ingestion job %s failed", job_id)
+            log.exception("small ingestion job %s failed", spec.job_id)
             state, message = "failed", f"the job failed ({type(exc).__name__}); upload again to resume"
         finally:
-            await ledger.finish.remote(job_id, attempt, state, counters, [], message)
-            if state != "failed" and spec.staged_prefix:
-                await asyncio.to_thread(self._unstage, spec.staged_prefix)
-
-    def _unstage(self, prefix: str) -> None:
-        from storage.blobs import open_blob_store
-
-        open_blob_store(self.storage).delete_prefix(prefix)
+            await asyncio.to_thread(job.finish, state, message)
 
     def ledger(self):
         if self._ledger is None:
-            from pipelines.jobs import ledger
+            from pipelines.jobs import ledger  # Ray: see the top
 
             self._ledger = ledger()
         return self._ledger
 
     async def start(self, user: str, uploads: list[UploadPart], idempotency_key: str | None) -> tuple[dict, bool]:
         """Several files, or one .zip -> (status, fresh): fresh is False when the same upload already succeeded."""
-        from pipelines.jobs import job_id_for, submit
+        from pipelines.submit import submit  # Ray: see the top
 
         if not uploads:
             raise InvalidInput("no files in the upload: send images as `files`, or one .zip", field="files")
@@ -171,10 +165,8 @@ class IngestDesk:
         status = opened["status"]
         return public(status), not (status["state"] == "succeeded" and opened["action"] == "exists")
 
-    def _stage(self, user: str, job_id: str, staged: _Staged):
+    def _stage(self, user: str, job_id: str, staged: _Staged) -> JobSpec:
         """Put the upload's bytes in the blob store, where the job's tasks (on any node) read them."""
-        from storage.blobs import open_blob_store, user_prefix
-
         blobs = open_blob_store(self.storage)
         # Under the user's prefix, so deleting the user (DELETE /api/me) removes leftovers too.
         prefix = f"{user_prefix(user)}ingest/{job_id}/"
@@ -189,10 +181,7 @@ class IngestDesk:
             files.append({"name": name, "url": blobs.uri(key)})
         return self._job_spec(user, job_id, staged, files=files, sources=sources, prefix=prefix)
 
-    def _job_spec(self, user: str, job_id: str, staged: _Staged, *, files, sources, prefix):
-        from pipelines.ingest import absolute_storage
-        from pipelines.jobs import JobSpec
-
+    def _job_spec(self, user: str, job_id: str, staged: _Staged, *, files, sources, prefix) -> JobSpec:
         return JobSpec(job_id=job_id, user_id=user, sources=sources, files=files,
                        storage=absolute_storage(self.storage).model_dump(), ingest=self.spec,
                        staged_prefix=prefix, fingerprint=staged.fingerprint)
@@ -258,8 +247,6 @@ class IngestDesk:
 
 def _read_upload(uploads: list[UploadPart], ingest: IngestSpec) -> _Staged:
     """Read the parts (in a worker thread), refuse what breaks the limits, fingerprint the rest."""
-    from pipelines.sources import check_zip
-
     if len(uploads) > ingest.max_files:
         raise PayloadTooLarge(f"the upload holds {len(uploads)} files; the limit is {ingest.max_files}",
                               code="too_many_files", field="files")

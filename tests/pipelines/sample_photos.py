@@ -31,7 +31,7 @@ def sha(data: bytes) -> str:
 
 def open_gallery(kit: Path, lancedb_uri: Path | str, blob_root: Path | str):
     """The gallery the service (or a job) writes for the tiny kit's embedder, opened read-side here."""
-    from pipelines.ingest import embedder_shape
+    from pipelines.config import embedder_shape
     from storage.gallery import Gallery
     from storage.settings import StorageSettings
 
@@ -72,7 +72,8 @@ def job_on_an_unopenable_gallery(tmp: Path, kit: Path, user: str, photos: int, s
     import pyarrow as pa
 
     from models.configs import EmbedderConfig
-    from pipelines.ingest import embedder_shape, spec_from_config
+    from pipelines.config import embedder_shape
+    from pipelines.ingest import spec_from_config
     from storage.gallery import table_name
 
     folder = tmp / "camera"

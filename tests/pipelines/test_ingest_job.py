@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def spec(job_id: str, user: str, **ingest):
     from deployments.config import IngestSpec
-    from pipelines.jobs import JobSpec
+    from pipelines.spec import JobSpec
 
     return JobSpec(job_id=job_id, user_id=user, ingest=IngestSpec(**ingest), fingerprint="test").model_dump()
 
@@ -158,8 +158,9 @@ def test_the_gallery_writer_answers_hash_lookups_for_one_user_only(ray_cluster, 
 
 def test_a_gallery_that_cannot_be_opened_fails_the_job_with_its_reason(ray_cluster, tiny_kit, tmp_path):
     """The read tasks no longer wait for the table; a writer that cannot open it still ends the job clearly."""
-    from pipelines.ingest import run_job
-    from pipelines.jobs import JobSpec, ledger
+    from pipelines.jobs import ledger
+    from pipelines.run import run_job
+    from pipelines.spec import JobSpec
 
     job, data_dir = job_on_an_unopenable_gallery(tmp_path, tiny_kit, "erin", 4, 90_000,
                                                  read_batch_size=2, write_batch_size=2)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from deployments.config import ZipLimits
-from pipelines.ingest import square_pixels
+from pipelines.stages import square_pixels
 from pipelines.sources import EntryReader, check_zip, list_sources
 from storage.errors import NotFound, PayloadTooLarge
 from storage.settings import StorageSettings
