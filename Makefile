@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install deps kit serve stop test bench clean
+.PHONY: venv install deps kit serve stop test test-fast bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,10 @@ deps:
 
 test: $(STAMP) deps
 	$(BIN)/python -m pytest
+
+# The inner loop: tests/unit/ only (no Ray, no server process; the in-process HTTP tier included), a few minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
 
 clean:
 	rm -rf $(VENV) checkpoints/tiny .pytest_cache

@@ -46,7 +46,7 @@ USER = "bench"
 
 
 def _photo(path: Path, seed: int) -> None:
-    from tests.pipelines.sample_photos import jpeg
+    from tests.support.sample_photos import jpeg
 
     path.write_bytes(jpeg(seed, size=(640, 480)))
 

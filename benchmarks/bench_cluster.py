@@ -1,5 +1,5 @@
 """Search through one ingress replica against two on two Ray nodes (issue 14), on the three-node cluster
-the multinode tests start (tests/cluster/conftest.py: three `ray start` nodes on this machine, LanceDB
+the multinode tests start (tests/multinode/conftest.py: three `ray start` nodes on this machine, LanceDB
 and blobs on moto's S3, Redis), with the tiny kit's models.
 
     .venv/bin/python -m benchmarks.bench_cluster [--clients 16] [--requests 400] [--no-write]
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from models.kit import ROLES, build
-    from tests.cluster.conftest import MultiNode
-    from tests.pipelines.sample_photos import jpeg
+    from tests.multinode.conftest import MultiNode
+    from tests.support.sample_photos import jpeg
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         SECTION, "",
         f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, no GPU; three Ray nodes as processes "
-        "on it (tests/cluster/conftest.py), tiny kit, LanceDB and blobs on moto's S3, Redis. "
+        "on it (tests/multinode/conftest.py), tiny kit, LanceDB and blobs on moto's S3, Redis. "
         f"{args.images} images in the user's gallery, {args.clients} clients, {args.requests} unique queries each run.",
         f"Command: `.venv/bin/python -m benchmarks.bench_cluster --clients {args.clients} --requests {args.requests}`",
         "",

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_cluster_ingest [--photos 2000] [--no-write]
 
-Each size is a fresh cluster as the multinode tests start it (tests/cluster/conftest.py: `ray start`
+Each size is a fresh cluster as the multinode tests start it (tests/multinode/conftest.py: `ray start`
 nodes on this machine, token auth on, LanceDB and blobs on moto's S3): 1 node (the head, declaring the
 GPUs), 2 (head + the `gpu` worker) and 3 (head + `gpu` + `cpu`). The photos are put in the bucket
 first, and `python -m pipelines.ingest s3://...` runs the job as an operator would, with the tiny
@@ -45,7 +45,7 @@ def put_photos(cluster, count: int) -> list[str]:
     """`count` distinct JPEGs into the bucket; their content hashes (what the gallery keys them by)."""
     import boto3
 
-    from tests.pipelines.sample_photos import jpeg
+    from tests.support.sample_photos import jpeg
 
     s3 = boto3.client("s3", endpoint_url=cluster.s3, aws_access_key_id="atelier-test",
                       aws_secret_access_key="atelier-test-secret", region_name="us-east-1")
@@ -85,7 +85,7 @@ def where_it_ran(cluster) -> dict[str, Counter]:
 
 
 def run(nodes: int, photos: int, kit: Path, tmp: Path) -> dict:
-    from tests.cluster.conftest import MultiNode
+    from tests.multinode.conftest import MultiNode
 
     workers, head_gpus = SHAPES[nodes]
     cluster = MultiNode(tmp / f"n{nodes}", kit, workers=workers, head_gpus=head_gpus)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         SECTION, "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU; the Ray nodes are processes on it "
-        f"(tests/cluster/conftest.py), token auth on, LanceDB and blobs on moto's S3 server. {args.photos} "
+        f"(tests/multinode/conftest.py), token auth on, LanceDB and blobs on moto's S3 server. {args.photos} "
         "distinct 320x240 JPEGs in the bucket, ingested with `python -m pipelines.ingest s3://...` by the tiny "
         "kit's embedder (random weights), the same job settings on every size (4 read tasks, 2 embedding "
         "actors with a GPU share, which only a node declaring GPUs can hold).",

@@ -78,7 +78,7 @@ class Cluster:
         self.write_config(lambda app: None)
         base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ATELIER_KEYS_URI")}
         # What the service's processes get (the local start adds the rest); workers report metrics
-        # every second instead of every ten, for tests/ops/test_observability.py's Prometheus.
+        # every second instead of every ten, for tests/e2e/ops/test_observability.py's Prometheus.
         # A home of its own, with no ~/.ray/auth_token yet: the start must make the token, as on a
         # fresh machine, and nothing here touches the token of a `make serve` on this machine.
         self.home = tmp / "home"
@@ -192,6 +192,20 @@ def service(ray_cluster) -> Service:
     store = key_store()  # ATELIER_KEYS_URI: the table the proxy and the replicas read
     keys = {user: store.add(user)[1] for user in ("alice", "bob")}
     return Service(ray_cluster.base, keys, ray_cluster.tmp)
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e", "multinode")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test's tier is its folder under tests/ (unit, integration, e2e, multinode): its marker is set here
+    from the path, never by hand, and a test file outside those folders stops the run."""
+    for item in items:
+        tier = Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/, its tier")
+        item.add_marker(tier)
 
 
 def serve_log_records(deployment: str, app: str | None = None, request_id: str | None = None,

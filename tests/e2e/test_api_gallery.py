@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.e2e
 
 
 def png(seed: int, size=(48, 40)) -> bytes:

@@ -8,7 +8,6 @@ import io
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.e2e
 
 
 def test_health_and_readiness_need_no_key(service):

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

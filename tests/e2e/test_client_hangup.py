@@ -14,9 +14,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
-pytestmark = pytest.mark.e2e
 OP = "POST /api/generate/image"
 GAUGE = "ray_serve_num_ongoing_requests_at_replicas"
 

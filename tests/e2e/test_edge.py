@@ -11,10 +11,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
 
 POST_ROUTES = ["/api/text", "/api/generate/image", "/api/images", "/api/search/by-image", "/api/describe",
                "/api/init/upload", "/v1/embeddings", "/v1/images/generations", "/v1/chat/completions"]

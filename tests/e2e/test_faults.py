@@ -15,7 +15,6 @@ import ray.cloudpickle
 
 from models import Describer, ModelUnavailable, Writer
 
-pytestmark = pytest.mark.e2e
 # Replicas cannot import this test module by name: ship its classes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

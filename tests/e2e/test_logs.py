@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 
 from tests.conftest import serve_log_records
 
-pytestmark = pytest.mark.e2e
 
 
 def test_each_request_is_one_json_line_with_id_route_status_and_latency(service):

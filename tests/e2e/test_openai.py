@@ -12,7 +12,6 @@ import openai
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 
 from deployments.capacity import Need, pack, parse_nodes
 
-pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 

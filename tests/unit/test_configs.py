@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from deployments.config import AppArgs
 
-pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deployments" / "kubernetes"
 MANIFEST = KUBE / "rayservice.yaml"

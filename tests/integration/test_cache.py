@@ -1,0 +1,95 @@
+"""The answer cache: per-replica LRU, then a real redis-server shared by two "replicas"."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from deployments.service.cache import AnswerCache
+
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: .ci/run installs it (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+class Counter:
+    def __init__(self, value):
+        self.calls, self.value = 0, value
+
+    async def __call__(self):
+        self.calls += 1
+        return self.value
+
+
+def test_second_replica_is_served_from_redis(redis_url):
+    async def run():
+        a = AnswerCache(lru_size=16, ttl_s=60, redis_url=redis_url)
+        b = AnswerCache(lru_size=16, ttl_s=60, redis_url=redis_url)
+        key = AnswerCache.key("embed_text", "clip-x", "海边的日落")
+        vec = np.arange(8, dtype=np.float32) / 7
+        model = Counter(vec)
+        first = await a.get_or_compute(key, model)
+        second = await b.get_or_compute(key, model)  # another replica: empty LRU, Redis hit
+        third = await b.get_or_compute(key, model)   # now its own LRU
+        assert model.calls == 1
+        np.testing.assert_array_equal(second, vec)
+        np.testing.assert_array_equal(third, first)
+        text_key = AnswerCache.key("enhance", "qwen-x", "a cat")
+        writer = Counter("a fluffy cat, soft light")
+        assert await a.get_or_compute(text_key, writer) == await b.get_or_compute(text_key, writer)
+        assert writer.calls == 1
+        # A different model id is a different key: no stale answers after a model swap.
+        other = Counter(np.zeros(8, dtype=np.float32))
+        await b.get_or_compute(AnswerCache.key("embed_text", "clip-y", "海边的日落"), other)
+        assert other.calls == 1
+
+    asyncio.run(run())
+
+
+def test_redis_down_falls_back_to_the_model():
+    async def run():
+        cache = AnswerCache(lru_size=0, ttl_s=60, redis_url="redis://127.0.0.1:1/0")
+        model = Counter("answer")
+        assert await cache.get_or_compute("k", model) == "answer"
+        assert await cache.get_or_compute("k", model) == "answer"
+        assert model.calls == 2  # no LRU, no Redis: the model answers each time
+
+    asyncio.run(run())
+
+
+def test_lru_alone():
+    async def run():
+        cache = AnswerCache(lru_size=2, ttl_s=60)
+        model = Counter("x")
+        for _ in range(3):
+            await cache.get_or_compute("k", model)
+        assert model.calls == 1
+
+    asyncio.run(run())

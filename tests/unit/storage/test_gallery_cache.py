@@ -1,0 +1,158 @@
+"""The per-replica vector cache: exact like numpy, and never staler than the table.
+
+Two Gallery objects on one folder stand for the ingress (reads, cache) and the GalleryWriter
+(writes) of the service: every write below happens through the other one, as in production.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from storage.gallery import Gallery
+from storage.settings import StorageSettings
+
+from test_gallery_search import cosine_top, rows_for
+
+MODEL = "test/embedder"
+DIM = 32
+
+
+def pair(tmp_path, **settings) -> tuple[Gallery, Gallery]:
+    base = {"lancedb_uri": str(tmp_path / "db"), "blob_root": str(tmp_path / "blobs"), **settings}
+    writer = Gallery.open(StorageSettings(**base), dim=DIM, embed_model=MODEL)
+    reader = Gallery.open(StorageSettings(**base), dim=DIM, embed_model=MODEL)
+    return writer, reader
+
+
+def ids_of(hits: list[dict]) -> list[str]:
+    return [h["img_id"] for h in hits]
+
+
+def test_cached_search_is_exact_and_per_user(tmp_path):
+    rng = np.random.default_rng(3)
+    writer, reader = pair(tmp_path)
+    alice = rng.standard_normal((3000, DIM)).astype(np.float32)
+    queries = rng.standard_normal((15, DIM)).astype(np.float32)
+    bob = queries + 0.01 * rng.standard_normal(queries.shape).astype(np.float32)  # Bob sits on the queries
+    rows = rows_for("alice", alice) + rows_for("bob", bob)
+    order = rng.permutation(len(rows))  # users interleaved in storage
+    stored = writer.upsert([rows[i] for i in order])["rows"]
+    by_hash = {r["content_hash"]: r["img_id"] for r in stored}
+    alice_ids = np.array([by_hash[r["content_hash"]] for r in rows[:3000]])
+    for q in queries:
+        truth, sims = cosine_top(alice, q, 10)
+        hits = reader.search("alice", q, k=10)
+        assert ids_of(hits) == list(alice_ids[truth]) == ids_of(reader.search("alice", q, k=10, exact=True))
+        np.testing.assert_allclose([h["score"] for h in hits], sims, atol=1e-5)
+        assert {h["user_id"] for h in hits} == {"alice"} and "vector" not in hits[0]
+    assert reader._vectors.loads == 1 and reader._vectors.hits == len(queries) - 1
+    # Bob's own search finds his rows, not Alice's; an unknown user finds nothing.
+    assert reader.search("bob", queries[0], k=1)[0]["content_hash"] == rows[3000]["content_hash"]
+    assert reader.search("nobody", queries[0], k=5) == []
+
+
+def test_the_cache_follows_inserts_deletes_updates_and_compaction_by_another_process(tmp_path):
+    rng = np.random.default_rng(5)
+    writer, reader = pair(tmp_path)
+    writer.upsert(rows_for("alice", rng.standard_normal((400, DIM)).astype(np.float32))
+                  + rows_for("bob", rng.standard_normal((400, DIM)).astype(np.float32)))
+    q = rng.standard_normal(DIM).astype(np.float32)
+    before = reader.search("alice", q, k=5)
+    assert reader._vectors.loads == 1
+
+    # Alice gains a row right on the query: found next search, by appending, not reloading.
+    added = writer.upsert(rows_for("alice", q[None, :] * 2, start=1000))["rows"][0]
+    hits = reader.search("alice", q, k=5)
+    assert hits[0]["img_id"] == added["img_id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert ids_of(hits[1:]) == ids_of(before[:4])
+    assert reader._vectors.loads == 1 and reader._vectors.refreshes == 1
+
+    # Bob's writes move the table version but leave Alice's cached vectors as they are.
+    writer.upsert(rows_for("bob", rng.standard_normal((3, DIM)).astype(np.float32), start=2000))
+    assert ids_of(reader.search("alice", q, k=5)) == ids_of(hits)
+    assert reader._vectors.loads == 1
+
+    # A caption update rewrites the row: the search returns the new caption, never the old row.
+    writer.update("alice", added["img_id"], caption="海边日落")
+    hits = reader.search("alice", q, k=5)
+    assert hits[0]["img_id"] == added["img_id"] and hits[0]["caption"] == "海边日落"
+
+    # Deleting the best row: it is gone from the next search.
+    writer.delete("alice", added["img_id"])
+    hits = reader.search("alice", q, k=5)
+    assert added["img_id"] not in ids_of(hits) and ids_of(hits) == ids_of(before)
+
+    # Compaction moves every row (row ids change): results stay the same.
+    writer.optimize()
+    assert ids_of(reader.search("alice", q, k=5)) == ids_of(before)
+    assert ids_of(reader.search("alice", q, k=5)) == ids_of(reader.search("alice", q, k=5, exact=True))
+
+
+def test_a_back_dated_swap_is_seen_after_the_ttl(tmp_path):
+    """One row deleted and one inserted with an old created_at keep the count and the newest row:
+    the one change the version checks cannot see. The full reload after the TTL does."""
+    rng = np.random.default_rng(9)
+    writer, reader = pair(tmp_path, vector_cache_ttl_s=0.5)
+    stored = writer.upsert(rows_for("alice", rng.standard_normal((50, DIM)).astype(np.float32)))["rows"]
+    q = rng.standard_normal(DIM).astype(np.float32)
+    reader.search("alice", q, k=3)
+    old = rows_for("alice", q[None, :], start=500)[0]
+    old["created_at"] = datetime(2001, 1, 1, tzinfo=timezone.utc)
+    writer.delete("alice", stored[0]["img_id"])
+    swapped = writer.upsert([old])["rows"][0]
+    time.sleep(0.6)
+    assert reader.search("alice", q, k=1)[0]["img_id"] == swapped["img_id"]
+
+
+def test_deleting_one_of_the_newest_rows_then_uploading_is_seen_at_once(tmp_path):
+    """One ingest commit stamps its rows with one created_at: delete one of them, add a photo, and
+    the count is what it was. The new row is newer than every cached one, so it is found."""
+    rng = np.random.default_rng(17)
+    writer, reader = pair(tmp_path)
+    batch = rows_for("alice", rng.standard_normal((20, DIM)).astype(np.float32))
+    stamp = datetime.now(timezone.utc)
+    for row in batch:
+        row["created_at"] = stamp
+    stored = writer.upsert(batch)["rows"]
+    q = rng.standard_normal(DIM).astype(np.float32)
+    reader.search("alice", q, k=3)
+    writer.delete("alice", stored[0]["img_id"])
+    added = writer.upsert(rows_for("alice", q[None, :], start=900))["rows"][0]
+    hits = reader.search("alice", q, k=3)
+    assert hits[0]["img_id"] == added["img_id"] and stored[0]["img_id"] not in ids_of(hits)
+    assert reader._vectors.loads == 2  # same count, one newer row: the counts do not add up, so a reload
+
+
+def test_a_user_too_large_in_bytes_is_loaded_once_then_searched_in_the_table(tmp_path):
+    """Long descriptions make a user larger than its vectors suggest: refused once, then remembered,
+    not reloaded on every search."""
+    rng = np.random.default_rng(19)
+    writer, reader = pair(tmp_path, vector_cache_mb=1)  # at most 256 KiB per user
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)  # 38 KB of vectors
+    rows = rows_for("alice", vectors)
+    for row in rows:
+        row["description"] = "长" * 1000  # ~900 KB of text in all
+    stored = writer.upsert(rows)["rows"]
+    q = rng.standard_normal(DIM).astype(np.float32)
+    truth = [stored[i]["img_id"] for i in cosine_top(vectors, q, 5)[0]]
+    for _ in range(3):
+        assert ids_of(reader.search("alice", q, k=5)) == truth
+    assert reader._vectors.loads == 1 and reader._vectors.get("alice") is None
+
+
+def test_users_too_large_for_the_budget_and_a_disabled_cache_search_the_table(tmp_path):
+    rng = np.random.default_rng(13)
+    vectors = rng.standard_normal((6000, DIM)).astype(np.float32)  # 6000 x 128 B of vectors > 256 KiB
+    writer, small = pair(tmp_path, vector_cache_mb=1)
+    stored = writer.upsert(rows_for("alice", vectors) + rows_for("bob", vectors[:10]))["rows"]
+    off = Gallery.open(StorageSettings(lancedb_uri=str(tmp_path / "db"), vector_cache_mb=0), dim=DIM,
+                       embed_model=MODEL)
+    q = rng.standard_normal(DIM).astype(np.float32)
+    truth = [stored[i]["img_id"] for i in cosine_top(vectors, q, 10)[0]]
+    assert ids_of(small.search("alice", q, k=10)) == truth == ids_of(off.search("alice", q, k=10))
+    assert small._vectors.loads == 0 and off._vectors.loads == 0
+    assert len(small.search("bob", q, k=10)) == 10 and small._vectors.loads == 1  # Bob fits

@@ -1,0 +1,73 @@
+"""A gallery with two embedding models' tables, written through its one writer (in-process): what a model
+backfill copies, and what users delete or edit meanwhile, never cross (real LanceDB in a temp folder)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storage.gallery_writer import GalleryWrites
+from storage.settings import StorageSettings
+
+
+OLD, NEW = ("tiny/old-model", 8), ("tiny/new-model", 6)
+
+
+def _row(user: str, n: int, dim: int, caption: str = "") -> dict:
+    rng = np.random.default_rng(n)
+    return {"user_id": user, "content_hash": f"{n:064x}", "image_uri": f"b/{n}.png", "display_uri": f"b/{n}.jpg",
+            "width": 8, "height": 8, "source": "upload", "caption": caption, "description": "",
+            "vector": rng.standard_normal(dim).astype(np.float32)}
+
+
+def _as_new(row: dict) -> dict:
+    """The backfill's copy of a stored row: the same image and texts, the new model's vector."""
+    return {**row, "embed_model": NEW[0], "vector": np.random.default_rng(7).standard_normal(NEW[1]).astype(np.float32)}
+
+
+@pytest.fixture
+def writes(tmp_path) -> GalleryWrites:
+    return GalleryWrites(StorageSettings(lancedb_uri=str(tmp_path / "db"), purge_within_s=3600))
+
+
+def test_copy_rows_copies_once_and_never_brings_back_a_deleted_image(writes):
+    stored = writes.upsert(OLD, [_row("ann", i, OLD[1], caption=f"c{i}") for i in range(5)])["rows"]
+    copies = [_as_new(r) for r in stored]
+    writes.delete(OLD, "ann", stored[0]["img_id"])  # deleted after the backfill read it
+    writes.update(OLD, "ann", stored[1]["img_id"], caption="edited meanwhile")
+    assert writes.copy_rows(OLD, NEW, copies) == {"copied": 4, "already": 0, "gone": 1}
+    assert writes.copy_rows(OLD, NEW, copies) == {"copied": 0, "already": 4, "gone": 1}  # idempotent
+    new = writes.gallery(NEW)
+    rows = {r["img_id"]: r for r in new.list("ann", limit=100)[0]}
+    assert set(rows) == {r["img_id"] for r in stored[1:]}
+    assert rows[stored[1]["img_id"]]["caption"] == "edited meanwhile"  # the texts it has now, not when read
+    assert {r["embed_model"] for r in rows.values()} == {NEW[0]}
+
+
+def test_deletes_and_edits_reach_every_models_table(writes):
+    stored = writes.upsert(OLD, [_row("bob", i, OLD[1]) for i in range(3)])["rows"]
+    writes.copy_rows(OLD, NEW, [_as_new(r) for r in stored])
+    writes.update(NEW, "bob", stored[0]["img_id"], description="from the vision model")
+    assert writes.gallery(OLD).get("bob", stored[0]["img_id"])["description"] == "from the vision model"
+    assert writes.delete(NEW, "bob", stored[1]["img_id"])["img_id"] == stored[1]["img_id"]
+    for table in (OLD, NEW):
+        assert {r["img_id"] for r in writes.gallery(table).list("bob", limit=10)[0]} == {stored[0]["img_id"],
+                                                                                      stored[2]["img_id"]}
+    writes.delete_user(OLD, "bob")
+    assert writes.gallery(OLD).count("bob") == writes.gallery(NEW).count("bob") == 0
+
+
+def test_an_image_only_the_other_model_holds_is_found_and_deleted(writes):
+    """Stored through a replica of the new model while the switch rolls out, deleted through an old one."""
+    only_new = writes.upsert(NEW, [{**_row("cat", 9, NEW[1]), "embed_model": NEW[0]}])["rows"][0]
+    assert writes.delete(OLD, "cat", only_new["img_id"])["img_id"] == only_new["img_id"]
+    assert writes.gallery(NEW).count("cat") == 0
+    assert writes.delete(OLD, "cat", only_new["img_id"]) is None  # gone everywhere: a 404 for the caller
+
+
+def test_a_table_asked_for_with_another_dimension_is_refused(writes):
+    from storage.errors import InvalidInput
+
+    writes.gallery(OLD)
+    with pytest.raises(InvalidInput, match="8-d"):
+        writes.gallery((OLD[0], 12))
