@@ -99,8 +99,9 @@ def part_pipeline(kit: Path, files: list[Path], work: Path, tuning: dict) -> dic
 
     from deployments.config import IngestSpec
     from models.embedder import EmbedderConfig
-    from pipelines.ingest import IngestRun, run_job
-    from pipelines.jobs import JobSpec, ledger
+    from pipelines.jobs import ledger
+    from pipelines.run import IngestRun, run_job
+    from pipelines.spec import JobSpec
 
     ray.init(address="local", num_cpus=CORES, include_dashboard=False, namespace="atelier", log_to_driver=False)
     ingest = IngestSpec(**tuning, embedder=EmbedderConfig(model=str(kit), num_threads=tuning["embed_threads"]))

@@ -44,8 +44,10 @@ import ray
 
 from models.configs import EmbedderConfig
 from pipelines.config import PipelineSections, embedder_geometry
-from pipelines.ingest import ERROR, NEW, EmbedImages, _writer_call, absolute_storage, square_pixels
-from pipelines.jobs import NAMESPACE
+from pipelines.spec import absolute_storage
+from pipelines.stages import ERROR, NEW, EmbedImages, square_pixels
+from pipelines.writer import writer_call as _writer_call
+from storage.placement import NAMESPACE
 from storage.settings import StorageSettings
 
 log = logging.getLogger("atelier.backfill")

@@ -26,19 +26,14 @@ from pathlib import Path
 
 import ray
 
-from pipelines.config import PipelineSections, embedder_shape
+from pipelines.config import PipelineSections
 from pipelines.jobs import ledger
-from pipelines.run import IngestRun, run_job
+from pipelines.run import run_job
 from pipelines.sources import as_url
 from pipelines.spec import JobSpec, absolute_storage, job_id_for
-from pipelines.stages import ERROR, NEW, EmbedImages, square_pixels
-from pipelines.writer import writer_call as _writer_call
 from storage.placement import NAMESPACE
 
-# Where these names were before the split; pipelines.backfill, benchmarks/ and tests/ops import them from
-# here still (their homes: pipelines.config, .run, .spec, .stages, .writer).
-__all__ = ["ERROR", "NEW", "EmbedImages", "IngestRun", "_writer_call", "absolute_storage", "embedder_shape", "main",
-           "run_job", "spec_from_config", "square_pixels"]
+__all__ = ["main", "spec_from_config"]
 
 
 # -- command line ----------------------------------------------------------------------------------

@@ -14,11 +14,10 @@ import time
 import ray
 from ray.util import metrics
 
-from pipelines.spec import JobSpec, JobStatus
-from storage.placement import NAMESPACE, detached, on_head_node
+from pipelines.spec import JobStatus
+from storage.placement import detached, on_head_node
 
-# JobSpec is also imported from here by the ledger's callers (tests/ops, benchmarks); its home is pipelines.spec.
-__all__ = ["COUNTERS", "LEDGER_ACTOR", "NAMESPACE", "TERMINAL", "JobLedger", "JobSpec", "LedgerMetrics", "ledger"]
+__all__ = ["COUNTERS", "LEDGER_ACTOR", "TERMINAL", "JobLedger", "LedgerMetrics", "ledger"]
 
 # Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log).
 LEDGER_ACTOR = "atelier_ingest_jobs_v2"

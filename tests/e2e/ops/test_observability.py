@@ -136,8 +136,9 @@ def _ingest(service, tiny_kit, tmp: Path) -> None:
     import ray
     from tests.support.sample_photos import jpeg, job_on_an_unopenable_gallery
 
-    from pipelines.ingest import run_job
-    from pipelines.jobs import JobSpec, ledger
+    from pipelines.jobs import ledger
+    from pipelines.run import run_job
+    from pipelines.spec import JobSpec
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
