@@ -48,6 +48,8 @@ from pipelines.spec import absolute_storage
 from pipelines.stages import ERROR, NEW, EmbedImages, square_pixels
 from pipelines.writer import writer_call as _writer_call
 from storage.placement import NAMESPACE
+# The rest of storage is imported inside the stage or driver that uses it: every Ray Data task of a backfill
+# imports this module, and a read task needs neither LanceDB (the driver's) nor the writer actor's client.
 from storage.settings import StorageSettings
 
 log = logging.getLogger("atelier.backfill")

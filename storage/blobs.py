@@ -305,7 +305,7 @@ def store_image(store: BlobStore, user_id: str, image: IntakeResult) -> ImageBlo
     nothing is deleted: the same bytes may already back an existing row, a retry rewrites the
     same keys, and deleting the user's prefix removes any leftover.
     """
-    from storage.intake import EXTENSION
+    from storage.intake import EXTENSION  # Pillow: only where images are stored, not in every blob reader
 
     keys = ImageBlobs(
         original=blob_key(user_id, image.content_hash, "original", EXTENSION[image.format]),

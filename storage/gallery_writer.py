@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from storage.errors import AtelierError, GalleryUnopenable, InvalidInput
 from storage.placement import detached
 from storage.settings import StorageSettings
 
@@ -43,6 +44,7 @@ class GalleryWrites:
             self._adopt(gallery)
 
     def _adopt(self, gallery) -> Any:
+        # LanceDB loads in the writer actor only: the ingress and the job drivers import this module for its factory.
         from storage.gallery.purge import Purger, PurgeQueue
 
         if gallery.embed_model in self._galleries:
@@ -62,8 +64,6 @@ class GalleryWrites:
                 if found is None:
                     found = self._adopt(_open(self.settings, embed_model, int(dim)))
         if found.dim != int(dim):
-            from storage.errors import InvalidInput
-
             raise InvalidInput(f"{embed_model!r} makes {found.dim}-d vectors, not {dim}-d", field="dim")
         return found
 
@@ -95,7 +95,7 @@ class GalleryWrites:
         `source`'s, with the texts it has there now (a caption or description edited since the
         backfill read it). Runs between two other writes, never beside one, so an image deleted
         meanwhile is not brought back. Returns {"copied", "already", "gone"} counts."""
-        from storage.schema import TEXT_FIELDS
+        from storage.schema import TEXT_FIELDS  # LanceDB's schema types: in the writer actor only, as above
 
         current = self.gallery(source).rows_by_img_ids([(r["user_id"], r["img_id"]) for r in rows])
         live = []
@@ -114,8 +114,7 @@ class GalleryWrites:
 def _open(settings: StorageSettings, embed_model: str, dim: int):
     """A model's table of the gallery; one that cannot be opened (another schema, storage unreachable)
     is a GalleryUnopenable naming why, which a job reports as its reason."""
-    from storage.errors import AtelierError, GalleryUnopenable
-    from storage.gallery import Gallery
+    from storage.gallery import Gallery  # LanceDB: in the writer actor only, as above
 
     try:
         return Gallery.open(settings, dim=dim, embed_model=embed_model)

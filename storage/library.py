@@ -15,7 +15,7 @@ import numpy as np
 
 from storage.blobs import media_type, open_blob_store, store_image, user_prefix
 from storage.calls import Calls
-from storage.errors import NotFound
+from storage.errors import AtelierError, NotFound
 from storage.intake import DecodedImage, ImageIntake, IntakeResult
 from storage.rows import new_row
 from storage.settings import StorageSettings
@@ -24,6 +24,8 @@ from storage.settings import StorageSettings
 class Library:
     def __init__(self, settings: StorageSettings, *, dim: int, embed_model: str,
                  writer: Literal["actor", "local"] = "actor"):
+        # LanceDB and Ray load when a replica opens its library, not when the service's modules are imported
+        # (the in-process tier and the proxy's gate import them without either).
         from storage.gallery import Gallery
 
         self.settings = settings
@@ -124,8 +126,6 @@ class Library:
 
 def _version_gone(exc: BaseException) -> bool:
     """Whether a read failed because the files of its table version were removed under it (a purge)."""
-    from storage.errors import AtelierError
-
     if isinstance(exc, AtelierError):
         return False
     text = str(exc).lower()
