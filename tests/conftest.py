@@ -144,9 +144,13 @@ def ray_cluster(tiny_kit, tmp_path_factory) -> Cluster:
         ray.init(address=f"127.0.0.1:{cluster.gcs}", namespace="atelier", log_to_driver=False)
         yield cluster
     finally:  # whatever failed, the cluster does not outlive the run
+        from deployments.local import stop_cluster
+
         ray.shutdown()
         if not cluster.stopped:
-            cluster.local("stop")
+            # Its processes, and only its, without a graceful `serve shutdown` first: nothing is left to
+            # drain at the end of a run (`make stop` itself is tests/e2e/ops/test_operator.py's, on a head of its own).
+            stop_cluster(cluster.gcs, grace_s=5)
 
 
 def local_args(kit: Path, data: Path, **overrides):

@@ -224,6 +224,6 @@ def test_a_call_no_replica_could_take_is_told_from_one_a_replica_was_slow_on(ray
     try:
         assert asyncio.run(timed_out_unassigned(serve.get_app_handle("unplaceable"))) is True
         assert asyncio.run(timed_out_unassigned(serve.get_app_handle("sleepy"))) is False
-    finally:
-        serve.delete("unplaceable")
-        serve.delete("sleepy")
+    finally:  # not waited for: nothing after this test depends on these two being gone
+        serve.delete("unplaceable", _blocking=False)
+        serve.delete("sleepy", _blocking=False)
