@@ -177,8 +177,10 @@ def lost_ingress_and_model_nodes(multinode):
 
         # The embedding actors exist from the job's start; found first, so that the kill can follow the
         # first stored photos at once (a job this size on an idle cluster is done within seconds more).
-        embedding = wait_for(lambda: {multinode.node_of(a) for a in multinode.state("actors", state="ALIVE")
-                                      if "MapWorker" in (a.get("class_name") or "")}, 300,
+        # Filtered here, not by the state API: once its ALIVE filter missed live actors for a whole job.
+        embedding = wait_for(lambda: {multinode.node_of(a) for a in multinode.state("actors")
+                                      if a.get("state") == "ALIVE" and "MapWorker" in (a.get("class_name") or "")},
+                             300, every=0.25, what=
                              lambda: "the job's embedding actors alive (actors: " + repr(sorted(
                                  (a.get("class_name"), a.get("state"), a.get("name"))
                                  for a in multinode.state("actors"))) + f"; job {status()})")
