@@ -16,6 +16,7 @@ class Search(Verbs):
     def __init__(self, ctx, texts: Texts, photos: Photos):
         super().__init__(ctx)
         self.texts, self.photos = texts, photos
+        self._side: int | None = None  # the image tower's side: asked once per process, not on every search
 
     async def query_vector(self, q: str, request_id: str = "-") -> tuple[Vector, str, str | None, bool]:
         """A search text's vector: (vector, what was embedded, the English translation used or None, degraded).
@@ -50,11 +51,13 @@ class Search(Verbs):
         return await self.deadline(run(), self.policy.timeouts.search_s, "search")
 
     async def by_image(self, user: str, data: bytes, k: int, *, filename: str | None,
-                              content_type: str | None) -> SearchAnswer:
+                       content_type: str | None) -> SearchAnswer:
         # Decoded at the side the image tower reads (a JPEG at a reduced scale), so a 12-megapixel query
         # photo is made small here, once, instead of travelling whole to the Embedder's replica.
-        side = await self.models.call("embedder", "image_size")
-        image = await self.photos.decode_image(data, filename=filename, content_type=content_type, model_size=side)
+        if self._side is None:
+            self._side = await self.models.call("embedder", "image_size")
+        image = await self.photos.decode_image(data, filename=filename, content_type=content_type,
+                                               model_size=self._side)
         vector = await self.models.call("embedder", "image_vector", image)
         hits = await (await self.library(vector)).search(user, vector.values, k)
         return SearchAnswer(text=None, english=None, hits=hits)
