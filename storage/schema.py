@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import uuid
 from datetime import datetime, timezone
@@ -16,6 +15,8 @@ import pyarrow as pa
 from lancedb.pydantic import LanceModel, Vector
 from pydantic import Field, create_model, field_validator, model_validator
 
+from storage.words import words_for_search
+
 SOURCES = ("upload", "generated", "ingest")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -23,8 +24,6 @@ MAX_USER_ID = 256
 MAX_TEXT = 20_000
 # C0 controls and DEL: no legitimate id holds them, and they make logs and filters ambiguous.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# Han, kana and hangul: scripts written without spaces between words.
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
 
 def check_user_id(user_id: Any) -> str:
@@ -42,26 +41,6 @@ def check_user_id(user_id: Any) -> str:
 def dedup_key(user_id: str, content_hash: str) -> str:
     """One column standing for (user_id, content_hash): LanceDB's primary key takes a single column."""
     return hashlib.sha256(f"{user_id}\x00{content_hash}".encode()).hexdigest()[:32]
-
-
-@lru_cache(maxsize=1)
-def _jieba():
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba
-
-
-def words_for_search(text: str) -> str:
-    """Text as the full-text index sees it: Chinese split into words by jieba, other text unchanged.
-
-    LanceDB's tokenizers split on spaces and punctuation, which leaves a Chinese sentence as one
-    token; segmenting here (and the query the same way) lets "日落" find "海边的日落".
-    """
-    if not _CJK.search(text):
-        return text
-    return " ".join(w for w in _jieba().cut_for_search(text) if w.strip())
 
 
 # The texts a row carries besides its vector: the same in every model's table of a gallery.

@@ -14,9 +14,10 @@ from cachetools import TTLCache
 from lancedb.query import MatchQuery
 
 from storage.errors import InvalidInput
-from storage.schema import READ_COLUMNS, words_for_search
+from storage.schema import READ_COLUMNS
 from storage.settings import StorageSettings
 from storage.vector_cache import TableVectors
+from storage.words import words_for_search
 
 from .filters import row_out, user_filter
 

@@ -14,11 +14,11 @@ cache's refresh rules in `storage/vector_cache.py`; `Gallery` composes them.
   it both commit, lancedb#2463; compound primary keys are refused). A process lock serialises
   this process's writes, commit conflicts are retried, and the cluster's GalleryWriter actor
   makes one writer overall.
-- Chinese full text: captions are split into words by `jieba` (PyPI, dictionary included)
-  before they reach LanceDB's simple tokenizer, and queries the same way. Lance's own
-  `jieba/default` tokenizer also works offline once the package's dict.txt sits under
-  LANCE_LANGUAGE_MODEL_HOME, but measured 51 ms per query against 9 ms here (it loads its
-  dictionary per query), and n-grams match English noise ("sunset" -> "street").
+- Chinese full text: captions are split into words by `jieba` (PyPI, dictionary included) and
+  their stop words dropped (`storage/words.py`) before they reach LanceDB's simple tokenizer, and
+  queries the same way. Lance's own `jieba/default` tokenizer also works offline once the
+  package's dict.txt sits under LANCE_LANGUAGE_MODEL_HOME, but measured 51 ms per query against
+  9 ms here (it loads its dictionary per query), and n-grams match English noise ("sunset" -> "street").
 - Search is per user with `prefilter=True`, scored by cosine similarity: an exact scan when the
   user has few rows (exact and fast), else IVF_PQ (or IVF_HNSW_SQ) with a refine step.
   Scalar indexes are BTREE: user ids are unbounded in number, which bitmaps are not made for.
@@ -47,10 +47,10 @@ from storage.schema import (
     arrow_schema,
     check_user_id,
     dedup_key,
-    words_for_search,
 )
 from storage.settings import StorageSettings
 from storage.vector_cache import TableVectors, VectorCache
+from storage.words import warm_up as load_words
 
 from .commits import commit, table_lock
 from .filters import decode_cursor, encode_cursor, in_list, invalid, row_out, sql_str, user_filter
@@ -193,9 +193,9 @@ class Gallery:
         return count
 
     def warm_up(self) -> None:
-        """Load what the first search would otherwise pay for: jieba's dictionary (1-4 s here) and
-        the table's indexes. Call once per replica at start."""
-        words_for_search("预热")
+        """Load what the first search would otherwise pay for: jieba's dictionary and the stop
+        words (1-4 s here) and the table's indexes. Call once per replica at start."""
+        load_words()
         self.upkeep.index_names(fresh=True)
         self.table.count_rows()
 
