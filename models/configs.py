@@ -4,9 +4,11 @@ ingestion tasks need them, and none of those should pay for importing a deep-lea
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import PainterInputError
 
 # The file the kit writes into every stand-in's folder: a model loaded from such a folder answers
 # with `random_weights: true`.
@@ -108,6 +110,55 @@ class PainterConfig(ModelConfig):
             if not m or int(m[1]) % 16 or int(m[2]) % 16:
                 raise ValueError(f"size preset {name}={value!r} must be WxH with both sides multiples of 16")
         return sizes
+
+    # What a caller's request is checked against: the Painter's `info` carries them, so that the ingress
+    # refuses a bad size or step count itself, with no round trip to a Painter replica (issue 28).
+    LIMITS: ClassVar[tuple[str, ...]] = ("sizes", "default_size", "min_side", "max_side", "default_steps", "max_steps", "default_guidance",
+              "max_guidance", "max_prompt_chars")
+
+    def limits(self) -> dict:
+        return self.model_dump(include=set(self.LIMITS), mode="json")
+
+    def parse_size(self, size: str | None) -> tuple[int, int]:
+        """A preset name or 'WxH' -> (width, height), checked against the bounds and the 16-pixel grid."""
+        size = self.default_size if size is None else size
+        if not isinstance(size, str):
+            raise PainterInputError("size must be a preset name or 'WxH'", field="size")
+        m = _WXH.match(self.sizes.get(size, size))
+        if not m:
+            raise PainterInputError(
+                f"size {size!r} is neither a preset ({', '.join(self.sizes)}) nor WxH like 512x768", field="size")
+        w, h = int(m[1]), int(m[2])
+        for name, v in (("width", w), ("height", h)):
+            if not self.min_side <= v <= self.max_side:
+                raise PainterInputError(f"{name} {v} is out of range; use {self.min_side}..{self.max_side} pixels",
+                                        field="size")
+            if v % 16:
+                down, up = v - v % 16, v - v % 16 + 16
+                raise PainterInputError(
+                    f"{name} {v} is not a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE); use {down} or {up}",
+                    field="size")
+        return w, h
+
+    def check(self, prompt: str, size: str | None, steps: int | None, guidance: float | None,
+              seed: int | None) -> tuple[int, int, int, float]:
+        """Everything a paint() call needs, checked cheaply before any model work: (w, h, steps, guidance)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PainterInputError("prompt is empty; describe the picture in a few words", field="prompt")
+        if len(prompt) > self.max_prompt_chars:
+            raise PainterInputError(f"prompt has {len(prompt)} characters; the limit is {self.max_prompt_chars}",
+                                    field="prompt")
+        w, h = self.parse_size(size)
+        steps = self.default_steps if steps is None else steps
+        if not isinstance(steps, int) or not 1 <= steps <= self.max_steps:
+            raise PainterInputError(f"steps={steps} is out of range; use 1..{self.max_steps}", field="steps")
+        guidance = self.default_guidance if guidance is None else guidance
+        if not 0.0 <= float(guidance) <= self.max_guidance:
+            raise PainterInputError(f"guidance={guidance} is out of range; use 0..{self.max_guidance}",
+                                    field="guidance")
+        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise PainterInputError("seed must be an integer in 0..2**63-1", field="seed")
+        return w, h, steps, float(guidance)
 
 
 

@@ -37,6 +37,10 @@ class Describer(ModelRole):
         self._processor = None
         self._lock_generate = threading.Lock()
 
+    def facts(self) -> dict:
+        # The ingress refuses an answer length over the limit itself, with no round trip (issue 28).
+        return {"limits": {"max_new_tokens": self.config.max_new_tokens_limit}}
+
     def _load(self, source: str) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -87,7 +87,9 @@ class Embedder(ModelRole):
         return self._multilingual
 
     def facts(self) -> dict:
-        return {"family": self._family, "multilingual": self._multilingual, "dim": self._dim}
+        return {"family": self._family, "multilingual": self._multilingual, "dim": self._dim,
+                # The ingress refuses an empty, too long or too large input itself, with no round trip (issue 28).
+                "limits": {"max_text_chars": self.config.max_text_chars, "max_batch": self.config.max_batch}}
 
     @operation
     def dimension(self) -> int:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from .base import CANCEL, ModelRole, operation
-from .configs import _WXH, PainterConfig
-from .errors import Cancelled, PainterInputError
+from .configs import PainterConfig
+from .errors import Cancelled
 
 @dataclass(frozen=True)
 class PaintResult:
@@ -53,51 +53,16 @@ class Painter(ModelRole):
         self.paint("warm-up", size=f"{self.config.min_side}x{self.config.min_side}", steps=1, seed=0)
 
     def parse_size(self, size: str | None) -> tuple[int, int]:
-        """A preset name or 'WxH' -> (width, height), checked against the bounds and the 16-pixel grid."""
-        size = self.config.default_size if size is None else size
-        if not isinstance(size, str):
-            raise PainterInputError("size must be a preset name or 'WxH'", field="size")
-        spec = self.config.sizes.get(size, size)
-        m = _WXH.match(spec)
-        if not m:
-            raise PainterInputError(
-                f"size {size!r} is neither a preset ({', '.join(self.config.sizes)}) nor WxH like 512x768",
-                field="size",
-            )
-        w, h = int(m[1]), int(m[2])
-        lo, hi = self.config.min_side, self.config.max_side
-        for name, v in (("width", w), ("height", h)):
-            if not lo <= v <= hi:
-                raise PainterInputError(f"{name} {v} is out of range; use {lo}..{hi} pixels", field="size")
-            if v % 16:
-                down, up = v - v % 16, v - v % 16 + 16
-                raise PainterInputError(
-                    f"{name} {v} is not a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE); use {down} or {up}",
-                    field="size",
-                )
-        return w, h
+        """A preset name or 'WxH' -> (width, height) (PainterConfig.parse_size)."""
+        return self.config.parse_size(size)
 
     def check(self, prompt: str, size: str | None, steps: int | None, guidance: float | None,
               seed: int | None) -> tuple[int, int, int, float]:
-        """Validate everything a paint() call needs, cheaply, before any model work."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise PainterInputError("prompt is empty; describe the picture in a few words", field="prompt")
-        if len(prompt) > self.config.max_prompt_chars:
-            raise PainterInputError(
-                f"prompt has {len(prompt)} characters; the limit is {self.config.max_prompt_chars}", field="prompt"
-            )
-        w, h = self.parse_size(size)
-        steps = self.config.default_steps if steps is None else steps
-        if not isinstance(steps, int) or not 1 <= steps <= self.config.max_steps:
-            raise PainterInputError(f"steps={steps} is out of range; use 1..{self.config.max_steps}", field="steps")
-        guidance = self.config.default_guidance if guidance is None else guidance
-        if not 0.0 <= float(guidance) <= self.config.max_guidance:
-            raise PainterInputError(
-                f"guidance={guidance} is out of range; use 0..{self.config.max_guidance}", field="guidance"
-            )
-        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
-            raise PainterInputError("seed must be an integer in 0..2**63-1", field="seed")
-        return w, h, steps, float(guidance)
+        """Validate everything a paint() call needs, cheaply, before any model work (PainterConfig.check)."""
+        return self.config.check(prompt, size, steps, guidance, seed)
+
+    def facts(self) -> dict:
+        return {"limits": self.config.limits()}
 
     @operation
     def size_of(self, prompt: str, size: str | None, steps: int | None, seed: int | None,

@@ -53,6 +53,10 @@ class Writer(ModelRole):
         # Seeding torch's global generator and sampling must not interleave between threads.
         self._generate_lock = threading.Lock()
 
+    def facts(self) -> dict:
+        # The ingress refuses an answer length over the limit itself, with no round trip (issue 28).
+        return {"limits": {"max_new_tokens": self.config.max_new_tokens_limit}}
+
     def _load(self, source: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

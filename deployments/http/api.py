@@ -6,7 +6,6 @@ Thin routes: parse, call the ProductService, shape the answer.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
@@ -17,8 +16,10 @@ from deployments.service import ProductService
 from storage.errors import InvalidInput
 
 from .deps import caller, current_request_id, image_url, record_out, service
+from .edge import JsonRoute
 
-router = APIRouter()
+# Every JSON body read as text only (edge.JsonRoute): a lone surrogate is a 400, never a 500.
+router = APIRouter(route_class=JsonRoute)
 
 
 class TextRequest(BaseModel):
@@ -55,6 +56,11 @@ async def readyz(svc: ProductService = Depends(service)):
     not_ready = sorted(n for n, ok in results.items() if not ok)
     body = {"status": "ready" if not not_ready else "not_ready", "models": results, "not_ready": not_ready}
     return JSONResponse(body, status_code=200 if not not_ready else 503)
+
+
+# Health answers HEAD too (load balancers and uptime probes send it); the schema lists the GETs only.
+for _path, _probe in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("/openapi.json", include_in_schema=False)
@@ -200,7 +206,7 @@ async def describe(request: Request, user: str = Depends(caller), svc: ProductSe
                                        content_type=upload.content_type)
     else:
         try:
-            body = DescribeRequest.model_validate(json.loads(await request.body() or b"null"))
+            body = DescribeRequest.model_validate(await request.json() if await request.body() else None)
         except (ValueError, TypeError) as exc:
             raise InvalidInput('send multipart `file` or JSON {"img_id": "..."}', field="img_id") from exc
         img_id, instruction = body.img_id, body.instruction

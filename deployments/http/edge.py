@@ -11,12 +11,14 @@ import asyncio
 import contextvars
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -30,6 +32,10 @@ access = logging.getLogger("atelier.access")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _UNTRACKED = ("/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # the client closed the connection before the answer (nginx's code; never sent)
+# A UTF-16 surrogate left in a decoded string is a lone one (a pair decodes to one code point): no
+# UTF-8 encoder, tokenizer or database takes it. `_SURROGATE_HINT` finds where one may be, cheaply.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_HINT = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
 
 
 def current_request_id() -> str:
@@ -91,7 +97,8 @@ async def validation_error(request: Request, exc: RequestValidationError):
 
 async def http_error(request: Request, exc: StarletteHTTPException):
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    return error_response(exc.status_code, getattr(exc, "code", None) or codes.get(exc.status_code, "http_error"),
+                          str(exc.detail), field=getattr(exc, "field", None))
 
 
 async def client_closed(request: Request, exc: ClientDisconnect):
@@ -154,6 +161,10 @@ class EdgeMiddleware:
             except _BodyTooLarge:
                 if not status["sent"]:
                     await self._too_large(send_with_id, limit)
+            except Exception as exc:  # noqa: BLE001 - a bug: answered here, while the request id is still set
+                if status["sent"]:
+                    raise
+                await (await bug(Request(scope), exc))(scope, receive, send_with_id)
             except (asyncio.CancelledError, ClientDisconnect):
                 # The client went away (Serve cancels the request): nginx's 499, not a server error.
                 if not status["sent"]:
@@ -180,8 +191,8 @@ class EdgeMiddleware:
         access.info("%s %s %d %.1fms", scope.get("method"), path or "(no route)", code, seconds * 1000,
                     extra={"method": scope.get("method"), "route_template": path, "status": code,
                            "latency_ms": round(seconds * 1000, 1)})
-        if path is None:
-            return
+        if path is None or scope.get("method") not in (getattr(route, "methods", None) or ()):
+            return  # no such route, or not with this method (a 404 or 405): not an operation of the service
         op = f"{scope['method']} {path}"
         if self._serve_metrics:
             try:
@@ -209,3 +220,64 @@ class _BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int):
         super().__init__(413, f"the request body is over the limit of {limit} bytes")
+
+
+class BadText(HTTPException):
+    """A JSON body that is not text: invalid UTF-8, or a lone surrogate (`"\\ud800"`, escaped or as raw
+    bytes). Raised while the body is read; an HTTPException so that FastAPI's body parsing re-raises it."""
+
+    code = "invalid_text"
+
+    def __init__(self, message: str, field: str):
+        super().__init__(400, message)
+        self.field = field
+
+
+class _JsonRequest(Request):
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:  # UTF-8 (RFC 8259); surrogatepass so that a raw lone surrogate is found and named below
+                text = body.decode("utf-8-sig", "surrogatepass")
+            except UnicodeDecodeError as exc:
+                raise BadText(f"the request body is not UTF-8 (byte {exc.start}); send JSON as UTF-8", "body") from None
+            value = json.loads(text)
+            where = _lone_surrogate(value) if _SURROGATE_HINT.search(text) else None
+            if where is not None:
+                raise BadText(f"{where} holds a lone UTF-16 surrogate, which is not text; send characters as UTF-8 "
+                              "or as an escaped surrogate pair", where)
+            self._json = value
+        return self._json
+
+
+def _lone_surrogate(value) -> str | None:
+    """Where in a decoded JSON value a string (or key) holds a lone surrogate, like `messages[0].content`."""
+    todo = [("", value)]
+    while todo:
+        at, v = todo.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return at or "body"
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                name = k.encode("utf-8", "backslashreplace").decode()  # an answer can only name it escaped
+                where = f"{at}.{name}" if at else name
+                if _SURROGATE.search(k):
+                    return where
+                todo.append((where, item))
+        elif isinstance(v, list):
+            todo.extend((f"{at}[{i}]", item) for i, item in enumerate(v))
+    return None
+
+
+class JsonRoute(APIRoute):
+    """Every route's JSON body is read by `_JsonRequest`: one that is not text is a 400 naming the field,
+    on every route, before a model, a tokenizer or the storage meets it (issue 28)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def read_text_only(request: Request):
+            return await handler(_JsonRequest(request.scope, request.receive, request._send))
+
+        return read_text_only

@@ -15,8 +15,10 @@ from deployments.service.ingest import IngestDesk, UploadPart
 from storage.errors import InvalidInput, Unavailable
 
 from .deps import caller, service
+from .edge import JsonRoute
 
-router = APIRouter()
+# Every JSON body read as text only (edge.JsonRoute): a lone surrogate is a 400, never a 500.
+router = APIRouter(route_class=JsonRoute)
 
 
 def _desk(svc: ProductService) -> IngestDesk:

@@ -27,9 +27,11 @@ from deployments.service.models import ROLES
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
 
 from .deps import caller, current_request_id, edge, image_url, service
+from .edge import JsonRoute
 
 log = logging.getLogger("atelier.openai")
-router = APIRouter()
+# Every JSON body read as text only (edge.JsonRoute): a lone surrogate is a 400, never a 500.
+router = APIRouter(route_class=JsonRoute)
 _STARTED = int(time.time())
 _DATA_URI = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<payload>.*)$", re.S)
 _DATA_URI_TYPES = {"image/png": "image/png", "image/jpeg": "image/jpeg", "image/jpg": "image/jpeg",
@@ -149,6 +151,7 @@ async def openai_model(model: str, user: str = Depends(caller), svc: ProductServ
 async def openai_embeddings(body: EmbeddingsRequest, user: str = Depends(caller),
                             svc: ProductService = Depends(service)):
     info = await svc.conversation.served_model(body.model, "embedder")
+    _check_embedding_input(body.input, info.get("limits") or {})
     counts, vecs = await svc.texts.embed(_embedding_texts(body.input), dimensions=body.dimensions)
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vecs)]
@@ -195,6 +198,7 @@ async def openai_chat(request: Request, body: ChatRequest, user: str = Depends(c
                 if m.role != "user":
                     raise InvalidInput("images are accepted in user messages only", field=where)
                 images.append((where, part.image_url.url))
+    await _check_answer_length(svc, body, "describer" if images else "writer")
     params = dict(max_new_tokens=body.max_new_tokens, seed=body.seed)
     if images:
         if len(images) > 1:
@@ -215,6 +219,16 @@ async def openai_chat(request: Request, body: ChatRequest, user: str = Depends(c
     if not body.stream:
         return _completion_of(answer)
     return _sse(_writer_events(svc, answer))
+
+
+async def _check_answer_length(svc: ProductService, body: ChatRequest, role: str) -> None:
+    """Refuse an answer length over the model's limit here, in the ingress, naming the field the caller
+    sent: no round trip, and no model replica logs the caller's mistake (issue 28)."""
+    asked = body.max_new_tokens
+    limit = ((await svc.model_info(role)).get("limits") or {}).get("max_new_tokens")
+    if asked is not None and limit is not None and asked > limit:
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise InvalidInput(f"{field}={asked} is over the {role}'s limit; use 1..{limit}", field=field)
 
 
 def _completion_of(answer: ChatAnswer) -> dict:
@@ -322,6 +336,25 @@ def _embedding_texts(value) -> list[str]:
         raise InvalidInput("input holds token ids; this server embeds text: send a string or a list of strings",
                            field="input")
     return value
+
+
+def _check_embedding_input(value, limits: dict) -> None:
+    """Refuse here, in the ingress, what the Embedder would refuse, naming `input` as the caller sent it:
+    a mistake costs no round trip, and no Embedder replica logs it (issue 28)."""
+    if not isinstance(value, list):
+        value = [value]
+    elif len(value) > limits.get("max_batch", len(value)):
+        raise InvalidInput(f"input has {len(value)} items; the limit is {limits['max_batch']}: split it",
+                           field="input")
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            continue  # token ids: _embedding_texts says why they are refused
+        at = "input" if len(value) == 1 else f"input[{i}]"
+        if not text.strip():
+            raise InvalidInput(f"{at} is empty; send at least one non-blank character", field="input")
+        if len(text) > limits.get("max_text_chars", len(text)):
+            raise InvalidInput(f"{at} has {len(text)} characters; the limit is {limits['max_text_chars']}",
+                               field="input")
 
 
 def _encode_vector(vector: np.ndarray, encoding: str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from models.configs import PainterConfig
+
 from .context import Generated, Verbs
 from .photos import Photos
 from .texts import Texts
@@ -16,8 +18,15 @@ class Generation(Verbs):
         self.texts, self.photos = texts, photos
 
     async def check(self, prompt: str, size: str | None, steps: int | None, seed: int | None) -> str:
-        """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH."""
-        return await self.models.call("painter", "size_of", prompt, size, steps, seed)
+        """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH.
+
+        Checked here, in the ingress, against the limits the Painter's `info` tells (asked once per
+        process): a caller's mistake costs no round trip, and no Painter replica logs it (issue 28)."""
+        limits = (await self.models.info("painter")).get("limits")
+        if limits is None:  # a Painter that does not tell its limits checks them itself
+            return await self.models.call("painter", "size_of", prompt, size, steps, seed)
+        w, h, _, _ = PainterConfig.model_validate(limits).check(prompt, size, steps, None, seed)
+        return f"{w}x{h}"
 
     async def paint(self, user: str, prompt: str, *, size: str, steps: int | None, seed: int | None,
                     enhance: bool, keep: bool, n: int = 1, request_id: str = "-") -> list[Generated]:
