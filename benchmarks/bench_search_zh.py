@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -227,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"need 2 <= --queries-translated <= --queries, --clients >= 2 and --rows >= {K}")
     from benchmarks.bench_embedders import KIT, ensure
     from models.kit import build
+    from models.kit.builders import KIT_VERSION
     from deployments.local import ensure_kit
 
     siglip, clip = ensure("embedder"), ensure("embedder_clip")
-    if not (KIT / "writer" / "atelier_stand_in.json").is_file():
+    marker = KIT / "writer" / "atelier_stand_in.json"
+    if not marker.is_file() or json.loads(marker.read_text()).get("kit_version") != KIT_VERSION:
         print("building the full-size writer stand-in ...", file=sys.stderr, flush=True)
         build("writer", "full", KIT)
     tiny = ROOT / "checkpoints" / "tiny"

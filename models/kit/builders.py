@@ -63,6 +63,11 @@ class Built:
     parameters: int
 
 
+# Raised when what a builder writes changes, so a folder built before is known to be stale
+# (2: the rows of ids the offline tokenizer lacks are zero; see _silence_unused_ids).
+KIT_VERSION = 2
+
+
 def build(role: str, size: Size, out: Path, *, seed: int = 0, dtype: torch.dtype | None = None) -> Built:
     """Write one role's stand-in under `out/role`; the same seed writes the same weights."""
     if role not in STAND_INS:
@@ -78,7 +83,7 @@ def build(role: str, size: Size, out: Path, *, seed: int = 0, dtype: torch.dtype
         json.dumps(
             {"random_weights": True, "role": role.split("_", 1)[0], "stand_in": role,
              **({"family": EMBEDDER_FAMILIES[role]} if role in EMBEDDER_FAMILIES else {}),
-             "size": size, "seed": seed, "parameters": params,
+             "size": size, "seed": seed, "parameters": params, "kit_version": KIT_VERSION,
              "note": "Random-weight stand-in built offline by `python -m models.kit`; its outputs are noise."},
             indent=2,
         )
@@ -88,6 +93,18 @@ def build(role: str, size: Size, out: Path, *, seed: int = 0, dtype: torch.dtype
 
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _silence_unused_ids(model: torch.nn.Module, n_tokens: int) -> None:
+    """Zero the embedding and output rows of the ids the tokenizer does not have. A full-size shape
+    keeps its real vocabulary width (151,936 ids: the output layer is a fair part of a token's cost), but
+    the kit's offline tokenizer has a few thousand tokens; with random rows there, greedy decoding picks
+    an id that decodes to nothing and every answer is empty. A zero row scores 0, below the best real
+    token's random score, as the padded rows of a trained checkpoint score below its words."""
+    with torch.no_grad():
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if layer is not None and layer.weight.shape[0] > n_tokens:
+                layer.weight[n_tokens:].zero_()
 
 
 def _mark(config) -> None:
@@ -263,6 +280,7 @@ def _build_writer(size: Size, path: Path, dtype: torch.dtype) -> int:
                          pad_token_id=tok.pad_token_id)
     _mark(config)
     model = Qwen2ForCausalLM(config).to(dtype)
+    _silence_unused_ids(model, len(tok))
     model.generation_config = GenerationConfig(
         eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")],
         pad_token_id=tok.pad_token_id, do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
@@ -302,6 +320,7 @@ def _build_describer(size: Size, path: Path, dtype: torch.dtype) -> int:
     )
     _mark(config)
     model = InternVLForConditionalGeneration(config).to(dtype)
+    _silence_unused_ids(model, len(tok))
     model.generation_config = GenerationConfig(
         eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")],
         pad_token_id=tok.pad_token_id,
