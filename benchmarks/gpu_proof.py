@@ -462,16 +462,7 @@ def run_embedder(ctx: Ctx, sec: Section) -> None:
                 "ms_per_batch": rnd(1000 * items / p50(runs))}
 
     def image_step(tower, batch: int, warmup: int) -> Callable[[], dict]:
-        def go() -> dict:
-            px = torch.randn(batch, 3, size, size, device=ctx.device, dtype=ctx.dtype)
-            first = ctx.time(lambda: tower(px))
-            for _ in range(warmup - 1):
-                tower(px)
-            res = rate(lambda: tower(px), batch)
-            check_output(f"CLIP image tower, batch {batch}", tower(px), (batch, config.projection_dim))
-            return {"batch": batch, "img_per_s": res["per_s"], "runs_img_per_s": res["runs_per_s"],
-                    "ms_per_batch": res["ms_per_batch"], "first_call_s": rnd(first)}
-        return go
+        return _image_step(ctx, rate, "CLIP", tower, size, config.projection_dim, batch, warmup)
 
     with torch.inference_mode():
         for b in plan["embed_batches"]:
@@ -516,6 +507,22 @@ def run_embedder(ctx: Ctx, sec: Section) -> None:
     sec.rec["headline"] = {k: s.get("img_per_s", s.get("texts_per_s")) for k, s in steps.items()}
 
 
+def _image_step(ctx: Ctx, rate: Callable[[Callable[[], Any], int], dict], family: str, tower, size: int, dim: int,
+                batch: int, warmup: int, **extra) -> Callable[[], dict]:
+    """One image tower's step, for every family: the first call timed alone (a compiled tower compiles in it),
+    `warmup` calls, the rate, then the output's shape checked before the rate is kept."""
+    def go() -> dict:
+        px = torch.randn(batch, 3, size, size, device=ctx.device, dtype=ctx.dtype)
+        first = ctx.time(lambda: tower(px))
+        for _ in range(warmup - 1):
+            tower(px)
+        res = rate(lambda: tower(px), batch)
+        check_output(f"{family} image tower, batch {batch}", tower(px), (batch, dim))
+        return {"batch": batch, **extra, "img_per_s": res["per_s"], "runs_img_per_s": res["runs_per_s"],
+                "ms_per_batch": res["ms_per_batch"], "first_call_s": rnd(first)}
+    return go
+
+
 def _bilingual(ctx: Ctx, sec: Section, family: str, rate: Callable[[Callable[[], Any], int], dict]) -> None:
     """The bilingual families the Embedder serves beside CLIP: image tower at the largest batch (eager and,
     for SigLIP 2, compiled) and the text tower at its own context (SigLIP pads every text to 64 tokens)."""
@@ -544,16 +551,7 @@ def _bilingual(ctx: Ctx, sec: Section, family: str, rate: Callable[[Callable[[],
             return features(self.m.get_image_features(pixel_values=pixel_values))
 
     def image_step(tower, batch: int, warmup: int) -> Callable[[], dict]:
-        def go() -> dict:
-            px = torch.randn(batch, 3, size, size, device=ctx.device, dtype=ctx.dtype)
-            first = ctx.time(lambda: tower(px))
-            for _ in range(warmup - 1):
-                tower(px)
-            res = rate(lambda: tower(px), batch)
-            check_output(f"{family} image tower, batch {batch}", tower(px), (batch, dim))
-            return {"batch": batch, "image": size, "img_per_s": res["per_s"], "runs_img_per_s": res["runs_per_s"],
-                    "ms_per_batch": res["ms_per_batch"], "first_call_s": rnd(first)}
-        return go
+        return _image_step(ctx, rate, family, tower, size, dim, batch, warmup, image=size)
 
     def text_step() -> dict:
         n = plan["text_batch"]

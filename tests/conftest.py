@@ -129,6 +129,8 @@ def ray_cluster(tiny_kit, tmp_path_factory) -> Cluster:
     service deployed; this process joins it as a driver."""
     import ray
 
+    from storage.placement import NAMESPACE
+
     cluster = Cluster(tmp_path_factory.mktemp("cluster"), tiny_kit)
     started = cluster.local("up")
     if started.returncode != 0:
@@ -140,17 +142,41 @@ def ray_cluster(tiny_kit, tmp_path_factory) -> Cluster:
                        "ATELIER_URL_SECRET_FILE": str(cluster.tmp / "url_secret"),
                        "RAY_AUTH_TOKEN_PATH": str(cluster.token_file)})
     os.environ.pop("RAY_ADDRESS", None)
+    _SESSION_CLUSTER.append(cluster)
     try:
-        ray.init(address=f"127.0.0.1:{cluster.gcs}", namespace="atelier", log_to_driver=False)
+        ray.init(address=f"127.0.0.1:{cluster.gcs}", namespace=NAMESPACE, log_to_driver=False)
         yield cluster
     finally:  # whatever failed, the cluster does not outlive the run
-        from deployments.local import stop_cluster
+        _stop_session_cluster()
 
-        ray.shutdown()
+
+_SESSION_CLUSTER: list[Cluster] = []
+_LAST_CLUSTER_TEST = pytest.StashKey[str]()
+
+
+def _stop_session_cluster() -> None:
+    """Stop the session's cluster, once: its processes, and only its, without a graceful `serve shutdown`
+    first (nothing is left to drain; `make stop` itself is tests/e2e/ops/test_operator.py's, on a head of its
+    own)."""
+    import ray
+
+    from deployments.local import stop_cluster
+
+    ray.shutdown()
+    while _SESSION_CLUSTER:
+        cluster = _SESSION_CLUSTER.pop()
         if not cluster.stopped:
-            # Its processes, and only its, without a graceful `serve shutdown` first: nothing is left to
-            # drain at the end of a run (`make stop` itself is tests/e2e/ops/test_operator.py's, on a head of its own).
             stop_cluster(cluster.gcs, grace_s=5)
+            cluster.stopped = True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The session's cluster goes right after the last test that uses it, not at the end of the run: the
+    tiers after it (multinode starts three Ray nodes of its own, unit needs none) have both cores."""
+    yield
+    if nextitem is not None and item.nodeid == item.config.stash.get(_LAST_CLUSTER_TEST, None):
+        _stop_session_cluster()
 
 
 def local_args(kit: Path, data: Path, **overrides):
@@ -210,6 +236,13 @@ def pytest_collection_modifyitems(config, items):
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/, its tier")
         item.add_marker(tier)
+
+
+def pytest_collection_finish(session):
+    """Which test is the last to use the session's cluster, in the order the run has settled on."""
+    users = [item.nodeid for item in session.items if "ray_cluster" in getattr(item, "fixturenames", ())]
+    if users:
+        session.config.stash[_LAST_CLUSTER_TEST] = users[-1]
 
 
 def serve_log_records(deployment: str, app: str | None = None, request_id: str | None = None,
