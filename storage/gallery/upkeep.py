@@ -1,7 +1,8 @@
 """A gallery table's upkeep: its indexes, compaction and purges (`Gallery` keeps the rows, reads and writes).
 
 - Indexes: the primary key and the BTREE and full-text indexes every table has from its first row on
-  (`setup`), the vector index once the table holds `ann_min_rows` rows (built after an insert or by
+  (`setup`; it also cuts again the words of rows stored before Chinese stop words were left out),
+  the vector index once the table holds `ann_min_rows` rows (built after an insert or by
   `optimize`; `build_ann_index` forces it), and the names of those there now, cached for seconds
   (search reads them to choose between a flat scan and the ANN index).
 - Compaction: after `optimize_every_rows` inserted rows or `optimize_every_commits` commits
@@ -20,10 +21,13 @@ import time
 from datetime import timedelta
 from typing import Any, Callable
 
+import pyarrow as pa
 from lancedb.index import FTS, BTree, HnswSq, IvfPq
+from lancedb.query import MatchQuery
 
-from storage.schema import PRIMARY_KEY
+from storage.schema import PRIMARY_KEY, TEXT_FIELDS, search_text_of
 from storage.settings import StorageSettings
+from storage.words import stop_words
 
 from .commits import commit
 from .search import VECTOR_INDEX
@@ -61,6 +65,24 @@ class GalleryUpkeep:
         if FTS_INDEX not in names:
             self._write(lambda: self.table.create_index("search_text", config=fts_config(), name=FTS_INDEX))
         self.index_names(fresh=True)
+        self.restate_words()
+
+    def restate_words(self) -> int:
+        """Cut again the words of rows whose `search_text` still holds Chinese stop words (stored before
+        they were left out); returns how many. The full-text index finds them, so a table with none
+        left costs one query. Only `search_text` is written (a merge of that column alone: one with a
+        condition on the texts panics in lance 14), so a caption edited in the same instant by another
+        process could keep the words of its old text until its next edit."""
+        stale = (self.table.search(MatchQuery(" ".join(sorted(stop_words())), "search_text"), query_type="fts")
+                 .select([PRIMARY_KEY, *TEXT_FIELDS, "_score"]).limit(None).to_arrow())
+        if not stale.num_rows:
+            return 0
+        texts = [stale.column(name).to_pylist() for name in TEXT_FIELDS]
+        columns = {PRIMARY_KEY: stale.column(PRIMARY_KEY), "search_text": [search_text_of(*t) for t in zip(*texts)]}
+        data = pa.table(columns, schema=pa.schema([self.table.schema.field(name) for name in columns]))
+        with self._lock:
+            self._write(lambda: self.table.merge_insert(PRIMARY_KEY).when_matched_update_all().execute(data))
+        return stale.num_rows
 
     def index_names(self, fresh: bool = False) -> frozenset[str]:
         """The table's index names, listed again when `fresh` or older than a few seconds."""

@@ -57,3 +57,25 @@ def test_hybrid_search_gets_no_text_votes_for_shared_function_characters(gallery
     for caption in ("蓝色的天空", "我的猫", "他在公园里的长椅上看书"):
         score = next(h["score"] for h in hybrid if h["img_id"] == ids[caption])
         assert score == pytest.approx(1.0 / (60 + ranks[ids[caption]] + 1))
+
+
+def test_a_table_from_before_gets_its_words_cut_again(tmp_path):
+    import jieba
+
+    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), vector_cache_mb=0)
+    gallery = Gallery.open(settings, dim=DIM, embed_model=MODEL)
+    gallery.upsert([make_row("alice", i, caption=c) for i, c in enumerate(CAPTIONS)]
+                   + [make_row("alice", 9, caption="A red car", description="parked")])
+    # As the rows were stored before: every word jieba cut, 的 and 在 included.
+    for caption in CAPTIONS:
+        old = " ".join(w for w in jieba.cut_for_search(caption) if w.strip())
+        gallery.table.update(where=f"caption = '{caption}'", values={"search_text": old})
+    gallery.optimize()  # and indexed so
+
+    reopened = Gallery.open(settings, dim=DIM, embed_model=MODEL)
+    stored = {r["caption"]: r["search_text"] for r in reopened.table.search().select(["caption", "search_text"])
+              .limit(None).to_list()}
+    assert stored["红色的汽车停在路边"] == "红色 汽车 停 路边" and stored["我的猫"] == "猫"
+    assert stored["A red car"] == "A red car\nparked"  # English as it was
+    assert {h["caption"] for h in reopened.search_text("alice", "红色的汽车")} == {"红色的汽车停在路边", "红色的花"}
+    assert reopened.upkeep.restate_words() == 0  # done once
