@@ -63,9 +63,17 @@ async def upload_status(job_id: str, user: str = Depends(caller), svc: ProductSe
 
 @router.get("/api/init/upload/{job_id}/events")
 async def upload_events(request: Request, job_id: str, user: str = Depends(caller),
-                        svc: ProductService = Depends(service)):
-    """Server-Sent Events: `progress` at every change of the counters or state, then one `done`."""
-    events = await _desk(svc).events(user, job_id, request.is_disconnected)
+                        svc: ProductService = Depends(service),
+                        last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=20)):
+    """Server-Sent Events: `progress` at every change of the counters or state (its `id` the event's place in
+    the job's log), then one `done`. A client reconnecting with `Last-Event-ID` resumes after that event."""
+    after = None
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise InvalidInput("Last-Event-ID is the id of a progress event this stream sent (0, 1, ...)",
+                               code="invalid_header", field="Last-Event-ID")
+        after = int(last_event_id)
+    events = await _desk(svc).events(user, job_id, request.is_disconnected, after)
     return EventSourceResponse(events, ping=15)
 
 

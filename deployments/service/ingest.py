@@ -203,21 +203,26 @@ class IngestDesk:
             raise NotFound("no such ingestion job", code="job_not_found")
         return public(status)
 
-    async def events(self, user: str, job_id: str, disconnected) -> AsyncIterator[dict]:
+    async def events(self, user: str, job_id: str, disconnected, after: int | None = None) -> AsyncIterator[dict]:
         """One `progress` event per change of the job's counters or state (the ledger logs each one,
-        so none is lost between two reads of the stream), then one `done` (SSE events as dicts)."""
+        so none is lost between two reads of the stream), then one `done` (SSE events as dicts).
+
+        Each `progress` event's `id` is its place in the job's log (0, 1, ...): a client that reconnects
+        with `Last-Event-ID: n` (`after=n`) gets the events after the n-th, not the whole log again. `done`
+        has no id, so a reconnect after it gets `done` again."""
         await self.status(user, job_id)  # 404 before the stream starts
         ledger, poll = self.ledger(), self.spec.poll_s
 
         async def stream():
-            seen = 0
+            seen = 0 if after is None else after + 1
             while True:
                 got = await ledger.progress.remote(job_id, user, seen)
                 if got is None:  # deleted meanwhile (DELETE /api/me)
                     yield {"event": "done", "data": json.dumps({"job_id": job_id, "state": "deleted"})}
                     return
-                for entry in got["events"]:
-                    yield {"event": "progress", "data": json.dumps(public(entry))}
+                first = got["next"] - len(got["events"])  # the place of the first entry in the job's log
+                for i, entry in enumerate(got["events"]):
+                    yield {"event": "progress", "id": str(first + i), "data": json.dumps(public(entry))}
                 seen = got["next"]
                 if got["status"]["state"] in ("succeeded", "failed", "cancelled"):
                     yield {"event": "done", "data": json.dumps(public(got["status"]))}

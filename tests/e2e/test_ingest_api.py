@@ -31,17 +31,24 @@ def wait_for(client, job_id: str, states=TERMINAL, timeout=240) -> dict:
 
 def read_events(client, job_id: str) -> list[tuple[str, dict]]:
     """The SSE stream as a browser's EventSource sees it: (event, data) until the server ends it."""
-    events, event, data = [], "message", []
-    with client.stream("GET", f"/api/init/upload/{job_id}/events", timeout=240) as r:
+    return [(event, data) for event, _, data in read_sse(client, job_id)]
+
+
+def read_sse(client, job_id: str, headers: dict | None = None) -> list[tuple[str, str | None, dict]]:
+    """(event, id, data) of each event of the job's SSE stream until the server ends it."""
+    events, event, ident, data = [], "message", None, []
+    with client.stream("GET", f"/api/init/upload/{job_id}/events", headers=headers, timeout=240) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("event:"):
                 event = line[6:].strip()
+            elif line.startswith("id:"):
+                ident = line[3:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].strip())
             elif line == "" and data:
-                events.append((event, json.loads("\n".join(data))))
-                event, data = "message", []
+                events.append((event, ident, json.loads("\n".join(data))))
+                event, ident, data = "message", None, []
     return events
 
 
@@ -70,8 +77,19 @@ def test_counting_300_files_with_sse_progress(service, tiny_kit):
         r = post_files(c, files)
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
-        events = read_events(c, job_id)
+        with_ids = read_sse(c, job_id)
+        events = [(event, data) for event, _, data in with_ids]
         status = c.get(f"/api/init/upload/{job_id}").json()
+        # Each progress event's id is its place in the job's log; a reconnect with Last-Event-ID resumes
+        # after it (the rest of the log, then done again), and an id that is not one is a 400.
+        ids = [ident for event, ident, _ in with_ids if event == "progress"]
+        assert len(ids) >= 2 and ids == [str(i) for i in range(len(ids))] and with_ids[-1][1] is None, with_ids
+        middle = len(ids) // 2
+        resumed = read_sse(c, job_id, headers={"Last-Event-ID": str(middle)})
+        assert [(e, i) for e, i, _ in resumed] == [("progress", i) for i in ids[middle + 1:]] + [("done", None)]
+        assert [d for _, _, d in resumed] == [d for _, _, d in with_ids[middle + 1:]]
+        bad_id = c.get(f"/api/init/upload/{job_id}/events", headers={"Last-Event-ID": "latest"})
+        assert bad_id.status_code == 400 and bad_id.json()["error"]["code"] == "invalid_header", bad_id.text
 
     kinds = [e for e, _ in events]
     assert kinds[-1] == "done" and set(kinds[:-1]) == {"progress"} and len(kinds) >= 2
