@@ -85,7 +85,7 @@ async def delete_me(user: str = Depends(caller), svc: ProductService = Depends(s
 async def text(body: TextRequest, user: str = Depends(caller), svc: ProductService = Depends(service)):
     info = await svc.model_info("writer")
     if body.flag == "prompt_enhancement":
-        out, degraded = await svc.texts.enhance(body.text, current_request_id())
+        out, degraded = await svc.texts.enhance(body.text, current_request_id(), user=user)
     else:
         out, degraded = await svc.texts.post_text(body.text, current_request_id())
     return {"text": out, "flag": body.flag, "degraded": degraded, "random_weights": info["random_weights"]}

@@ -1,6 +1,8 @@
 """Two-level cache of model answers to text: an LRU per replica, then Redis shared by all replicas.
 
-Keys are the model id plus a hash of the input, so a model swap never serves stale answers.
+Keys are the model id plus a hash of the caller's user id and the input, so a model swap never serves
+stale answers and one user's answer is never another's: a shared entry would tell user B, by its
+speed and its exact text, what user A sent in the last hour (README, "Caches").
 Redis is an optimisation, never a dependency: when it fails, the model is asked.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -21,6 +24,7 @@ class AnswerCache:
         self.ttl_s = ttl_s
         self.lru: TTLCache | None = TTLCache(maxsize=lru_size, ttl=ttl_s) if lru_size else None
         self.redis = None
+        self.counts: Counter = Counter()  # "hit" / "miss" per kind of answer, for tests and operators
         if redis_url:
             import redis.asyncio as aioredis
 
@@ -34,13 +38,17 @@ class AnswerCache:
         self.lru = TTLCache(maxsize=lru_size, ttl=ttl_s) if lru_size else None
 
     @staticmethod
-    def key(kind: str, model_id: str, text: str) -> str:
-        return f"atelier:{kind}:{model_id}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    def key(kind: str, model_id: str, text: str, *, user: str) -> str:
+        """The entry of `user`'s answer to `text`: hashed together, so no key names a user or a text."""
+        scoped = hashlib.sha256(user.encode("utf-8") + b"\x00" + text.encode("utf-8")).hexdigest()
+        return f"atelier:{kind}:{model_id}:{scoped}"
 
     async def get_or_compute(self, key: str, compute: Callable[[], Awaitable],
                              keep: Callable[[object], bool] = lambda value: True):
         """The cached answer for `key`, else `compute()`'s, kept for next time when `keep(answer)`."""
+        kind = key.split(":")[1] if key.count(":") >= 2 else key
         if self.lru is not None and key in self.lru:
+            self.counts[f"{kind}.hit"] += 1
             return self.lru[key]
         if self.redis is not None:
             try:
@@ -50,9 +58,11 @@ class AnswerCache:
                 raw = None
             if raw is not None:
                 value = decode(raw)
+                self.counts[f"{kind}.hit"] += 1
                 if self.lru is not None:
                     self.lru[key] = value
                 return value
+        self.counts[f"{kind}.miss"] += 1
         value = await compute()
         if not keep(value):
             return value

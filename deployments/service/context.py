@@ -145,10 +145,10 @@ class Context:
         finally:
             model_calls.reset(token)
 
-    async def cached(self, kind: str, text: str, compute, *, timeout: float, keep=lambda value: True):
-        """Model answers to text through the two-level cache, keyed by model id + input."""
+    async def cached(self, kind: str, text: str, compute, *, user: str, timeout: float, keep=lambda value: True):
+        """Model answers to text through the two-level cache, keyed by model id + the caller + input."""
         info = await self.models.info("writer" if kind in ("enhance", "translate") else "embedder")
-        return await self.cache.get_or_compute(AnswerCache.key(kind, info["model_id"], text),
+        return await self.cache.get_or_compute(AnswerCache.key(kind, info["model_id"], text, user=user),
                                                lambda: asyncio.wait_for(compute(), timeout=timeout), keep=keep)
 
 

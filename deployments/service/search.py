@@ -18,7 +18,8 @@ class Search(Verbs):
         self.texts, self.photos = texts, photos
         self._side: int | None = None  # the image tower's side: asked once per process, not on every search
 
-    async def query_vector(self, q: str, request_id: str = "-") -> tuple[Vector, str, str | None, bool]:
+    async def query_vector(self, q: str, request_id: str = "-", *,
+                           user: str) -> tuple[Vector, str, str | None, bool]:
         """A search text's vector: (vector, what was embedded, the English translation used or None, degraded).
 
         A bilingual embedder (SigLIP 2, Chinese-CLIP) embeds the query as it is: no LLM call. With query
@@ -29,13 +30,14 @@ class Search(Verbs):
         """
         multilingual = bool((await self.models.info("embedder")).get("multilingual"))
         expand = self.policy.enhance_search if self.policy.enhance_search is not None else not multilingual
-        translated, degraded = (await self.texts.english(q, request_id)) if expand else (q, False)
+        translated, degraded = (await self.texts.english(q, request_id, user=user)) if expand else (q, False)
         english = translated if translated != q else None
         if not multilingual:
-            return await self.texts.text_vector(translated), translated, english, degraded
+            return await self.texts.text_vector(translated, user=user), translated, english, degraded
         if english is None:
-            return await self.texts.text_vector(q), q, None, degraded
-        direct, extra = await asyncio.gather(self.texts.text_vector(q), self.texts.text_vector(english))
+            return await self.texts.text_vector(q, user=user), q, None, degraded
+        direct, extra = await asyncio.gather(self.texts.text_vector(q, user=user),
+                                            self.texts.text_vector(english, user=user))
         if extra.model != direct.model:  # two models answered (a switch rolling out): never mix them
             return direct, q, None, False
         fused = np.asarray(direct.values, np.float32) + np.asarray(extra.values, np.float32)
@@ -44,7 +46,7 @@ class Search(Verbs):
     async def text(self, user: str, q: str, k: int, request_id: str = "-") -> SearchAnswer:
         """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts."""
         async def run():
-            vector, embedded, english, degraded = await self.query_vector(q, request_id)
+            vector, embedded, english, degraded = await self.query_vector(q, request_id, user=user)
             hits = await (await self.library(vector)).search(user, vector.values, k, text=q)
             return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded, embedded=embedded)
 

@@ -15,19 +15,20 @@ from .models import Vector
 
 
 class Texts(Verbs):
-    async def text_vector(self, text: str) -> Vector:
-        """A text's vector and its model. The cache holds the configured model's vectors only: one that a
-        replica of another model made (a model switch rolling out) is used once and not kept."""
+    async def text_vector(self, text: str, *, user: str) -> Vector:
+        """A text's vector and its model, cached per user (README, "Caches"). The cache holds the configured
+        model's vectors only: one that a replica of another model made (a model switch rolling out) is used
+        once and not kept."""
         model = (await self.models.info("embedder"))["model_id"]
 
         async def compute():
             return await self.models.call("embedder", "text_vector", text)
 
-        found = await self.ctx.cached("embed_text", text, compute, timeout=self.policy.timeouts.search_s,
+        found = await self.ctx.cached("embed_text", text, compute, user=user, timeout=self.policy.timeouts.search_s,
                                    keep=lambda v: isinstance(v, Vector) and v.model == model)
         return found if isinstance(found, Vector) else Vector(model, np.asarray(found, np.float32))
 
-    async def english(self, text: str, request_id: str = "-") -> tuple[str, bool]:
+    async def english(self, text: str, request_id: str = "-", *, user: str) -> tuple[str, bool]:
         """Search text in English: (english, degraded). A failing Writer degrades, never fails.
 
         A failed translation is remembered for `caches.failure_ttl_s` like an answer is for `ttl_s`:
@@ -35,12 +36,12 @@ class Texts(Verbs):
         """
         if is_english(text):
             return text, False
-        failed_key = AnswerCache.key("translate", (await self.models.info("writer"))["model_id"], text)
+        failed_key = AnswerCache.key("translate", (await self.models.info("writer"))["model_id"], text, user=user)
         if failed_key in self.ctx.failed:
             return text, True
         try:
             return await self.ctx.cached("translate", text, lambda: self.models.call("writer", "to_english", text),
-                                      timeout=self.policy.timeouts.writer_s), False
+                                      user=user, timeout=self.policy.timeouts.writer_s), False
         except Exception as exc:  # noqa: BLE001 - any Writer trouble means: search with the original text
             if callers_mistake(exc):
                 raise
@@ -49,11 +50,11 @@ class Texts(Verbs):
                         "text, and so for the next %g s", request_id, brief(exc), self.ctx.failed.ttl)
             return text, True
 
-    async def enhance(self, text: str, request_id: str = "-") -> tuple[str, bool]:
+    async def enhance(self, text: str, request_id: str = "-", *, user: str) -> tuple[str, bool]:
         """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text."""
         try:
             used = await self.ctx.cached("enhance", text, lambda: self.models.call("writer", "enhance_prompt", text),
-                                      timeout=self.policy.timeouts.writer_s)
+                                      user=user, timeout=self.policy.timeouts.writer_s)
             return used, False
         except Exception as exc:  # noqa: BLE001 - the original text is the fallback
             if callers_mistake(exc):
@@ -72,7 +73,7 @@ class Texts(Verbs):
             log.warning("request %s: post text failed (%s)", request_id, brief(exc))
             return description, True
 
-    async def embed(self, texts: list[str], *, dimensions: int | None) -> tuple[list[int], np.ndarray]:
+    async def embed(self, texts: list[str], *, dimensions: int | None, user: str) -> tuple[list[int], np.ndarray]:
         """Vectors of texts with their token counts; one text is batched with concurrent callers and cached."""
         if dimensions is not None:
             dim = await self.models.call("embedder", "dimension")
@@ -84,7 +85,7 @@ class Texts(Verbs):
             # Counting first also refuses an oversized list before any forward pass.
             counts = await self.models.call("embedder", "count_tokens", texts)
             if len(texts) == 1:
-                return counts, np.asarray([(await self.text_vector(texts[0])).values])
+                return counts, np.asarray([(await self.text_vector(texts[0], user=user)).values])
             return counts, await self.models.call("embedder", "embed_texts", texts)
 
         return await self.deadline(run(), self.policy.timeouts.search_s, "embedding")

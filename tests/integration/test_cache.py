@@ -52,7 +52,7 @@ def test_second_replica_is_served_from_redis(redis_url):
     async def run():
         a = AnswerCache(lru_size=16, ttl_s=60, redis_url=redis_url)
         b = AnswerCache(lru_size=16, ttl_s=60, redis_url=redis_url)
-        key = AnswerCache.key("embed_text", "clip-x", "海边的日落")
+        key = AnswerCache.key("embed_text", "clip-x", "海边的日落", user="alice")
         vec = np.arange(8, dtype=np.float32) / 7
         model = Counter(vec)
         first = await a.get_or_compute(key, model)
@@ -61,13 +61,13 @@ def test_second_replica_is_served_from_redis(redis_url):
         assert model.calls == 1
         np.testing.assert_array_equal(second, vec)
         np.testing.assert_array_equal(third, first)
-        text_key = AnswerCache.key("enhance", "qwen-x", "a cat")
+        text_key = AnswerCache.key("enhance", "qwen-x", "a cat", user="alice")
         writer = Counter("a fluffy cat, soft light")
         assert await a.get_or_compute(text_key, writer) == await b.get_or_compute(text_key, writer)
         assert writer.calls == 1
         # A different model id is a different key: no stale answers after a model swap.
         other = Counter(np.zeros(8, dtype=np.float32))
-        await b.get_or_compute(AnswerCache.key("embed_text", "clip-y", "海边的日落"), other)
+        await b.get_or_compute(AnswerCache.key("embed_text", "clip-y", "海边的日落", user="alice"), other)
         assert other.calls == 1
 
     asyncio.run(run())

@@ -42,7 +42,7 @@ def _unit(v) -> np.ndarray:
 def test_bilingual_embedder_embeds_chinese_as_it_is_without_the_writer(tiny_models, tmp_path):
     service, writer = _service(tiny_models, tmp_path)
     assert tiny_models["embedder"].multilingual
-    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落"))
+    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落", user="alice"))
     assert (embedded, english, degraded) == ("海边的日落", None, False)
     assert writer.calls == 0
     np.testing.assert_allclose(vector.values, tiny_models["embedder"].embed_texts(["海边的日落"])[0], atol=1e-6)
@@ -51,7 +51,7 @@ def test_bilingual_embedder_embeds_chinese_as_it_is_without_the_writer(tiny_mode
 
 def test_bilingual_expansion_fuses_the_translation_never_replaces_the_query(tiny_models, tmp_path):
     service, writer = _service(tiny_models, tmp_path, enhance_search=True)
-    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落"))
+    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落", user="alice"))
     assert writer.calls == 1 and embedded == "海边的日落" and not degraded
     direct = tiny_models["embedder"].embed_texts(["海边的日落"])[0]
     assert english and english != "海边的日落"
@@ -63,7 +63,7 @@ def test_bilingual_expansion_fuses_the_translation_never_replaces_the_query(tiny
 
 def test_bilingual_expansion_with_a_failing_writer_is_the_direct_vector(tiny_models, tmp_path):
     service, writer = _service(tiny_models, tmp_path, enhance_search=True, fail=True)
-    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("城市夜景"))
+    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("城市夜景", user="alice"))
     assert writer.calls == 1 and (embedded, english, degraded) == ("城市夜景", None, True)
     np.testing.assert_allclose(vector.values, tiny_models["embedder"].embed_texts(["城市夜景"])[0], atol=1e-6)
 
@@ -71,19 +71,19 @@ def test_bilingual_expansion_with_a_failing_writer_is_the_direct_vector(tiny_mod
 def test_english_only_embedder_searches_the_translation(tiny_models, clip, tmp_path):
     service, writer = _service(tiny_models, tmp_path, embedder=clip)
     assert not clip.multilingual
-    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落"))
+    vector, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落", user="alice"))
     assert writer.calls == 1 and not degraded
     assert english and embedded == english != "海边的日落"
     np.testing.assert_allclose(vector.values, clip.embed_texts([english])[0], atol=1e-6)
     assert vector.model == clip.model_id
     # English text goes to CLIP as it is, with no Writer call and no translation to report.
-    _, embedded, english, _ = asyncio.run(service.search.query_vector("a dog on the beach"))
+    _, embedded, english, _ = asyncio.run(service.search.query_vector("a dog on the beach", user="alice"))
     assert (embedded, english, writer.calls) == ("a dog on the beach", None, 1)
 
 
 def test_english_only_embedder_with_a_failing_writer_degrades(tiny_models, clip, tmp_path):
     service, _ = _service(tiny_models, tmp_path, embedder=clip, fail=True)
-    _, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落"))
+    _, embedded, english, degraded = asyncio.run(service.search.query_vector("海边的日落", user="alice"))
     assert (embedded, english, degraded) == ("海边的日落", None, True)
 
 

@@ -114,7 +114,7 @@ def test_a_failed_translation_is_remembered_briefly_and_logged_once(tiny_models,
                               ingest=None, in_process=True)
 
     async def twice():
-        return [await service.texts.english("海边的日落") for _ in range(3)]
+        return [await service.texts.english("海边的日落", user="alice") for _ in range(3)]
 
     with caplog.at_level(logging.WARNING, logger="atelier.service"):
         answers = asyncio.run(twice())
@@ -122,5 +122,5 @@ def test_a_failed_translation_is_remembered_briefly_and_logged_once(tiny_models,
     assert writer.calls == 1
     lines = [r.getMessage() for r in caplog.records if "translate" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0] and "Traceback" not in lines[0], lines
-    asyncio.run(service.texts.english("城市夜景"))  # another text is asked: only the failed one is remembered
+    asyncio.run(service.texts.english("城市夜景", user="alice"))  # another text is asked: only the failed one is remembered
     assert writer.calls == 2
