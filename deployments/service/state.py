@@ -23,12 +23,14 @@ IDEMPOTENCY_ACTOR = "atelier_idempotency"
 
 
 class StatsLedger:
-    """count/errors/avg/min/max/p50/p95 per operation over the whole service (a window of recent calls)."""
+    """count/errors/client_closed/avg/min/max/p50/p95 per operation over the whole service (a window of
+    recent calls); `client_closed` counts the 499s, clients that hung up before their answer."""
 
     def __init__(self, window: int = 10_000):
         self._durations: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         self._count: dict[str, int] = defaultdict(int)
         self._errors: dict[str, int] = defaultdict(int)
+        self._closed: dict[str, int] = defaultdict(int)
         self._min: dict[str, float] = {}
         self._max: dict[str, float] = {}
         self._sum: dict[str, float] = defaultdict(float)
@@ -37,6 +39,7 @@ class StatsLedger:
         """One finished call; 5xx counts as an error (a 499, the client closing first, does not)."""
         self._count[op] += 1
         self._errors[op] += 1 if status >= 500 else 0
+        self._closed[op] += 1 if status == 499 else 0
         self._sum[op] += seconds
         self._durations[op].append(seconds)
         self._min[op] = min(self._min.get(op, seconds), seconds)
@@ -47,7 +50,7 @@ class StatsLedger:
         for op, n in sorted(self._count.items()):
             window = np.fromiter(self._durations[op], dtype=float)
             out[op] = {
-                "count": n, "errors": self._errors[op], "avg_s": self._sum[op] / n,
+                "count": n, "errors": self._errors[op], "client_closed": self._closed[op], "avg_s": self._sum[op] / n,
                 "min_s": self._min[op], "max_s": self._max[op],
                 "p50_s": float(np.percentile(window, 50)), "p95_s": float(np.percentile(window, 95)),
             }

@@ -20,7 +20,7 @@ GAUGE = "ray_serve_num_ongoing_requests_at_replicas"
 
 
 def _op(client) -> dict:
-    return client.get("/api/stats").json()["operations"].get(OP, {"count": 0, "errors": 0})
+    return client.get("/api/stats").json()["operations"].get(OP, {"count": 0, "errors": 0, "client_closed": 0})
 
 
 def _at_painter(metrics_url: str) -> float:
@@ -70,5 +70,6 @@ def test_a_client_that_hangs_up_is_recorded_as_499_not_500(service, ray_cluster)
         after = _wait("the abandoned request was never recorded", lambda: (a := _op(c))["count"] > before["count"] and a)
     assert after["count"] == before["count"] + 1, (before, after)
     assert after["errors"] == before["errors"], (before, after)
+    assert after["client_closed"] == before["client_closed"] + 1, (before, after)  # counted as what it is
     [line] = [r for r in serve_log_records("Ingress", "atelier", rid) if r.get("route_template")]
     assert (line["status"], line["route_template"]) == (499, "/api/generate/image"), line

@@ -48,7 +48,9 @@ def test_each_family_loads_from_its_kit_folder_and_reports_itself(family, tiny_k
     assert embedder._context == context
     assert embedder.random_weights is True
     assert embedder.model_id == str(tiny_kit / name)
-    assert embedder.facts() == {"family": kind, "multilingual": multilingual, "dim": dim}
+    assert embedder.facts() == {"family": kind, "multilingual": multilingual, "dim": dim,
+                                "limits": {"max_text_chars": embedder.config.max_text_chars,
+                                           "max_batch": embedder.config.max_batch}}
 
 
 def test_image_vectors_are_unit_norm_float32(family):
