@@ -5,6 +5,8 @@ Thin routes over the ProductService's ingest desk (`deployments.service.ingest`)
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
@@ -16,6 +18,7 @@ from storage.errors import InvalidInput, Unavailable
 
 from .deps import caller, service
 from .edge import JsonRoute
+from .streams import REVOKED_MESSAGE, until_revoked
 
 # Every JSON body read as text only (edge.JsonRoute): a lone surrogate is a 400, never a 500.
 router = APIRouter(route_class=JsonRoute)
@@ -74,7 +77,11 @@ async def upload_events(request: Request, job_id: str, user: str = Depends(calle
                                code="invalid_header", field="Last-Event-ID")
         after = int(last_event_id)
     events = await _desk(svc).events(user, job_id, request.is_disconnected, after)
-    return EventSourceResponse(events, ping=15)
+    return EventSourceResponse(until_revoked(request, events, _revoked_event), ping=15)
+
+
+def _revoked_event() -> dict:
+    return {"event": "error", "data": json.dumps({"error": {"code": "key_revoked", "message": REVOKED_MESSAGE}})}
 
 
 @router.delete("/api/init/upload/{job_id}", status_code=202)

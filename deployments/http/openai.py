@@ -28,6 +28,7 @@ from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
 
 from .deps import caller, current_request_id, edge, image_url, service
 from .edge import JsonRoute
+from .streams import REVOKED_MESSAGE, until_revoked
 
 log = logging.getLogger("atelier.openai")
 # Every JSON body read as text only (edge.JsonRoute): a lone surrogate is a 400, never a 500.
@@ -212,13 +213,13 @@ async def openai_chat(request: Request, body: ChatRequest, user: str = Depends(c
                                          **params)
         if not body.stream:
             return _completion_of(answer)
-        return _sse(_vision_events(answer))
+        return _sse(until_revoked(request, _vision_events(answer), _revoked_event))
     # The Writer's chat template knows system/user/assistant; OpenAI's newer "developer" is its system.
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     answer = await svc.conversation.chat(messages, stream=body.stream, temperature=body.temperature, top_p=body.top_p, **params)
     if not body.stream:
         return _completion_of(answer)
-    return _sse(_writer_events(svc, answer))
+    return _sse(until_revoked(request, _writer_events(svc, answer), _revoked_event))
 
 
 async def _check_answer_length(svc: ProductService, body: ChatRequest, role: str) -> None:
@@ -406,6 +407,10 @@ def _json(value) -> str:
 def _error_event(code: str, message: str) -> dict:
     # The official client raises APIError on a data line that carries an "error" object.
     return {"data": _json({"error": {"code": code, "message": message}})}
+
+
+def _revoked_event() -> dict:
+    return _error_event("key_revoked", REVOKED_MESSAGE)
 
 
 def _sse(events) -> EventSourceResponse:
