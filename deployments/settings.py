@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import ipaddress
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,3 +22,27 @@ class ServiceSettings(BaseSettings):
     url_secret_file: str = Field(
         "data/url_secret", description="File holding the URL-signing secret when ATELIER_URL_SECRET is not set."
     )
+    public_url: AnyHttpUrl | None = Field(
+        None,
+        description="The URL clients reach the service at, e.g. https://photos.example.com: the base of every "
+        "absolute URL the service returns (image URLs). None means the local address the connection arrived "
+        "at (scheme, IP and port of Serve's HTTP proxy). Never the request's Host header.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks (e.g. 10.0.0.5,10.1.0.0/16) of the reverse proxies "
+        "whose X-Forwarded-For and X-Forwarded-Proto Serve's HTTP proxy believes; from anyone else they are "
+        "ignored. Empty (the default): nobody's.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            ipaddress.ip_network(item, strict=False)  # a ValueError names the entry that is not an address
+        return ",".join(items)
+
+    def public_base(self) -> str | None:
+        """`public_url` without its trailing slash, or None."""
+        return str(self.public_url).rstrip("/") if self.public_url is not None else None

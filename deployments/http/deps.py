@@ -9,7 +9,7 @@ from deployments.service import ProductService
 from .edge import Edge, current_request_id
 from .auth import Unauthorized
 
-__all__ = ["caller", "current_request_id", "edge", "image_url", "record_out", "service"]
+__all__ = ["caller", "current_request_id", "edge", "image_url", "public_root", "record_out", "service"]
 
 
 def service(request: Request) -> ProductService:
@@ -28,12 +28,25 @@ def caller(request: Request) -> str:
     return user
 
 
+def public_root(request: Request) -> str:
+    """The base of the absolute URLs we return: the configured public URL, else the local address the
+    connection arrived at (Serve's proxy's socket), never the client's `Host` header. The scheme is the
+    connection's, which Serve's proxy takes from `X-Forwarded-Proto` only from a trusted proxy (proxy.py)."""
+    base = edge(request).public_url
+    if base is None:
+        scheme = request.scope.get("scheme", "http")
+        host, port = request.scope.get("server") or ("127.0.0.1", None)
+        host = f"[{host}]" if ":" in str(host) else host
+        default = {"http": 80, "https": 443}.get(scheme)
+        base = f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+    return base + request.scope.get("root_path", "")
+
+
 def image_url(request: Request, user_id: str, img_id: str) -> str:
     """The signed, expiring URL of an image's display copy, absolute (API.md): clients, and the
     official openai client, download it without knowing our base URL."""
     token = edge(request).signer.sign(user_id, img_id)
-    root = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
-    return f"{root}/api/images/{img_id}/file?sig={token}"
+    return f"{public_root(request)}/api/images/{img_id}/file?sig={token}"
 
 
 def record_out(request: Request, user_id: str, row: dict) -> dict:

@@ -56,6 +56,7 @@ class Edge:
     default_body_limit: int = 64 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024
     max_search_k: int = 100
+    public_url: str | None = None  # the base of absolute URLs (ServiceSettings.public_url); None: the local address
 
     def limit_for(self, path: str) -> int:
         for prefix, limit in self.body_limits.items():  # longest prefix first

@@ -26,7 +26,7 @@ from deployments.service import ChatAnswer, ProductService
 from deployments.service.models import ROLES
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
 
-from .deps import caller, current_request_id, edge, image_url, service
+from .deps import caller, current_request_id, edge, image_url, public_root, service
 from .edge import JsonRoute
 from .streams import REVOKED_MESSAGE, until_revoked
 
@@ -291,7 +291,9 @@ async def _vision_image(request: Request, user: str, svc: ProductService, url: s
 async def _own_image(request: Request, user: str, svc: ProductService, url: str, where: str) -> bytes:
     """Bytes of an image URL this service issued to this caller; any other URL is refused, never fetched."""
     parts = urlsplit(url)
-    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")} - {None}
+    # Where we issue image URLs (the public URL, else the local address), or the host the client names.
+    hosts = {urlsplit(public_root(request)).netloc, request.headers.get("host"),
+             request.headers.get("x-forwarded-host")} - {None}
     root = request.scope.get("root_path", "")
     path = parts.path[len(root):] if root and parts.path.startswith(root) else parts.path
     match = _OWN_FILE.match(path)

@@ -17,6 +17,8 @@ import logging
 
 from starlette.middleware import Middleware
 
+from deployments.settings import ServiceSettings
+
 from .auth import KeyRing, key_store
 from .gate import Gate
 
@@ -27,7 +29,7 @@ log = logging.getLogger("atelier.proxy")
 
 def middlewares() -> list:
     """Serve's proxy callback: the list of Starlette middlewares its ASGI app is wrapped in."""
-    _quiet_server_header()
+    _configure_uvicorn()
     ring: list[KeyRing] = []
 
     def keys() -> KeyRing:
@@ -62,12 +64,22 @@ def _refusal_counter():
     return count
 
 
-def _quiet_server_header() -> None:
-    """Start the proxy's uvicorn without its `server: uvicorn` header.
+def uvicorn_options(settings: ServiceSettings | None = None) -> dict:
+    """What the proxy's uvicorn is started with besides Serve's own options: no `server: uvicorn`
+    header, and `X-Forwarded-For`/`X-Forwarded-Proto` believed only from `ATELIER_TRUSTED_PROXIES`
+    (uvicorn's ProxyHeadersMiddleware), not from uvicorn's default of anyone on 127.0.0.1 (or its
+    FORWARDED_ALLOW_IPS): with no trusted proxy, they are not read at all."""
+    trusted = (settings or ServiceSettings()).trusted_proxies
+    return {"server_header": False, "proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
-    Serve builds `uvicorn.Config` itself after calling this callback and offers no option for the
-    header, so within the proxy process the Config it builds defaults to `server_header=False`.
-    `tests/e2e/test_edge.py` checks the header is gone, so a Ray upgrade that changes this fails there.
+
+def _configure_uvicorn() -> None:
+    """Start the proxy's uvicorn with `uvicorn_options()`.
+
+    Serve builds `uvicorn.Config` itself after calling this callback and offers no option for these,
+    so within the proxy process the Config it builds defaults to them. `tests/e2e/test_edge.py` checks
+    the header is gone, so a Ray upgrade that stops this from applying fails there;
+    tests/unit/http/test_privacy.py serves the app with these options on a real uvicorn.
     """
     import uvicorn
 
@@ -78,7 +90,8 @@ def _quiet_server_header() -> None:
         _atelier_quiet = True
 
         def __init__(self, *args, **kwargs):
-            kwargs.setdefault("server_header", False)
+            for name, value in uvicorn_options().items():
+                kwargs.setdefault(name, value)
             super().__init__(*args, **kwargs)
 
     uvicorn.Config = QuietConfig

@@ -4,10 +4,14 @@ caller's and the operator's business only."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 
+import httpx
 import pytest
-from http_helpers import auth
+from http_helpers import auth, png
 
 
 def _counts(client) -> dict:
@@ -39,3 +43,77 @@ def test_one_users_cached_answer_is_never_anothers(surface, kind):
     assert ask("alice") == (1, 0)  # the cache works for its owner
     assert ask("bob") == (0, 1)    # ... and only for its owner
     assert ask("bob") == (1, 0)
+
+
+def test_links_do_not_come_from_the_host_header(surface):
+    client, _ = surface
+    r = client.post("/api/images", headers={**auth(surface), "Host": "evil.example", "X-Forwarded-Proto": "https",
+                                            "X-Forwarded-Host": "evil.example"},
+                    files={"file": ("p.png", png(4401), "image/png")})
+    assert r.status_code in (200, 201), r.text
+    url = r.json()["image_url"]
+    assert "evil.example" not in url and url.startswith("http://testserver/api/images/"), url
+
+
+def test_links_use_the_configured_public_url(tiny_models, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from deployments.assemble import in_process_app
+    from deployments.config import IngressSpec
+    from deployments.http.auth import key_store
+    from deployments.service.models import LocalModels
+    from deployments.settings import ServiceSettings
+    from storage.settings import StorageSettings
+
+    settings = ServiceSettings(keys_uri=str(tmp_path / "lancedb"), url_secret_file=str(tmp_path / "url_secret"),
+                               public_url="https://photos.example.com/")
+    _, key = key_store(settings).add("carol")
+    models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
+    app = in_process_app(models, ingress=IngressSpec(), settings=settings,
+                         storage=StorageSettings(lancedb_uri=str(tmp_path / "lancedb"), blob_root=str(tmp_path / "b")))
+    with TestClient(app) as client:
+        r = client.post("/api/images", headers={"Authorization": f"Bearer {key}", "Host": "evil.example"},
+                        files={"file": ("p.png", png(4402), "image/png")})
+        assert r.status_code in (200, 201), r.text
+        url = r.json()["image_url"]
+        assert url.startswith("https://photos.example.com/api/images/"), url
+        assert client.get(url.removeprefix("https://photos.example.com")).status_code == 200
+
+
+def _serve(app, settings):
+    """`app` behind a real uvicorn on 127.0.0.1, started with the options Serve's proxy gets (proxy.py)."""
+    import uvicorn
+
+    from deployments.http.proxy import uvicorn_options
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
+                                           **uvicorn_options(settings)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    return server, thread, sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("trusted, scheme", [("", "http"), ("10.9.8.7", "http"), ("127.0.0.1", "https")])
+def test_forwarded_headers_count_only_from_a_trusted_proxy(surface, trusted, scheme):
+    """Over a real socket: `X-Forwarded-Proto` from 127.0.0.1 changes the links' scheme only when
+    127.0.0.1 is a configured proxy (uvicorn alone believes anyone on 127.0.0.1)."""
+    from deployments.settings import ServiceSettings
+
+    client, keys = surface
+    server, thread, port = _serve(client.app, ServiceSettings(trusted_proxies=trusted))
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/api/images", timeout=60,
+                       headers={"Authorization": f"Bearer {keys['alice']}", "Host": "evil.example",
+                                "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"},
+                       files={"file": ("p.png", png(4403), "image/png")})
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["image_url"].startswith(f"{scheme}://127.0.0.1:{port}/api/images/"), r.json()["image_url"]
