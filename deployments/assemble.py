@@ -43,8 +43,7 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
         limits["/api/init/upload"] = upload_body_limit(ingest)
     return Edge(keys=KeyRing.open(key_store(settings)), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
                 body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=64 * 1024,
-                max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k,
-                public_url=settings.public_base())
+                max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)
 
 
 def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
@@ -60,7 +59,9 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
         return await asyncio.to_thread(Library, storage, dim=dim, embed_model=embed_model,
                                        writer="local" if in_process else "actor")
 
-    desk = None if (ingest is None or in_process) else IngestDesk(ingest, storage)
+    keys = ServiceSettings()
+    desk = None if (ingest is None or in_process) else \
+        IngestDesk(ingest, storage, keys=(keys.keys_uri or storage.lancedb_uri, keys.keys_table))
     service = ProductService(
         models,
         policy=Policy.of(tuning),

@@ -21,6 +21,7 @@ import ray
 from pipelines.jobs import COUNTERS, ledger
 from pipelines.spec import JobSpec
 from storage.blobs import open_blob_store
+from storage.keys import KeyStore
 from storage.settings import StorageSettings
 
 log = logging.getLogger("atelier.ingest")
@@ -42,10 +43,12 @@ class JobAttempt:
         self._over = threading.Event()
         self._beat: threading.Thread | None = None
         self.started = time.time()
+        self._revoked = False
 
     def begin(self, on_beat: Callable[[], None] | None = None) -> bool:
         """Take an attempt and start the heartbeat (which calls `on_beat` first, each time); False when the
-        job must not run now (cancelled, finished, or another driver runs it)."""
+        job must not run now (cancelled, finished, another driver runs it, or its user's keys are revoked)."""
+        self.cancel_if_revoked()  # a queued job is cancelled at once: begin() then answers None
         self.number = ray.get(self.ledger.begin.remote(self.spec.job_id))
         if self.number is None:
             return False
@@ -98,7 +101,27 @@ class JobAttempt:
         while not self._over.wait(self.spec.ingest.heartbeat_s):
             if on_beat is not None:
                 on_beat()
+            self.cancel_if_revoked()  # the report just after answers "stop"
             self.report()
+
+    def cancel_if_revoked(self) -> None:
+        """A job started through the API stops once its user has no key left (every one revoked): it asks
+        the ledger to cancel it, as the user's own DELETE would. A key table that cannot be read cancels
+        nothing (the next beat asks again)."""
+        if self.spec.keys_uri is None or self._revoked:
+            return
+        try:
+            store = KeyStore(self.spec.keys_uri, table=self.spec.keys_table,
+                             storage_options=self.settings.lancedb_storage_options)
+            if store.has_keys(self.spec.user_id):
+                return
+        except Exception:  # noqa: BLE001 - a store hiccup must not stop a job
+            log.warning("job %s: the API key table could not be read", self.spec.job_id, exc_info=True)
+            return
+        self._revoked = True
+        log.info("job %s: user %s has no API key left (revoked): cancelling the job", self.spec.job_id,
+                 self.spec.user_id)
+        ray.get(self.ledger.cancel.remote(self.spec.job_id, self.spec.user_id))
 
     def _send(self) -> tuple[ray.ObjectRef, dict]:
         """The report of the counters now and the errors not reported yet (called holding the lock)."""

@@ -36,6 +36,10 @@ class JobSpec(BaseModel):
     ingest: IngestSpec
     staged_prefix: str | None = Field(None, description="Blob prefix of a staged upload, removed when the job ends.")
     fingerprint: str = Field("", description="What makes a retried request the same job (manifest or key).")
+    keys_uri: str | None = Field(
+        None, description="Where the API key table is, for a job started through the API: the job stops once its "
+        "user has no key left there (every key revoked). None for an operator's job, which no key started.")
+    keys_table: str = Field("api_keys", description="The key table's name at keys_uri.")
 
 
 class JobError(BaseModel):

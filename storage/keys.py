@@ -119,6 +119,12 @@ class KeyStore:
         return before
 
     # -- reads ------------------------------------------------------------------------------------
+    def has_keys(self, user_id: str) -> bool:
+        """Whether the user has a key (the table's latest version)."""
+        table = self.table()
+        table.checkout_latest()
+        return table.count_rows(f"user_id = {sql_str(_user(user_id))}") > 0
+
     def list(self, user_id: str | None = None) -> list[dict[str, Any]]:
         """Every key (or one user's): id, user and creation time; never the digest."""
         table = self.table()

@@ -17,6 +17,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import AsyncIterator, BinaryIO
 
 from models.errors import ModelError
@@ -72,8 +73,9 @@ class _Staged:
 class IngestDesk:
     """Start, inspect, follow and cancel a user's ingestion jobs (the job ledger is a Ray actor)."""
 
-    def __init__(self, spec: IngestSpec, storage: StorageSettings):
+    def __init__(self, spec: IngestSpec, storage: StorageSettings, keys: tuple[str, str] | None = None):
         self.spec, self.storage = spec, storage
+        self.keys = keys  # (uri, table) of the API key table: a job stops once its user has no key there
         self._ledger = None
         self._keep = None  # the service's keep_ingested, for small jobs run here (attach())
         self._tasks: set[asyncio.Task] = set()
@@ -184,7 +186,8 @@ class IngestDesk:
     def _job_spec(self, user: str, job_id: str, staged: _Staged, *, files, sources, prefix) -> JobSpec:
         return JobSpec(job_id=job_id, user_id=user, sources=sources, files=files,
                        storage=absolute_storage(self.storage).model_dump(), ingest=self.spec,
-                       staged_prefix=prefix, fingerprint=staged.fingerprint)
+                       staged_prefix=prefix, fingerprint=staged.fingerprint,
+                       **({"keys_uri": _absolute(self.keys[0]), "keys_table": self.keys[1]} if self.keys else {}))
 
     async def status(self, user: str, job_id: str) -> dict:
         status = await self.ledger().status.remote(job_id, user) if _JOB_ID.match(job_id) else None
@@ -279,3 +282,7 @@ def _read_upload(uploads: list[UploadPart], ingest: IngestSpec) -> _Staged:
     manifest = sorted((name, hashlib.sha256(data).hexdigest()) for name, data in parts)
     return _Staged("files:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest(), None, parts)
 
+
+def _absolute(uri: str) -> str:
+    """A local folder made absolute (a job's driver may run in another folder); an object-store URI as it is."""
+    return uri if "://" in uri else str(Path(uri).resolve())

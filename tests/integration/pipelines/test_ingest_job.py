@@ -169,3 +169,55 @@ def test_a_gallery_that_cannot_be_opened_fails_the_job_with_its_reason(ray_clust
     assert "gallery could not be opened" in status["message"] and "another schema" in status["message"], status
     assert status["done"] == 0
     assert not (data_dir / "blobs").exists() or not any(p.is_file() for p in (data_dir / "blobs").rglob("*"))
+
+
+def test_the_jobs_of_a_user_whose_keys_are_all_revoked_are_cancelled(ray_cluster, tmp_path):
+    """Issue 28 C. A job started through the API names the key table; its attempt asks the ledger to cancel it
+    once its user has no key left there. Revoking one of two keys (a rotation) leaves it running; revoking
+    the last stops the running job at its next heartbeat, and a queued job of that user never begins. An
+    operator's job (no key table named) is not the keys' business."""
+    from pipelines.attempt import JobAttempt
+    from pipelines.jobs import ledger
+    from pipelines.spec import JobSpec
+    from storage.keys import KeyStore
+    from storage.settings import StorageSettings
+
+    keys = KeyStore(str(tmp_path / "keys"))
+    keys.add("remy")
+    keys.add("remy")
+    settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), blob_root=str(tmp_path / "blobs"))
+    jobs = ledger()
+
+    def job(**extra) -> JobSpec:
+        spec = JobSpec(**{**spec_fields(uuid.uuid4().hex, "remy", heartbeat_s=0.2), **extra})
+        assert ray.get(jobs.open.remote(spec.model_dump()))["action"] == "created"
+        return spec
+
+    running, queued = job(keys_uri=str(tmp_path / "keys")), job(keys_uri=str(tmp_path / "keys"))
+    operators = job()
+    attempt = JobAttempt(running, settings)
+    assert attempt.begin()
+    first, second = (k["key_id"] for k in keys.list("remy"))
+    keys.revoke("remy", first)
+    attempt.cancel_if_revoked()
+    attempt.report()
+    assert not attempt.stop.is_set()  # the user still has a key
+    keys.revoke("remy", second)
+    assert attempt.stop.wait(60), "the heartbeat did not stop the job of a user with no key"
+    assert attempt.finish("cancelled")["state"] == "cancelled"
+
+    assert not JobAttempt(queued, settings).begin()
+    assert ray.get(jobs.status.remote(queued.job_id, "remy"))["state"] == "cancelled"
+
+    theirs = JobAttempt(operators, settings)
+    assert theirs.begin()
+    theirs.cancel_if_revoked()
+    theirs.report()
+    assert not theirs.stop.is_set()
+    assert theirs.finish("succeeded")["state"] == "succeeded"
+
+
+def spec_fields(job_id: str, user: str, **ingest) -> dict:
+    from deployments.config import IngestSpec
+
+    return {"job_id": job_id, "user_id": user, "ingest": IngestSpec(**ingest), "fingerprint": "test"}
