@@ -71,7 +71,7 @@ async def openapi_schema(request: Request, user: str = Depends(caller)):
 
 @router.get("/api/stats")
 async def stats(user: str = Depends(caller), svc: ProductService = Depends(service)):
-    return {"operations": await svc.operation_stats()}
+    return {"operations": await svc.operation_stats(user)}
 
 
 @router.delete("/api/me", status_code=204)

@@ -131,6 +131,8 @@ class EdgeMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         rid = headers.get("x-request-id") or new_request_id()  # the gate in front kept or made a safe one
         token = request_id.set(rid)
+        # Who answered, only to a caller the gate in front authenticated (never to a stranger).
+        served_by = self._served_by if (scope.get("state") or {}).get("user") is not None else []
         limit = self.edge.limit_for(scope.get("path", ""))
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
@@ -140,7 +142,7 @@ class EdgeMiddleware:
             # on the response; this layer adopts it for logs and stats and adds no second header.
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                extra = [*self._served_by, *([(b"x-request-id", rid.encode("latin-1"))] if self._echo else [])]
+                extra = [*served_by, *([(b"x-request-id", rid.encode("latin-1"))] if self._echo else [])]
                 if extra:
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
@@ -215,7 +217,9 @@ class EdgeMiddleware:
                 self._metrics[1].observe(seconds, tags={"route": op})
             except Exception:  # noqa: BLE001 - metrics must never fail a request
                 pass
-        self.service.record(op, seconds, code)
+        user = (scope.get("state") or {}).get("user")  # the gate's; a signed image file's GET has none
+        if user is not None:  # each user's own stats (/api/stats)
+            self.service.record(user, op, seconds, code)
 
 
 class _BodyTooLarge(HTTPException):

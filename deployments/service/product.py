@@ -64,12 +64,14 @@ class ProductService:
 
         return dict(await asyncio.gather(*(probe(r) for r in ROLES)))
 
-    async def operation_stats(self) -> dict:
-        return await self.ctx.stats.summary()
+    async def operation_stats(self, user: str) -> dict:
+        """The caller's own calls by operation (the service-wide view is the operator's metrics)."""
+        return await self.ctx.stats.summary(user)
 
-    def record(self, op: str, seconds: float, status: int) -> None:
-        """Count one finished HTTP call by its status (fire and forget: stats never slow or fail a request)."""
-        self.ctx.stats.record_nowait(op, seconds, status)
+    def record(self, user: str, op: str, seconds: float, status: int) -> None:
+        """Count one finished HTTP call of `user`'s by its status (fire and forget: stats never slow or fail a
+        request)."""
+        self.ctx.stats.record_nowait(user, op, seconds, status)
 
     async def delete_user(self, user: str) -> None:
         """Everything of a user: ingest jobs first (no job writes a row after this), rows, blobs, records."""
@@ -78,6 +80,7 @@ class ProductService:
         lib = await self.library()
         await lib.delete_user(user)
         await self.ctx.idempotency.forget_user(user)
+        await self.ctx.stats.forget_user(user)
 
     async def idempotent(self, user: str, key: str | None, fingerprint_of: str, work: Callable[[], Awaitable[dict]]):
         """Run `work` once per (user, Idempotency-Key): a retry gets the first answer, a reuse with

@@ -1,4 +1,4 @@
-"""Service state every ingress replica shares: per-operation stats and idempotency records.
+"""Service state every ingress replica shares: each user's per-operation stats and idempotency records.
 
 Plain classes: in a cluster each lives in one named Ray actor (`shared()`), not in a replica, so
 all replicas see one view and a replica restart loses nothing; the in-process test tier holds
@@ -8,56 +8,69 @@ them directly (`in_process()`). Either way the service calls them through `stora
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 import numpy as np
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from storage.calls import Calls
 from storage.placement import detached, on_head_node
 
 # Versioned like the gallery writer: the actor is detached and outlives a redeploy, and its
-# `record` now takes a status code (v1 took ok: bool).
-STATS_ACTOR = "atelier_stats_v2"
+# `record` now takes the caller's user id first (v2 kept one service-wide view, v1 took ok: bool).
+STATS_ACTOR = "atelier_stats_v3"
 IDEMPOTENCY_ACTOR = "atelier_idempotency"
 
 
+class _OpStats:
+    """One operation's count, errors and latencies (a window of recent calls for the percentiles)."""
+
+    def __init__(self, window: int):
+        self.durations: deque = deque(maxlen=window)
+        self.count = self.errors = self.client_closed = 0
+        self.sum, self.min, self.max = 0.0, float("inf"), 0.0
+
+    def add(self, seconds: float, status: int) -> None:
+        self.count += 1
+        self.errors += 1 if status >= 500 else 0  # a 499 (the client closing first) is not an error
+        self.client_closed += 1 if status == 499 else 0  # it is counted as what it is (README)
+        self.sum += seconds
+        self.durations.append(seconds)
+        self.min, self.max = min(self.min, seconds), max(self.max, seconds)
+
+    def summary(self) -> dict:
+        window = np.fromiter(self.durations, dtype=float)
+        return {"count": self.count, "errors": self.errors, "client_closed": self.client_closed,
+                "avg_s": self.sum / self.count, "min_s": self.min, "max_s": self.max,
+                "p50_s": float(np.percentile(window, 50)), "p95_s": float(np.percentile(window, 95))}
+
+
 class StatsLedger:
-    """count/errors/client_closed/avg/min/max/p50/p95 per operation over the whole service (a window of
-    recent calls); `client_closed` counts the 499s, clients that hung up before their answer."""
+    """count/errors/client_closed/avg/min/max/p50/p95 per operation of each user (percentiles over a window
+    of their recent calls), for the `/api/stats` of that user alone: one user's activity is nobody else's
+    business. `client_closed` counts the 499s, clients that hung up before their answer. The service-wide
+    view is the operator's, in the Prometheus metrics (`atelier_http_requests`, `atelier_http_latency_s`).
+    The `users` most recently active are kept (bounded memory); one evicted starts again from zero."""
 
-    def __init__(self, window: int = 10_000):
-        self._durations: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
-        self._count: dict[str, int] = defaultdict(int)
-        self._errors: dict[str, int] = defaultdict(int)
-        self._closed: dict[str, int] = defaultdict(int)
-        self._min: dict[str, float] = {}
-        self._max: dict[str, float] = {}
-        self._sum: dict[str, float] = defaultdict(float)
+    def __init__(self, window: int = 200, users: int = 1000):
+        self._window = window
+        self._users: LRUCache = LRUCache(maxsize=users)
 
-    def record(self, op: str, seconds: float, status: int) -> None:
-        """One finished call; 5xx counts as an error (a 499, the client closing first, does not)."""
-        self._count[op] += 1
-        self._errors[op] += 1 if status >= 500 else 0
-        self._closed[op] += 1 if status == 499 else 0
-        self._sum[op] += seconds
-        self._durations[op].append(seconds)
-        self._min[op] = min(self._min.get(op, seconds), seconds)
-        self._max[op] = max(self._max.get(op, seconds), seconds)
+    def record(self, user_id: str, op: str, seconds: float, status: int) -> None:
+        """One finished call of `user_id`'s."""
+        ops = self._users.get(user_id)
+        if ops is None:
+            ops = self._users[user_id] = {}
+        if op not in ops:
+            ops[op] = _OpStats(self._window)
+        ops[op].add(seconds, status)
 
-    def summary(self) -> dict[str, dict]:
-        out = {}
-        for op, n in sorted(self._count.items()):
-            window = np.fromiter(self._durations[op], dtype=float)
-            out[op] = {
-                "count": n, "errors": self._errors[op], "client_closed": self._closed[op], "avg_s": self._sum[op] / n,
-                "min_s": self._min[op], "max_s": self._max[op],
-                "p50_s": float(np.percentile(window, 50)), "p95_s": float(np.percentile(window, 95)),
-            }
-        return out
+    def summary(self, user_id: str) -> dict[str, dict]:
+        ops = self._users.get(user_id) or {}
+        return {op: ops[op].summary() for op in sorted(ops)}
 
-    def forget_user(self, user_id: str) -> None:  # stats are never keyed by user; nothing to forget
-        return None
+    def forget_user(self, user_id: str) -> None:
+        self._users.pop(user_id, None)
 
 
 class IdempotencyLedger:
@@ -89,9 +102,9 @@ class IdempotencyLedger:
 
 
 class StatsCalls(Calls):
-    def record_nowait(self, op: str, seconds: float, status: int) -> None:
+    def record_nowait(self, user_id: str, op: str, seconds: float, status: int) -> None:
         try:
-            self.nowait("record", op, seconds, status)
+            self.nowait("record", user_id, op, seconds, status)
         except Exception:  # noqa: BLE001 - the ledger restarting must not break serving
             pass
 

@@ -117,3 +117,46 @@ def test_forwarded_headers_count_only_from_a_trusted_proxy(surface, trusted, sch
         thread.join(10)
     assert r.status_code in (200, 201), r.text
     assert r.json()["image_url"].startswith(f"{scheme}://127.0.0.1:{port}/api/images/"), r.json()["image_url"]
+
+
+def test_stats_show_the_callers_own_calls_only(surface):
+    client, _ = surface
+    assert client.post("/api/text", headers=auth(surface, "alice"), json={"text": "stats of mine"}).status_code == 200
+    assert client.get("/api/images/not-a-real-id", headers=auth(surface, "alice")).status_code == 404
+    mine = client.get("/api/stats", headers=auth(surface, "alice")).json()["operations"]
+    theirs = client.get("/api/stats", headers=auth(surface, "bob")).json()["operations"]
+    assert mine["POST /api/text"]["count"] >= 1 and "GET /api/images/{img_id}" in mine
+    before = theirs.get("POST /api/text", {"count": 0})["count"]
+    assert client.post("/api/text", headers=auth(surface, "alice"), json={"text": "more of mine"}).status_code == 200
+    after = client.get("/api/stats", headers=auth(surface, "bob")).json()["operations"]
+    assert after.get("POST /api/text", {"count": 0})["count"] == before  # Alice's call is not in Bob's view
+    assert client.get("/api/stats", headers=auth(surface, "alice")).json()["operations"]["POST /api/text"]["count"] \
+        == mine["POST /api/text"]["count"] + 1
+
+
+def test_replica_names_only_on_authenticated_answers(tiny_models, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from deployments.assemble import edge_for, product_service
+    from deployments.config import IngressSpec
+    from deployments.http.app import create_app
+    from deployments.http.auth import key_store
+    from deployments.service.models import LocalModels
+    from deployments.settings import ServiceSettings
+    from storage.settings import StorageSettings
+
+    settings = ServiceSettings(keys_uri=str(tmp_path / "lancedb"), url_secret_file=str(tmp_path / "url_secret"))
+    _, key = key_store(settings).add("dave")
+    storage = StorageSettings(lancedb_uri=str(tmp_path / "lancedb"), blob_root=str(tmp_path / "b"))
+    models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
+    service = product_service(models, ingress=IngressSpec(), storage=storage, ingest=None, in_process=True)
+    app = create_app(service, edge_for(IngressSpec(), storage, None, settings), echo_request_id=True,
+                     served_by={"X-Atelier-Replica": "replica-1", "X-Atelier-Node": "node-1"})
+    with TestClient(app) as client:
+        for r in (client.get("/healthz"), client.get("/readyz"), client.get("/api/stats"),
+                  client.get("/api/stats", headers={"Authorization": "Bearer nope"}),
+                  client.get("/api/images/x/file", params={"sig": "1.AAAA"})):
+            assert "x-atelier-node" not in r.headers and "x-atelier-replica" not in r.headers, (r.url, r.headers)
+        for r in (client.get("/api/stats", headers={"Authorization": f"Bearer {key}"}),
+                  client.get("/api/images/not-a-real-id", headers={"Authorization": f"Bearer {key}"})):
+            assert (r.headers["x-atelier-node"], r.headers["x-atelier-replica"]) == ("node-1", "replica-1")
