@@ -43,7 +43,8 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
         limits["/api/init/upload"] = upload_body_limit(ingest)
     return Edge(keys=KeyRing.open(key_store(settings)), signer=UrlSigner(secret, ingress.signed_url_ttl_s),
                 body_limits=dict(sorted(limits.items(), key=lambda kv: -len(kv[0]))), default_body_limit=64 * 1024,
-                max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k)
+                max_upload_bytes=storage.max_upload_bytes, max_search_k=storage.search_max_k,
+                public_url=settings.public_base())
 
 
 def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
