@@ -35,6 +35,13 @@ class ServiceSettings(BaseSettings):
         "ignored. Empty (the default): nobody's.",
     )
 
+    max_head_bytes: int = Field(
+        64 * 1024, ge=4096, description="Most bytes of a request line and headers Serve's HTTP proxy reads: past "
+        "them it answers 414 (the request line) or 431 (headers) and closes the connection, before any key check.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a connection has to finish a request's line and headers from its first "
+        "byte (a new connection: from its opening); past them the proxy answers 408 and closes it.")
+
     @field_validator("trusted_proxies")
     @classmethod
     def _addresses(cls, value: str) -> str:

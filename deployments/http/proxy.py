@@ -21,6 +21,7 @@ from deployments.settings import ServiceSettings
 
 from .auth import KeyRing, key_store
 from .gate import Gate
+from .wire import guarded
 
 PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.http.proxy:middlewares"}
 
@@ -69,8 +70,11 @@ def uvicorn_options(settings: ServiceSettings | None = None) -> dict:
     header, and `X-Forwarded-For`/`X-Forwarded-Proto` believed only from `ATELIER_TRUSTED_PROXIES`
     (uvicorn's ProxyHeadersMiddleware), not from uvicorn's default of anyone on 127.0.0.1 (or its
     FORWARDED_ALLOW_IPS): with no trusted proxy, they are not read at all."""
-    trusted = (settings or ServiceSettings()).trusted_proxies
-    return {"server_header": False, "proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
+    settings = settings or ServiceSettings()
+    trusted = settings.trusted_proxies
+    return {"server_header": False, "proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None,
+            # bounded, timed heads and JSON refusals of what is not a request (wire.py)
+            "http": guarded(settings.max_head_bytes, settings.header_timeout_s)}
 
 
 def _configure_uvicorn() -> None:
