@@ -21,7 +21,6 @@ import ray
 from pipelines.jobs import COUNTERS, ledger
 from pipelines.spec import JobSpec
 from storage.blobs import open_blob_store
-from storage.keys import KeyStore
 from storage.settings import StorageSettings
 
 log = logging.getLogger("atelier.ingest")
@@ -110,6 +109,10 @@ class JobAttempt:
         nothing (the next beat asks again)."""
         if self.spec.keys_uri is None or self._revoked:
             return
+        # LanceDB only in a job that has a key table to read (and only then): `python -m pipelines.ingest`
+        # stays light to import (tests/unit/test_layers.py).
+        from storage.keys import KeyStore
+
         try:
             store = KeyStore(self.spec.keys_uri, table=self.spec.keys_table,
                              storage_options=self.settings.lancedb_storage_options)

@@ -63,21 +63,23 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
         def data_received(self, data: bytes) -> None:
             if self._discarding:  # refused: what the client still sends is dropped unread until the close
                 return
-            if not self._in_head and self.cycle is not None and self.cycle.response_complete and not self.pipeline:
-                # The first byte of the next request on a kept-alive connection: its head is timed too.
-                self._in_head, self._head_bytes = True, 0
-                self._cancel_head_timer()
-                self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
-            counting = self._in_head
-            if counting:
-                self._head_bytes += len(data)
+            was_in_head = self._in_head
             super().data_received(data)
-            if counting and self._in_head and self._head_bytes > max_head_bytes and not self.transport.is_closing():
+            if was_in_head or self._in_head:  # a head was read in this chunk (a whole chunk counts: a bound)
+                self._head_bytes += len(data)
+            if self._in_head and self._head_bytes > max_head_bytes and not self.transport.is_closing():
                 if self._long_url():
                     self._refuse(414, "uri_too_long", f"the request target is over {max_url} bytes")
                 else:
                     self._refuse(431, "headers_too_large",
                                  f"the request line and headers are over {max_head_bytes} bytes")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._in_head:  # the next request on a kept-alive connection: its head is bounded and timed too
+                self._in_head, self._head_bytes = True, 0
+                self._cancel_head_timer()
+                self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
 
         def on_headers_complete(self) -> None:
             self._in_head = False

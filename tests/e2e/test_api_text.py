@@ -101,5 +101,5 @@ def test_stats_cover_the_calls_made(service):
         ops = c.get("/api/stats").json()["operations"]
         text = ops["POST /api/text"]
         assert text["count"] >= 1
-        assert set(text) == {"count", "errors", "avg_s", "min_s", "max_s", "p50_s", "p95_s"}
+        assert set(text) == {"count", "errors", "client_closed", "avg_s", "min_s", "max_s", "p50_s", "p95_s"}
         assert text["min_s"] <= text["p50_s"] <= text["max_s"]
