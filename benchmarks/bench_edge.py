@@ -4,13 +4,14 @@
 
 Starts the local graph (benchmarks.local_graph: serve_config.local.yaml, tiny kit, Serve's proxy
 gated as deployed) and measures the latency of `GET /healthz`, one request after another on one
-keep-alive connection, in four phases of one run:
+keep-alive connection, in five phases of one run:
 
   idle      nothing else runs;
   strangers `--clients` processes, each sending POSTs of 25 MB (Content-Length declared, the whole
             body pushed) without a key to the POST routes in turn, as fast as they are answered:
             once flat out over loopback (the senders' own copying then competes for the cores),
-            once paced to `--link-mbit` each, like clients on other machines;
+            once paced to `--link-mbit` each, like clients on other machines; then each sending one
+            20 MB header on an anonymous `GET /api/stats` (bounded by the proxy: 431, issue 28 A);
   keyed     as many processes with a valid key, sending 13 MB chat bodies (the size of the largest
             image a conversation may carry), which the service reads and parses: the work a user
             may ask of it, for scale.
@@ -106,7 +107,12 @@ def _send_loop(addr, key, body_kind, routes, i, stop, results, mbit_s) -> None:
     # The senders stand for clients on other machines: at the lowest CPU priority, the cores they share
     # with the service here go to the service first, and the probe measures the service, not them.
     os.nice(19)
-    body = chat_body(13 * (1 << 20)) if body_kind == "chat" else b"{" + b" " * (25 * (1 << 20) - 2) + b"}"
+    if body_kind == "chat":
+        body = chat_body(13 * (1 << 20))
+    elif body_kind == "header":  # no body: one 20 MB header on an anonymous GET (issue 28 A)
+        body = b"a" * (20 * (1 << 20)) + b"\r\n\r\n"
+    else:
+        body = b"{" + b" " * (25 * (1 << 20) - 2) + b"}"
     statuses: dict[str, int] = {}
     sent_total = 0
     n = i
@@ -117,10 +123,12 @@ def _send_loop(addr, key, body_kind, routes, i, stop, results, mbit_s) -> None:
                 f"Content-Length: {len(body)}", "Connection: close"]
         if key:
             head.append(f"Authorization: Bearer {key}")
+        if body_kind == "header":
+            head = [f"GET {path} HTTP/1.1", "Host: bench", "Connection: close", "X-Big: "]
         status = "no answer"
         try:
             with socket.create_connection(addr, timeout=120) as s:
-                s.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+                s.sendall(("\r\n".join(head) + ("" if body_kind == "header" else "\r\n\r\n")).encode())
                 sent = 0
                 try:
                     view = memoryview(body)
@@ -175,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         with Senders(base, args.clients, key=None, body="strangers", routes=ROUTES, mbit_s=args.link_mbit) as s:
             paced = probe(base, args.probes)
         rows.append((f"{args.clients} strangers, 25 MB bodies, {args.link_mbit:g} Mbit/s each", paced, s))
+        with Senders(base, args.clients, key=None, body="header", routes=["/api/stats"]) as s:
+            headers = probe(base, args.probes)
+        rows.append((f"{args.clients} strangers, one 20 MB header each, flat out over loopback", headers, s))
         with Senders(base, args.clients, key=key, body="chat", routes=["/v1/chat/completions"]) as s:
             keyed = probe(base, args.probes)
         rows.append((f"{args.clients} keyed clients, 13 MB chat bodies", keyed, s))
     for name, _, senders in rows:  # strangers are refused before their bodies are read; a chat body is no image
         if senders is not None:
             refused = "415" if "keyed" in name else "401"
+            if "header" in name and "401" not in senders.statuses:
+                refused = "431"  # bounded by the proxy (issue 28 A); code before it read the header whole, then 401
             check_statuses(f"{name}: answers to the senders", senders.statuses,
                            {refused: sum(senders.statuses.values())})
             check(sum(senders.statuses.values()) > 0 and senders.sent_bytes > 0,
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     idle_p99 = pct(idle, 0.99)
     lines = [
         SECTION, "",
-        f"`GET /healthz` latency, {args.probes} requests one after another on one connection, in four phases of "
+        f"`GET /healthz` latency, {args.probes} requests one after another on one connection, in five phases of "
         "one run on the local service (serve_config.local.yaml: tiny kit, 2 cores; Serve's proxy gated by "
         "`deployments.http.proxy`).",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs. "
