@@ -75,7 +75,7 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
 
 
 def in_process_app(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
-                   settings: ServiceSettings | None = None) -> FastAPI:
+                   settings: ServiceSettings | None = None, tuning: IngressTuning | None = None) -> FastAPI:
     """The whole HTTP surface in this process (no Ray): the fast test tier drives it with a test client."""
-    service = product_service(models, ingress=ingress, storage=storage, ingest=None, in_process=True)
+    service = product_service(models, ingress=ingress, storage=storage, ingest=None, in_process=True, tuning=tuning)
     return create_app(service, edge_for(ingress, storage, None, settings), echo_request_id=True)

@@ -79,10 +79,11 @@ class Library:
     async def search(self, user_id: str, vector: np.ndarray, k: int, text: str | None = None) -> list[dict]:
         return await self._read(self.gallery.search, user_id, vector, k=k, text=text)
 
-    async def display(self, user_id: str, img_id: str) -> tuple[bytes, str]:
-        """The stored display copy of a user's image, and its media type."""
+    async def display(self, user_id: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
+        """The stored display copy of a user's image (or, with `original`, the bytes as they were stored:
+        an upload as sent, a generation's PNG), and its media type."""
         row = await self.get(user_id, img_id)
-        key = row.get("display_uri") or row["image_uri"]
+        key = row["image_uri"] if original else (row.get("display_uri") or row["image_uri"])
         try:
             return await asyncio.to_thread(self.blobs.get, key), media_type(key)
         except NotFound:  # the row outlived its blob (a delete in progress): to the caller, the image is gone

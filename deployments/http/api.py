@@ -38,6 +38,11 @@ class GenerateRequest(BaseModel):
     save_to_gallery: bool = True
 
 
+class EditRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    caption: str = Field(..., max_length=2000, description="The user's own words about the image; \"\" clears them.")
+
+
 class DescribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     img_id: str = Field(..., min_length=1, max_length=64)
@@ -119,9 +124,12 @@ async def upload_image(request: Request, file: UploadFile = File(...), caption: 
                        user: str = Depends(caller), svc: ProductService = Depends(service)):
     if caption is not None and len(caption) > 2000:
         raise InvalidInput("caption has more than 2000 characters", field="caption")
-    row, created = await svc.photos.keep_upload(user, await file.read(), filename=file.filename,
-                                         content_type=file.content_type, caption=caption)
-    return JSONResponse(record_out(request, user, row), status_code=201 if created else 200)
+    row, created, caption_change = await svc.photos.keep_upload(user, await file.read(), filename=file.filename,
+                                                                content_type=file.content_type, caption=caption)
+    out = record_out(request, user, row)
+    if caption_change is not None:  # the same bytes again, with a caption: what became of it (API.md)
+        out["caption_change"] = caption_change
+    return JSONResponse(out, status_code=201 if created else 200)
 
 
 @router.get("/api/images")
@@ -138,6 +146,13 @@ async def get_image(request: Request, img_id: str, user: str = Depends(caller),
     return record_out(request, user, await svc.photos.get_image(user, img_id))
 
 
+@router.patch("/api/images/{img_id}")
+async def edit_image(request: Request, img_id: str, body: EditRequest, user: str = Depends(caller),
+                     svc: ProductService = Depends(service)):
+    """Edit the caller's own texts of one of their images: the caption (the model's texts are not the user's)."""
+    return record_out(request, user, await svc.photos.edit(user, img_id, caption=body.caption))
+
+
 @router.delete("/api/images/{img_id}", status_code=204)
 async def delete_image(img_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
     await svc.photos.delete_image(user, img_id)
@@ -146,13 +161,16 @@ async def delete_image(img_id: str, user: str = Depends(caller), svc: ProductSer
 
 @router.get("/api/images/{img_id}/file")
 async def image_file(request: Request, img_id: str, sig: str | None = Query(None, max_length=2000),
+                     original: bool = Query(False, description="the stored original (a generation's PNG, an upload "
+                                                               "as sent) instead of the display copy"),
                      svc: ProductService = Depends(service)):
-    """The display copy: with a valid signature (an <img> tag), or with the owner's key."""
+    """The display copy (or `original=true`: the original): with a valid signature (an <img> tag), or with
+    the owner's key."""
     if sig is not None:
         user = request.app.state.edge.signer.verify(sig, img_id, await svc.photos.image_owner(img_id))
     else:
         user = caller(request)
-    data, mime = await svc.photos.image_file(user, img_id)
+    data, mime = await svc.photos.image_file(user, img_id, original=original)
     return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=300",
                                                     "X-Content-Type-Options": "nosniff"})
 

@@ -229,7 +229,8 @@ async def _check_answer_length(svc: ProductService, body: ChatRequest, role: str
     limit = ((await svc.model_info(role)).get("limits") or {}).get("max_new_tokens")
     if asked is not None and limit is not None and asked > limit:
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise InvalidInput(f"{field}={asked} is over the {role}'s limit; use 1..{limit}", field=field)
+        raise InvalidInput(f"{field}={asked} is over the {role}'s limit; use 1..{limit}",
+                           code=f"invalid_{role}_input", field=field)
 
 
 def _completion_of(answer: ChatAnswer) -> dict:
@@ -343,21 +344,23 @@ def _embedding_texts(value) -> list[str]:
 
 def _check_embedding_input(value, limits: dict) -> None:
     """Refuse here, in the ingress, what the Embedder would refuse, naming `input` as the caller sent it:
-    a mistake costs no round trip, and no Embedder replica logs it (issue 28)."""
+    a mistake costs no round trip, and no Embedder replica logs it (issue 28). The code is the Embedder's own
+    (`invalid_embedder_input`), as when the replica refused it."""
     if not isinstance(value, list):
         value = [value]
     elif len(value) > limits.get("max_batch", len(value)):
         raise InvalidInput(f"input has {len(value)} items; the limit is {limits['max_batch']}: split it",
-                           field="input")
+                           code="invalid_embedder_input", field="input")
     for i, text in enumerate(value):
         if not isinstance(text, str):
             continue  # token ids: _embedding_texts says why they are refused
         at = "input" if len(value) == 1 else f"input[{i}]"
         if not text.strip():
-            raise InvalidInput(f"{at} is empty; send at least one non-blank character", field="input")
+            raise InvalidInput(f"{at} is empty; send at least one non-blank character",
+                               code="invalid_embedder_input", field="input")
         if len(text) > limits.get("max_text_chars", len(text)):
             raise InvalidInput(f"{at} has {len(text)} characters; the limit is {limits['max_text_chars']}",
-                               field="input")
+                               code="invalid_embedder_input", field="input")
 
 
 def _encode_vector(vector: np.ndarray, encoding: str):

@@ -33,7 +33,10 @@ class Generation(Verbs):
         """Paint-and-keep: the prompt (enhanced by the Writer if asked), n images (image i with seed + i),
         each kept in the caller's gallery with its prompts when `keep`. Both HTTP surfaces use this."""
         async def run():
-            used, degraded = (await self.texts.enhance(prompt, request_id, user=user)) if enhance else (prompt, False)
+            used, degraded = prompt, False
+            if enhance:
+                used, degraded = await self.texts.enhance(prompt, request_id, user=user,
+                                                          instead="painting the original text")
             seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
             painted = await asyncio.gather(*(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s) for s in seeds))
             out = [Generated(painted=p, original=prompt, used=used, degraded=degraded) for p in painted]

@@ -12,14 +12,25 @@ from .context import Verbs
 
 class Photos(Verbs):
     async def keep_upload(self, user: str, data: bytes, *, filename: str | None, content_type: str | None,
-                          caption: str | None) -> tuple[dict, bool]:
-        """An uploaded photo checked, embedded and kept: (row, created); the same bytes again return the row."""
+                          caption: str | None) -> tuple[dict, bool, str | None]:
+        """An uploaded photo checked, embedded and kept: (row, created, caption_change). The same bytes again
+        return the stored row; a caption sent with them replaces the stored one (`"updated"`), or was the
+        same already (`"unchanged"`); None when the photo is new or no caption was sent again."""
         lib = await self.library()
         image = await lib.admit(data, filename=filename, content_type=content_type)
         existing = await lib.find(user, image.content_hash)
-        if existing is not None:
-            return existing, False
-        return await self.embed_and_store(user, image, source="upload", caption=caption)
+        if existing is None:
+            return (*await self.embed_and_store(user, image, source="upload", caption=caption), None)
+        if caption is None:
+            return existing, False, None
+        if caption == (existing.get("caption") or ""):
+            return existing, False, "unchanged"
+        return await self.edit(user, existing["img_id"], caption=caption), False, "updated"
+
+    async def edit(self, user: str, img_id: str, *, caption: str) -> dict:
+        """Set the user's own words of one of their images (the caption; never the model's texts), through the
+        one gallery writer: every model's table and the full-text index see it."""
+        return await (await self.library()).update(user, img_id, caption=caption)
 
     async def embed_and_store(self, user: str, image, *, source: str, caption: str | None = None,
                                meta: dict | None = None) -> tuple[dict, bool]:
@@ -53,9 +64,9 @@ class Photos(Verbs):
     async def delete_image(self, user: str, img_id: str) -> None:
         await (await self.library()).delete(user, img_id)
 
-    async def image_file(self, user: str, img_id: str) -> tuple[bytes, str]:
-        """The stored display copy of a user's image and its media type."""
-        return await (await self.library()).display(user, img_id)
+    async def image_file(self, user: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
+        """The stored display copy of a user's image (with `original`, the stored original) and its media type."""
+        return await (await self.library()).display(user, img_id, original=original)
 
     async def image_owner(self, img_id: str) -> str | None:
         """Who owns an image (for a signed URL, which does not carry its owner); None if nobody does."""

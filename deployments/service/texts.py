@@ -47,11 +47,19 @@ class Texts(Verbs):
                 raise
             self.ctx.failed[failed_key] = True
             log.warning("request %s: the writer could not translate a search query (%s); searching the original "
-                        "text, and so for the next %g s", request_id, brief(exc), self.ctx.failed.ttl)
+                        "text, and so for the next %g s", request_id, self._why(exc), self.ctx.failed.ttl)
             return text, True
 
-    async def enhance(self, text: str, request_id: str = "-", *, user: str) -> tuple[str, bool]:
-        """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text."""
+    def _why(self, exc: BaseException) -> str:
+        """What went wrong with a Writer call, for the log line of a degraded answer."""
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return f"no answer within the Writer's {self.policy.timeouts.writer_s:g} s (timeouts.writer_s)"
+        return brief(exc)
+
+    async def enhance(self, text: str, request_id: str = "-", *, user: str,
+                      instead: str = "answering with the original text") -> tuple[str, bool]:
+        """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text;
+        `instead` says in the log line what the caller does with it."""
         try:
             used = await self.ctx.cached("enhance", text, lambda: self.models.call("writer", "enhance_prompt", text),
                                       user=user, timeout=self.policy.timeouts.writer_s)
@@ -59,7 +67,7 @@ class Texts(Verbs):
         except Exception as exc:  # noqa: BLE001 - the original text is the fallback
             if callers_mistake(exc):
                 raise
-            log.warning("request %s: prompt enhancement failed (%s); painting the original", request_id, brief(exc))
+            log.warning("request %s: prompt enhancement failed (%s); %s", request_id, self._why(exc), instead)
             return text, True
 
     async def post_text(self, description: str, request_id: str = "-") -> tuple[str, bool]:
@@ -70,7 +78,8 @@ class Texts(Verbs):
         except Exception as exc:  # noqa: BLE001 - the text itself is the fallback, flagged degraded
             if callers_mistake(exc):
                 raise
-            log.warning("request %s: post text failed (%s)", request_id, brief(exc))
+            log.warning("request %s: the post text failed (%s); answering with the description itself", request_id,
+                        self._why(exc))
             return description, True
 
     async def embed(self, texts: list[str], *, dimensions: int | None, user: str) -> tuple[list[int], np.ndarray]:

@@ -33,6 +33,10 @@ def test_upload_is_idempotent_and_readable(service):
         assert again.status_code == 200 and again.json()["img_id"] == rec["img_id"]
         got = c.get(f"/api/images/{rec['img_id']}")
         assert got.status_code == 200 and got.json()["content_hash"] == rec["content_hash"]
+        # The caption is the user's to edit, through the gallery writer's actor (issue 28.5).
+        edited = c.patch(f"/api/images/{rec['img_id']}", json={"caption": "黄昏的海边"})
+        assert edited.status_code == 200 and edited.json()["caption"] == "黄昏的海边", edited.text
+        assert c.get(f"/api/images/{rec['img_id']}").json()["caption"] == "黄昏的海边"
         # The signed URL works without a key, like an <img> tag.
         with service.client(user=None) as anon:
             f = anon.get(rec["image_url"])
@@ -62,6 +66,7 @@ def test_another_users_image_is_404_everywhere(service):
         img = rec["img_id"]
         assert b.get(f"/api/images/{img}").status_code == 404
         assert b.delete(f"/api/images/{img}").status_code == 404
+        assert b.patch(f"/api/images/{img}", json={"caption": "mine now"}).status_code == 404
         assert b.post("/api/describe", json={"img_id": img}).status_code == 404
         assert img not in [r["img_id"] for r in b.get("/api/search", params={"q": "photo", "k": 50}).json()["results"]]
         assert a.get(f"/api/images/{img}").status_code == 200

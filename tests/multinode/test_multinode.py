@@ -218,13 +218,14 @@ def lost_ingress_and_model_nodes(multinode):
 
 def test_searches_through_losing_an_ingress_node_and_the_model_node(lost_ingress_and_model_nodes):
     """Requests started after the kill are answered 200, or 503 with Retry-After (no replica for the
-    model yet, or one lost under the request): never a 500, never a hang (the clients' timeout is 60 s);
+    model yet, or one lost under the request), or 504 when the route's own deadline (45 s here) passed
+    while the box was busy bringing two nodes back: never a 500, never a hang (the clients' timeout is 60 s);
     those in flight at the kill are counted and reported; Serve brought the ingress back to two replicas
     and every model back, on the new GPU node (the fixture waited for both)."""
     lost = lost_ingress_and_model_nodes
     traffic, killed_at = lost["traffic"], lost["killed_at"]
     after = traffic.outcomes(killed_at)
-    assert after and set(after) <= {200, 503}, after
+    assert after and set(after) <= {200, 503, 504}, after
     assert all(r[3] for r in traffic.results if r[0] >= killed_at and r[2] == 503)  # each says when to retry
     assert not [r for r in traffic.results if r[2] == 500], [r[4] for r in traffic.results if r[2] == 500]
 

@@ -137,3 +137,63 @@ def test_ingest_routes_say_plainly_they_need_the_cluster(surface):
     r = client.get("/api/init/upload", headers=_as(surface))
     assert r.status_code == 503 and r.json()["error"]["code"] == "ingest_unavailable"
     assert int(r.headers["retry-after"]) >= 1
+
+
+def test_a_generation_s_original_is_fetched_as_png(surface):
+    """Issue 28.8: the file route gives the display copy, and with `original=true` the PNG the Painter made,
+    to the owner's key and to the signed URL alike; nobody else's key opens either."""
+    client, keys = surface
+    h = _as(surface)
+    made = client.post("/api/generate/image", headers=h,
+                       json={"text": "a lighthouse at dusk", "size": "64x64", "seed": 21, "enhance": False})
+    assert made.status_code == 200, made.text
+    img_id, url = made.json()["img_id"], made.json()["image_url"]
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    original = client.get(f"/api/images/{img_id}/file", params={"original": "true"}, headers=h)
+    assert original.status_code == 200 and original.headers["content-type"] == "image/png"
+    assert original.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert Image.open(io.BytesIO(original.content)).size == (64, 64)
+    signed = client.get("/" + path + "&original=true")
+    assert signed.status_code == 200 and signed.content == original.content
+    assert client.get(f"/api/images/{img_id}/file", headers=h).status_code == 200  # the display copy
+    other = client.get(f"/api/images/{img_id}/file", params={"original": "true"},
+                       headers={"Authorization": f"Bearer {keys['bob']}"})
+    assert other.status_code == 404, other.text
+
+
+def test_a_caption_is_edited_by_patch_and_by_a_re_upload_that_says_what_it_did(surface):
+    """Issue 28.5: PATCH sets the user's own caption (never the model's texts) through the one writer, and the
+    full-text leg of a search finds the new words from the next request; a re-upload of the same bytes with
+    a caption sets it too and says `updated` or `unchanged`; another user's id is a 404 and a field the
+    user may not edit a 400."""
+    client, _ = surface
+    h = _as(surface, "bob")
+    rec = client.post("/api/images", headers=h, files={"file": ("c.png", _png(31), "image/png")},
+                      data={"caption": "an old harbour"}).json()
+    img = rec["img_id"]
+    for n in range(3):  # other images, so the text leg has something to tell apart
+        client.post("/api/images", headers=h, files={"file": (f"o{n}.png", _png(40 + n), "image/png")},
+                    data={"caption": f"a field of flowers {n}"})
+    patched = client.patch(f"/api/images/{img}", headers=h, json={"caption": "斑马独角兽 zebracorn"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["caption"] == "斑马独角兽 zebracorn" and patched.json()["img_id"] == img
+    assert client.get(f"/api/images/{img}", headers=h).json()["caption"] == "斑马独角兽 zebracorn"
+    for q in ("zebracorn", "斑马独角兽"):
+        found = client.get("/api/search", headers=h, params={"q": q, "k": 4}).json()["results"]
+        assert found[0]["img_id"] == img and found[0]["caption"] == "斑马独角兽 zebracorn", (q, found)
+
+    again = client.post("/api/images", headers=h, files={"file": ("c.png", _png(31), "image/png")},
+                        data={"caption": "a new harbour"})
+    assert again.status_code == 200 and again.json()["img_id"] == img
+    assert (again.json()["caption"], again.json()["caption_change"]) == ("a new harbour", "updated")
+    same = client.post("/api/images", headers=h, files={"file": ("c.png", _png(31), "image/png")},
+                       data={"caption": "a new harbour"})
+    assert (same.status_code, same.json()["caption_change"]) == (200, "unchanged")
+    bare = client.post("/api/images", headers=h, files={"file": ("c.png", _png(31), "image/png")})
+    assert bare.json()["caption"] == "a new harbour" and "caption_change" not in bare.json()
+
+    assert client.patch(f"/api/images/{img}", headers=_as(surface, "alice"), json={"caption": "mine"}).status_code == 404
+    assert client.get(f"/api/images/{img}", headers=h).json()["caption"] == "a new harbour"
+    for body in ({"description": "a model's text"}, {"caption": "x" * 2001}, {}):
+        r = client.patch(f"/api/images/{img}", headers=h, json=body)
+        assert r.status_code in (400, 422) and r.json()["error"]["code"], (body, r.text)
