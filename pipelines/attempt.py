@@ -43,6 +43,7 @@ class JobAttempt:
         self._beat: threading.Thread | None = None
         self.started = time.time()
         self._revoked = False
+        self._keys = None  # the key table, opened at the first check (a job started through the API only)
 
     def begin(self, on_beat: Callable[[], None] | None = None) -> bool:
         """Take an attempt and start the heartbeat (which calls `on_beat` first, each time); False when the
@@ -114,9 +115,10 @@ class JobAttempt:
         from storage.keys import KeyStore
 
         try:
-            store = KeyStore(self.spec.keys_uri, table=self.spec.keys_table,
-                             storage_options=self.settings.lancedb_storage_options)
-            if store.has_keys(self.spec.user_id):
+            if self._keys is None:
+                self._keys = KeyStore(self.spec.keys_uri, table=self.spec.keys_table,
+                                      storage_options=self.settings.lancedb_storage_options)
+            if self._keys.has_keys(self.spec.user_id):
                 return
         except Exception:  # noqa: BLE001 - a store hiccup must not stop a job
             log.warning("job %s: the API key table could not be read", self.spec.job_id, exc_info=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 
-import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .gate import new_request_id
@@ -30,8 +30,6 @@ from .gate import new_request_id
 log = logging.getLogger("atelier.proxy")
 
 LINGER_S = 2.0
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
-            431: b"Request Header Fields Too Large"}
 
 
 def refusal(status: int, code: str, message: str) -> bytes:
@@ -39,7 +37,7 @@ def refusal(status: int, code: str, message: str) -> bytes:
     rid = new_request_id()
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"x-request-id: %s\r\nconnection: close\r\n\r\n" % (status, _REASONS[status], len(body), rid.encode()))
+            b"x-request-id: %s\r\nconnection: close\r\n\r\n" % (status, HTTPStatus(status).phrase.encode(), len(body), rid.encode()))
     return head + body
 
 
@@ -51,10 +49,8 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
     class GuardedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._head_bytes = 0
-            self._in_head = True  # a new connection owes a head from its first moment
-            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
-            self._discarding = False
+            self._head_timer, self._discarding = None, False
+            self._start_head()  # a new connection owes a head from its first moment
 
         def connection_lost(self, exc) -> None:
             self._cancel_head_timer()
@@ -68,18 +64,13 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
             if was_in_head or self._in_head:  # a head was read in this chunk (a whole chunk counts: a bound)
                 self._head_bytes += len(data)
             if self._in_head and self._head_bytes > max_head_bytes and not self.transport.is_closing():
-                if self._long_url():
-                    self._refuse(414, "uri_too_long", f"the request target is over {max_url} bytes")
-                else:
-                    self._refuse(431, "headers_too_large",
-                                 f"the request line and headers are over {max_head_bytes} bytes")
+                self._refuse_malformed(431, "headers_too_large",
+                                       f"the request line and headers are over {max_head_bytes} bytes")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             if not self._in_head:  # the next request on a kept-alive connection: its head is bounded and timed too
-                self._in_head, self._head_bytes = True, 0
-                self._cancel_head_timer()
-                self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+                self._start_head()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -87,10 +78,20 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
             super().on_headers_complete()
 
         def send_400_response(self, msg: str) -> None:
+            self._refuse_malformed(400, "invalid_http", "the request is not valid HTTP/1.1")
+
+        def _start_head(self) -> None:
+            self._in_head, self._head_bytes = True, 0
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+
+        def _refuse_malformed(self, status: int, code: str, message: str) -> None:
+            """A 414 when the target is what is too long (httptools cannot parse one past 64 KiB either), else
+            the answer given."""
             if self._long_url():
                 self._refuse(414, "uri_too_long", f"the request target is over {max_url} bytes")
             else:
-                self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1")
+                self._refuse(status, code, message)
 
         def _long_url(self) -> bool:
             # httptools reports the URL in pieces as they come, each header only once it is whole.
@@ -103,7 +104,7 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
                 self._refuse(408, "header_timeout", f"the request's headers did not arrive within {header_timeout_s:g} s")
 
         def _cancel_head_timer(self) -> None:
-            timer, self._head_timer = getattr(self, "_head_timer", None), None
+            timer, self._head_timer = self._head_timer, None
             if timer is not None:
                 timer.cancel()
 
@@ -124,4 +125,4 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
     return GuardedHttpTools
 
 
-__all__ = ["guarded", "httptools", "refusal"]
+__all__ = ["guarded", "refusal"]
