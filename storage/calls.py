@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from storage.errors import Unavailable
+from storage.errors import AtelierError, Unavailable
 
 
 class Calls:
@@ -32,10 +32,16 @@ class Calls:
         method = getattr(self._target, name)
         if self.is_actor:
             async def remote(*args, **kwargs):
-                from ray.exceptions import ActorDiedError, ActorUnavailableError
+                from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
                 try:
                     return await method.remote(*args, **kwargs)
+                except RayTaskError as exc:
+                    # Our own error, raised as it was: Ray's wrapper is an instance of its class, but the
+                    # class's attributes win over the instance's (a NotFound's code would say `not_found`).
+                    if isinstance(exc.cause, AtelierError):
+                        raise exc.cause from None
+                    raise
                 except (ActorDiedError, ActorUnavailableError) as exc:
                     # Its node went under the call (Ray restarts the actor elsewhere): the caller may retry.
                     raise Unavailable(f"the {self.what} is restarting ({type(exc).__name__}); retry shortly",

@@ -56,6 +56,39 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
                        echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
     app.add_middleware(Gate, keys=edge.keys, echo_request_id=echo_request_id)
+    app.openapi = _as_answered(app.openapi)
     return app
+
+
+_ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
+                       "type": {"type": "string", "description": "under /v1 only: OpenAI's error type"},
+                       "param": {"type": ["string", "null"], "description": "under /v1 only: the field, or null"}}}},
+}
+
+
+def _as_answered(generate):
+    """FastAPI's schema with the statuses the edge answers: a request that does not match a route's
+    schema is a `400` in the error shape (`edge.validation_error`), never FastAPI's `422`."""
+
+    def openapi() -> dict:
+        schema = generate()  # FastAPI caches it: mutated once, in place
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "Error" not in components:
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            components["Error"] = _ERROR_SCHEMA
+            for methods in schema.get("paths", {}).values():
+                for op in methods.values():
+                    if op.get("responses", {}).pop("422", None) is not None:
+                        op["responses"]["400"] = {
+                            "description": "A missing, mistyped, unknown or out-of-range value, or a body that is not JSON",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        return schema
+
+    return openapi
 
 

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from deployments.config import LATENCY_BOUNDARIES_S
 
 from .auth import KeyRing, UrlSigner
-from .gate import new_request_id
+from .gate import error_object, new_request_id
 
 log = logging.getLogger("atelier.http")
 access = logging.getLogger("atelier.access")
@@ -65,12 +65,13 @@ class Edge:
         return self.default_body_limit
 
 
-def error_response(status: int, code: str, message: str, *, headers: dict | None = None,
+def error_response(request: Request, status: int, code: str, message: str, *, headers: dict | None = None,
                    field: str | None = None) -> JSONResponse:
+    """The JSON error answer (API.md "Errors"); under `/v1` in OpenAI's shape as well (`gate.error_object`)."""
     body = {"code": code, "message": message}
     if field:
         body["field"] = field
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return JSONResponse(error_object(status, body, request.scope.get("path", "")), status_code=status, headers=headers)
 
 
 def _retry_after(exc: BaseException, default: float) -> dict:
@@ -83,25 +84,29 @@ async def typed_error(request: Request, exc: Exception):
     headers = _retry_after(exc, 2) if status in (429, 503) else None
     if status >= 500 and status not in (503, 504):
         log.error("request %s failed: %s", request_id.get(), exc, exc_info=exc)
-    return error_response(status, exc.code, exc.message, headers=headers, field=exc.field)
+    return error_response(request, status, exc.code, exc.message, headers=headers, field=exc.field)
 
 
 async def validation_error(request: Request, exc: RequestValidationError):
+    # One status per kind of mistake (API.md "Errors"): a body that is not JSON, a missing, mistyped,
+    # unknown or out-of-range value is the caller's to fix: 400, as every check of our own answers.
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":  # its loc is ("body", <character position>), no field name
         at = [p for p in first.get("loc", ()) if isinstance(p, int)]
         where = f" at character {at[0]}" if at else ""
-        return error_response(422, "invalid_json", f"the request body is not valid JSON{where}: "
+        return error_response(request, 400, "invalid_json", f"the request body is not valid JSON{where}: "
                                                    f"{(first.get('ctx') or {}).get('error', 'malformed')}",
                               field="body")
-    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+    # The field as the caller sent it: `limit`, `messages.0.content`, `idempotency-key` (a header), or
+    # `body` when the body as a whole is not what the route takes (a JSON array for an object).
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header"))
     msg = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
-    return error_response(422, "invalid_request", msg, field=where or None)
+    return error_response(request, 400, "invalid_request", msg, field=where or "body")
 
 
 async def http_error(request: Request, exc: StarletteHTTPException):
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
-    return error_response(exc.status_code, getattr(exc, "code", None) or codes.get(exc.status_code, "http_error"),
+    return error_response(request, exc.status_code, getattr(exc, "code", None) or codes.get(exc.status_code, "http_error"),
                           str(exc.detail), field=getattr(exc, "field", None))
 
 
@@ -112,7 +117,7 @@ async def client_closed(request: Request, exc: ClientDisconnect):
 
 async def bug(request: Request, exc: Exception):
     log.error("request %s hit a bug", request_id.get(), exc_info=exc)
-    return error_response(500, "internal_error", f"an internal error occurred (request id {request_id.get()})")
+    return error_response(request, 500, "internal_error", f"an internal error occurred (request id {request_id.get()})")
 
 
 class EdgeMiddleware:
@@ -150,7 +155,7 @@ class EdgeMiddleware:
         try:
             declared = headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > limit:
-                return await self._too_large(send_with_id, limit)
+                return await self._too_large(send_with_id, limit, scope.get("path", ""))
             received = 0
 
             async def counted_receive():
@@ -166,7 +171,7 @@ class EdgeMiddleware:
                 await self.asgi(scope, counted_receive, send_with_id)
             except _BodyTooLarge:
                 if not status["sent"]:
-                    await self._too_large(send_with_id, limit)
+                    await self._too_large(send_with_id, limit, scope.get("path", ""))
             except Exception as exc:  # noqa: BLE001 - a bug: answered here, while the request id is still set
                 if status["sent"]:
                     raise
@@ -180,9 +185,10 @@ class EdgeMiddleware:
             self._record(scope, status["code"], time.perf_counter() - started)
             request_id.reset(token)
 
-    async def _too_large(self, send, limit: int):
-        body = json.dumps({"error": {"code": "too_large",
-                                     "message": f"the request body is over the limit of {limit} bytes"}}).encode()
+    async def _too_large(self, send, limit: int, path: str):
+        body = json.dumps(error_object(413, {"code": "too_large",
+                                             "message": f"the request body is over the limit of {limit} bytes"},
+                                       path)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -41,6 +41,8 @@ _IMAGE_FILE = re.compile(r"/api/images/[^/]+/file")
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  408: "timeout", 413: "too_large", 429: "too_many_requests", 500: "internal_error",
                  502: "bad_gateway", 503: "unavailable", 504: "timeout"}
+# OpenAI's error `type` by status (every other 4xx is an `invalid_request_error`, a 5xx a `server_error`).
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 LOST_REPLICA = "the replica that took this request was lost (it or its node stopped); retry: another replica takes it"
@@ -71,9 +73,26 @@ def clean_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes,
     return kept, rid
 
 
-def json_error(status: int, error: dict, rid: str | None, *, extra: list | None = None) -> tuple[dict, dict]:
+def is_openai(path: str) -> bool:
+    """Whether `path` is on the OpenAI-compatible surface, whose errors also carry OpenAI's fields."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_object(status: int, error: dict, path: str = "") -> dict:
+    """The body of an error answer to `path`: `{"error": {"code", "message"[, "field"]}}`; under `/v1`
+    also OpenAI's `type` and `param` (the field, or null), so that OpenAI's clients read it as theirs."""
+    if is_openai(path):
+        kind = ("server_error" if status >= 500 else
+                "insufficient_quota" if error.get("code") == "quota_exceeded" else
+                _OPENAI_TYPES.get(status, "invalid_request_error"))
+        error = {**error, "type": kind, "param": error.get("field")}
+    return {"error": error}
+
+
+def json_error(status: int, error: dict, rid: str | None, *, extra: list | None = None,
+               path: str = "") -> tuple[dict, dict]:
     """The two ASGI messages of a JSON error answer; `error` is `{"code", "message"[, "field"]}`."""
-    body = json.dumps({"error": error}).encode()
+    body = json.dumps(error_object(status, error, path)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *([(REQUEST_ID_HEADER, rid.encode("ascii"))] if rid else []), *(extra or [])]
     return ({"type": "http.response.start", "status": status, "headers": headers},
@@ -118,7 +137,7 @@ class Gate:
                 extra = [(b"connection", b"close")]
                 if exc.status == 401:
                     extra.append((b"www-authenticate", b'Bearer realm="atelier"'))
-                start, body = json_error(exc.status, exc.to_dict(), rid if self._echo else None, extra=extra)
+                start, body = json_error(exc.status, exc.to_dict(), rid if self._echo else None, extra=extra, path=path)
                 if self._on_refusal is not None:
                     self._on_refusal(exc.status, exc.code)
                 await send(start)
@@ -133,12 +152,12 @@ class Gate:
                 started.append(True)
             await send(message)
 
-        await self.app(scope, receive, self._plain_errors_as_json(tracked, rid))
+        await self.app(scope, receive, self._plain_errors_as_json(tracked, rid, path))
         if not started:
             # Serve's proxy lost the replica and answered nothing (it sends no body for a 500): the
             # server would say a bare 500. Say what happened, and when to come back.
             start, body = json_error(503, {"code": "unavailable", "message": LOST_REPLICA}, rid,
-                                     extra=[(b"retry-after", b"1")])
+                                     extra=[(b"retry-after", b"1")], path=path)
             try:
                 await send(start)
                 await send(body)
@@ -146,7 +165,7 @@ class Gate:
                 pass
 
     @staticmethod
-    def _plain_errors_as_json(send, rid: str):
+    def _plain_errors_as_json(send, rid: str, path: str):
         """A `send` that rewrites plain-text error answers (Serve's proxy: timeouts, back-pressure,
         unknown routes) into `{"error": {...}}`, keeping their status and headers such as Retry-After.
 
@@ -176,7 +195,7 @@ class Gate:
                 if status in (429, 503) and not any(k.lower() == b"retry-after" for k, _ in keep):
                     keep.append((b"retry-after", b"1"))
                 error = {"code": _STATUS_CODES.get(status, "http_error"), "message": text or f"HTTP {status}"}
-                new_start, new_body = json_error(status, error, rid, extra=keep)
+                new_start, new_body = json_error(status, error, rid, extra=keep, path=path)
                 await send(new_start)
                 return await send(new_body)
             await send(message)

@@ -28,6 +28,7 @@ from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
 
 from .deps import caller, current_request_id, edge, image_url, public_root, service
 from .edge import JsonRoute
+from .gate import error_object
 from .streams import REVOKED_MESSAGE, until_revoked
 
 log = logging.getLogger("atelier.openai")
@@ -254,9 +255,9 @@ async def _writer_events(svc: ProductService, answer: ChatAnswer) -> AsyncIterat
         yield chunk.delta({}, finish="length" if max_new is not None and produced >= max_new else "stop")
         yield {"data": "[DONE]"}
     except (asyncio.TimeoutError, TimeoutError):
-        yield _error_event("timeout", "the writer took longer than its deadline")
+        yield _error_event("timeout", "the writer took longer than its deadline", 504)
     except (AtelierError, ModelError) as exc:
-        yield _error_event(getattr(exc, "code", "error"), getattr(exc, "message", str(exc)))
+        yield _error_event(getattr(exc, "code", "error"), getattr(exc, "message", str(exc)), getattr(exc, "status", 500))
     except Exception:  # noqa: BLE001 - the status line is gone; the client still gets a JSON error
         log.exception("request %s: chat stream failed", current_request_id())
         yield _error_event("internal_error", f"an internal error occurred (request id {current_request_id()})")
@@ -409,13 +410,14 @@ def _json(value) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _error_event(code: str, message: str) -> dict:
-    # The official client raises APIError on a data line that carries an "error" object.
-    return {"data": _json({"error": {"code": code, "message": message}})}
+def _error_event(code: str, message: str, status: int = 500) -> dict:
+    # The official client raises APIError on a data line that carries an "error" object; `status` is
+    # the one the error would have had before the stream began (it picks OpenAI's error type).
+    return {"data": _json(error_object(status, {"code": code, "message": message}, "/v1/chat/completions"))}
 
 
 def _revoked_event() -> dict:
-    return _error_event("key_revoked", REVOKED_MESSAGE)
+    return _error_event("key_revoked", REVOKED_MESSAGE, 401)
 
 
 def _sse(events) -> EventSourceResponse:

@@ -98,7 +98,7 @@ def test_one_code_per_condition_and_a_useful_field_for_bad_json(surface):
               client.get(f"/api/images/{missing}/file?sig=1.abc"), client.get("/api/images/not-an-id", headers=h)):
         assert r.status_code == 404 and r.json()["error"]["code"] == "image_not_found", r.text
     bad = client.post("/api/text", headers={**h, "Content-Type": "application/json"}, content=b'{"text": "x",')
-    assert bad.status_code == 422
+    assert bad.status_code == 400
     assert bad.json()["error"]["code"] == "invalid_json" and bad.json()["error"]["field"] == "body"
 
 
