@@ -32,5 +32,13 @@ def compose(args: AppArgs, model_classes: dict[str, type] | None = None) -> Appl
     painter = bind(PainterDeployment, args.painter, "painter")
     return Ingress.options(**args.ingress.deployment.serve_options(),
                            user_config=IngressTuning().model_dump()).bind(
-        embedder, writer, describer, painter, args.ingress_args()
+        embedder, writer, describer, painter, args.ingress_args(), scale_to_zero(args)
     )
+
+
+def scale_to_zero(args: AppArgs) -> tuple[str, ...]:
+    """The roles whose autoscaling may leave them no replica when idle (`min_replicas: 0`)."""
+    roles = {"embedder": args.embedder, "writer": args.writer, "describer": args.describer, "painter": args.painter}
+    return tuple(role for role, spec in roles.items()
+                 if spec.deployment.num_replicas is None and spec.deployment.autoscaling is not None
+                 and spec.deployment.autoscaling.min_replicas == 0)

@@ -17,6 +17,10 @@ The gallery writer (one actor, `storage.writer_label_selector`) is packed beside
 `--ingest-jobs N` also reserves, for the maximum, N running bulk-ingest jobs: each asks for the config's
 `ingest.embed_actors` embedding actors and `ingest.read_tasks` read tasks, within `ingest.max_cpus`.
 
+The minimum of a deployment that scales to zero (`min_replicas: 0`, the Painter in serve_config.yaml) is
+one replica: at rest it holds none, but a rollout starts one and the first request after idle waits
+for one, so there must be room for it.
+
 Exit 0 when both the minimum and the maximum fit, 1 when either does not (the lines say which
 deployment and what it lacks), 2 on a bad argument or config.
 """
@@ -173,7 +177,10 @@ def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
                         opts.pop("num_replicas", None)
             if "autoscaling_config" in opts:
                 auto = opts["autoscaling_config"]
-                low, high = int(auto.get("min_replicas", 1)), int(auto.get("max_replicas", 1))
+                # A deployment that scales to zero still needs room for one replica: the one a rollout starts
+                # (initial_replicas) and the one its first request after idle waits for.
+                low = max(int(auto.get("min_replicas", 1)), int(auto.get("initial_replicas") or 0), 1)
+                high = int(auto.get("max_replicas", 1))
             else:
                 low = high = int(opts.get("num_replicas", 1))
             actor = opts.get("ray_actor_options") or {}

@@ -21,10 +21,15 @@ class Generation(Verbs):
         """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH.
 
         Checked here, in the ingress, against the limits the Painter's `info` tells (asked once per
-        process): a caller's mistake costs no round trip, and no Painter replica logs it (issue 28)."""
-        limits = (await self.models.info("painter")).get("limits")
+        process): a caller's mistake costs no round trip, and no Painter replica logs it (issue 28).
+
+        The first ask may wait for a Painter scaled to zero to start: under the route's deadline, as the
+        painting itself is."""
+        info = await self.deadline(self.models.info("painter"), self.policy.timeouts.generate_s, "image generation")
+        limits = info.get("limits")
         if limits is None:  # a Painter that does not tell its limits checks them itself
-            return await self.models.call("painter", "size_of", prompt, size, steps, seed)
+            return await self.deadline(self.models.call("painter", "size_of", prompt, size, steps, seed),
+                                       self.policy.timeouts.generate_s, "image generation")
         w, h, _, _ = PainterConfig.model_validate(limits).check(prompt, size, steps, None, seed)
         return f"{w}x{h}"
 

@@ -112,11 +112,16 @@ class _Gateway:
 
 
 class ServeModels(_Gateway):
-    """The four roles as Serve deployment handles (`deployments.serving.roles`)."""
+    """The four roles as Serve deployment handles (`deployments.serving.roles`).
 
-    def __init__(self, embedder, writer, describer, painter):
+    `scale_to_zero` names the roles whose autoscaling may take them to no replica (`min_replicas: 0`): a
+    call to one of them with none running waits in the handle while Serve starts one (the cold start),
+    and readiness does not call it (a probe's call would start one, so the role would never stay at zero)."""
+
+    def __init__(self, embedder, writer, describer, painter, *, scale_to_zero: tuple[str, ...] = ()):
         super().__init__()
         self.handles = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter}
+        self.scale_to_zero = frozenset(scale_to_zero)
 
     async def call(self, role: str, op: str, *args, **kwargs) -> Any:
         return await settle(self.handles[role].call.remote(op, *args, **kwargs))
@@ -125,8 +130,21 @@ class ServeModels(_Gateway):
         return _ServeStream(track(self.handles[role].options(stream=True).stream.remote(op, *args, **kwargs)))
 
     async def ready(self, role: str, timeout_s: float) -> bool:
-        """A readiness probe: no capacity error mapping, only whether the role answers in time."""
+        """A readiness probe: no capacity error mapping, only whether the role answers in time. A role
+        scaled to zero is ready without a call: its next request waits for the replica Serve starts."""
+        if role in self.scale_to_zero and await asyncio.wait_for(self.running_replicas(role), timeout=timeout_s) == 0:
+            return True
         return await asyncio.wait_for(self.handles[role].call.remote("ready"), timeout=timeout_s)
+
+    async def running_replicas(self, role: str) -> int:
+        """How many replicas of the role Serve runs now (its status API, as `serve status` shows it)."""
+        from ray import serve
+
+        handle = self.handles[role]
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(handle.app_name)
+        deployment = app.deployments.get(handle.deployment_name) if app is not None else None
+        return 0 if deployment is None else int(deployment.replica_states.get("RUNNING", 0))
 
 
 class _LocalStream:

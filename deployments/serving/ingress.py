@@ -25,11 +25,12 @@ WARM_LIBRARY_S = 60.0
 @serve.ingress()
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
-                 painter: DeploymentHandle, args: dict):
+                 painter: DeploymentHandle, args: dict, scale_to_zero: tuple[str, ...] = ()):
         into_serve_log()
         config = IngressArgs.model_validate(args)
         storage = config.storage.settings()
-        self.service = product_service(ServeModels(embedder, writer, describer, painter), ingress=config.ingress,
+        models = ServeModels(embedder, writer, describer, painter, scale_to_zero=tuple(scale_to_zero))
+        self.service = product_service(models, ingress=config.ingress,
                                        storage=storage, ingest=config.ingest, in_process=False)
         self.edge = edge_for(config.ingress, storage, config.ingest)
 

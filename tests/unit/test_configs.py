@@ -118,3 +118,17 @@ def test_storage_section_leaves_unset_values_to_the_environment(monkeypatch):
     args = AppArgs.model_validate({"storage": {"lancedb_uri": "/srv/lancedb"}})
     settings = args.storage.settings()
     assert (settings.lancedb_uri, settings.blob_root) == ("/srv/lancedb", "/srv/blobs")
+
+
+def test_the_production_painter_scales_to_zero_and_the_ingress_knows_it():
+    """serve_config.yaml scales the Painter (a whole GPU) to zero and starts it with one replica; the other
+    roles keep one. The ingress is told which roles may have none, so readiness does not wake them."""
+    from deployments.app import scale_to_zero
+
+    args = AppArgs.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+    auto = args.painter.deployment.autoscaling
+    assert (auto.min_replicas, auto.initial_replicas) == (0, 1)
+    assert scale_to_zero(args) == ("painter",)
+    local = AppArgs.model_validate(
+        yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())["applications"][0]["args"])
+    assert scale_to_zero(local) == ()
