@@ -12,11 +12,12 @@ from fastapi import FastAPI
 
 from deployments.config import IngressSpec, IngressTuning
 from deployments.http.app import create_app
-from deployments.http.auth import KeyRing, UrlSigner, key_store, load_secret
+from deployments.http.auth import KeyRing, PlanBook, UrlSigner, key_store, load_secret, plan_store
 from deployments.http.edge import Edge
 from deployments.service import Policy, ProductService, state
 from deployments.service.cache import AnswerCache
 from deployments.service.ingest import IngestDesk, upload_body_limit
+from deployments.service.limits import PlanLimits
 from deployments.service.models import LocalModels, ServeModels
 from deployments.settings import ServiceSettings
 from pipelines.config import IngestSpec
@@ -49,7 +50,7 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
 
 def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
                     ingest: IngestSpec | None, in_process: bool,
-                    tuning: IngressTuning | None = None) -> ProductService:
+                    tuning: IngressTuning | None = None, settings: ServiceSettings | None = None) -> ProductService:
     """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process.
     `tuning` is the live settings to start with (the ingress's reconfigure() applies later ones)."""
     tuning = tuning or IngressTuning()
@@ -60,7 +61,7 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
         return await asyncio.to_thread(Library, storage, dim=dim, embed_model=embed_model,
                                        writer="local" if in_process else "actor")
 
-    keys = ServiceSettings()
+    keys = settings or ServiceSettings()
     desk = None if (ingest is None or in_process) else \
         IngestDesk(ingest, storage, keys=(keys.keys_uri or storage.lancedb_uri, keys.keys_table))
     service = ProductService(
@@ -68,6 +69,8 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
         policy=Policy.of(tuning),
         cache=AnswerCache(lru_size=tuning.caches.lru_size, ttl_s=tuning.caches.ttl_s, redis_url=ingress.redis_url),
         library_factory=open_library, stats=stats, idempotency=idempotency, ingest=desk,
+        limits=PlanLimits(PlanBook.open(plan_store(keys, storage)).plan_of, plans=tuning.plans,
+                          redis_url=ingress.redis_url),
     )
     if desk is not None:
         desk.attach(service.photos.keep_ingested)  # small jobs run through the service, like single uploads
@@ -77,5 +80,6 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
 def in_process_app(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
                    settings: ServiceSettings | None = None, tuning: IngressTuning | None = None) -> FastAPI:
     """The whole HTTP surface in this process (no Ray): the fast test tier drives it with a test client."""
-    service = product_service(models, ingress=ingress, storage=storage, ingest=None, in_process=True, tuning=tuning)
+    service = product_service(models, ingress=ingress, storage=storage, ingest=None, in_process=True, tuning=tuning,
+                              settings=settings)
     return create_app(service, edge_for(ingress, storage, None, settings), echo_request_id=True)

@@ -138,6 +138,35 @@ class Caches(_Strict):
     )
 
 
+# The route classes a plan limits (API.md "Limits"; deployments.http.limits maps routes to them).
+RouteClass = Literal["search", "upload", "text", "generate", "describe", "chat", "embeddings", "ingest"]
+
+
+class Plan(_Strict):
+    """What one user may use (README "Plans and limits"). A limit left out is no limit. (Requests per route
+    class today; concurrent requests per role, GPU seconds, tokens and storage come next: issue 29.)"""
+
+    requests: dict[RouteClass, str] = Field(
+        default_factory=dict, description="Requests per route class, in the `limits` library's notation, each a "
+        "moving window: '60/minute', '10/second;1000/day' (both hold). '0/minute' closes the class to the plan.")
+
+    @model_validator(mode="after")
+    def _rates(self) -> "Plan":
+        import limits
+
+        for route_class, text in self.requests.items():
+            try:
+                limits.parse_many(text)
+            except ValueError:
+                raise ValueError(f"requests.{route_class}: {text!r} is not a rate like '60/minute' or "
+                                 "'10/second;1000/day'") from None
+        return self
+
+
+def _default_plans() -> dict[str, Plan]:
+    return {"default": Plan()}
+
+
 class IngressTuning(_Strict):
     """The ingress's live settings: its user_config, set in the serve config's `deployments:` section
     (not in `args`: Serve hashes `args` into the code version, so editing them restarts every replica),
@@ -146,12 +175,27 @@ class IngressTuning(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     caches: Caches = Field(default_factory=Caches)
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
+    plans: dict[str, Plan] = Field(
+        default_factory=_default_plans, description="Per-user limits by plan name; `default` is every user's "
+        "unless `python -m deployments.keys plan USER NAME` says otherwise. Names: a-z, 0-9, '_', '-'.")
     enhance_search: bool | None = Field(
         None, description="Query expansion by the Writer: a non-English query's English translation is embedded too. "
                           "With an English-only embedder (CLIP) the translation is what is searched; with a bilingual "
                           "one (SigLIP 2, Chinese-CLIP) the query is embedded as it is and the translation's vector is "
                           "fused with it, never replacing it. Default (null): on for English-only embedders, off for "
                           "bilingual ones.")
+
+
+    @model_validator(mode="after")
+    def _plans_named(self) -> "IngressTuning":
+        import re
+
+        if "default" not in self.plans:
+            raise ValueError("plans must name a `default` plan: the plan of every user not given another")
+        for name in self.plans:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+                raise ValueError(f"plan name {name!r}: use 1-32 of a-z, 0-9, '_' and '-'")
+        return self
 
 
 # Which deployments have live settings (user_config), and their models; the others take none.
@@ -164,7 +208,18 @@ class IngressSpec(_Strict):
     )
     signed_url_ttl_s: int = Field(3600, ge=10, description="Lifetime of a signed image URL.")
     redis_url: str | None = Field(
-        None, description="Shared second level of the answer caches (Redis), e.g. redis://127.0.0.1:6379/0.")
+        None, description="Redis shared by every ingress replica: the plans' counters and the second level of "
+        "the answer caches, e.g. redis://127.0.0.1:6379/0. Required with more than one ingress replica.")
+
+    @model_validator(mode="after")
+    def _shared_counters(self) -> "IngressSpec":
+        d = self.deployment
+        most = d.num_replicas if d.num_replicas is not None else (d.autoscaling.max_replicas if d.autoscaling else 1)
+        if most > 1 and not self.redis_url:
+            raise ValueError(f"the ingress may run {most} replicas but ingress.redis_url is not set: each replica "
+                             "would count the plans' limits alone, so a user would get the limit times the replica "
+                             "count. Set redis_url, or run one ingress replica")
+        return self
 
 
 class AppArgs(_Strict):

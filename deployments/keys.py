@@ -3,10 +3,14 @@
     python -m deployments.keys add USER                # prints a new key, once
     python -m deployments.keys list [USER]             # key ids, users, creation times
     python -m deployments.keys revoke USER --key ID    # one key; `--all` for every key of USER
+    python -m deployments.keys plan USER [PLAN]        # show or set the user's plan (`default`: none of its own)
 
 The table is `api_keys` in the gallery's LanceDB (ATELIER_KEYS_URI, else ATELIER_LANCEDB_URI, else
 data/lancedb: run it from the checkout the service runs from, or set the variable). It keeps sha256
 digests only. A change counts from the next request on every node; no restart.
+
+Plans (README "Plans and limits") are defined in the Ingress's live settings; `plan` puts a user on one,
+from the user's next request on every node. `--config serve_config.yaml` checks the name against that file.
 
 Rotation: `add` a second key for the user, move the client to it, then `revoke` the old one by the id
 `list` shows. Both keys work in between.
@@ -19,7 +23,8 @@ import sys
 
 from storage.errors import AtelierError
 
-from .http.auth import key_store
+from .config import LIVE_SETTINGS
+from .http.auth import key_store, plan_store
 from .settings import ServiceSettings
 
 
@@ -38,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     which = rv.add_mutually_exclusive_group(required=True)
     which.add_argument("--key", help="the key id `list` shows")
     which.add_argument("--all", action="store_true", help="every key of the user")
+    pl = sub.add_parser("plan", help="show a user's plan, or put the user on one")
+    pl.add_argument("user")
+    pl.add_argument("plan", nargs="?")
+    pl.add_argument("--config", default=None, help="a serve config whose Ingress plans must define PLAN")
     args = parser.parse_args(argv)
 
     settings = ServiceSettings() if args.uri is None else ServiceSettings(keys_uri=args.uri)
@@ -51,6 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "list":
             for row in store.list(args.user):
                 print(f"{row['key_id']}  {row['created_at']:%Y-%m-%dT%H:%M:%SZ}  {row['user_id']}")
+        elif args.command == "plan":
+            plans = plan_store(settings)
+            if args.plan is None:
+                print(plans.list().get(args.user, "default"))
+                return 0
+            if args.config and args.plan not in _plans_of(args.config):
+                print(f"error: {args.config} defines no plan {args.plan!r} (it has: "
+                      f"{', '.join(sorted(_plans_of(args.config)))})", file=sys.stderr)
+                return 2
+            plans.assign(args.user, args.plan)
+            print(f"user {args.user!r} is on plan {args.plan!r} from their next request", file=sys.stderr)
         else:
             n = store.revoke(args.user, None if args.all else args.key)
             print(f"revoked {n} key{'s' if n != 1 else ''} of user {args.user!r}", file=sys.stderr)
@@ -58,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _plans_of(path: str) -> set[str]:
+    """The plan names the Ingress's user_config of a serve config file defines."""
+    import yaml
+
+    doc = yaml.safe_load(open(path))
+    names = set()
+    for app in doc.get("applications") or []:
+        for dep in app.get("deployments") or []:
+            if dep.get("name") == "Ingress":
+                names |= set(LIVE_SETTINGS["Ingress"].model_validate(dep.get("user_config") or {}).plans)
+    return names or {"default"}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class ServiceSettings(BaseSettings):
         "so it is the same on every node.",
     )
     keys_table: str = Field("api_keys", description="Name of the API key table (sha256 digests, never keys).")
+    plans_table: str = Field("user_plans", description="Name of the table of users' plans, beside the key table.")
     url_secret: SecretStr | None = Field(None, description="Secret that signs image URLs.")
     url_secret_file: str = Field(
         "data/url_secret", description="File holding the URL-signing secret when ATELIER_URL_SECRET is not set."

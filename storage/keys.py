@@ -48,10 +48,13 @@ def _conflict(exc: BaseException) -> bool:
     return is_commit_conflict(exc) or "already exists" in text or "was not found" in text
 
 
-class KeyStore:
-    """The key table at `uri` (a LanceDB folder or object-store URI)."""
+class SmallTable:
+    """A small LanceDB table beside the gallery that every proxy and replica reads (`schema` and its name):
+    made empty on first use, written with Lance's optimistic concurrency and retried on conflict."""
 
-    def __init__(self, uri: str, *, table: str = "api_keys", storage_options: dict[str, str] | None = None):
+    schema: pa.Schema
+
+    def __init__(self, uri: str, *, table: str, storage_options: dict[str, str] | None = None):
         self.uri = uri
         self.table_name = table
         self.storage_options = dict(storage_options or {})
@@ -79,7 +82,7 @@ class KeyStore:
             def open_or_create():
                 if self.table_name in db.table_names():
                     return db.open_table(self.table_name)
-                return db.create_table(self.table_name, schema=SCHEMA, exist_ok=True)
+                return db.create_table(self.table_name, schema=self.schema, exist_ok=True)
 
             self._table = self._retrying()(open_or_create)
         return self._table
@@ -87,6 +90,15 @@ class KeyStore:
     def dataset(self):
         """The table as a Lance dataset, for readers' cheap `latest_version` checks."""
         return self.table().to_lance()
+
+
+class KeyStore(SmallTable):
+    """The key table at `uri` (a LanceDB folder or object-store URI)."""
+
+    schema = SCHEMA
+
+    def __init__(self, uri: str, *, table: str = "api_keys", storage_options: dict[str, str] | None = None):
+        super().__init__(uri, table=table, storage_options=storage_options)
 
     # -- writes -----------------------------------------------------------------------------------
     def add(self, user_id: str) -> tuple[str, str]:
@@ -146,3 +158,50 @@ def _user(user_id: str) -> str:
         return check_user_id(user_id)
     except ValueError as exc:
         raise InvalidInput(str(exc), code="invalid_user_id", field="user") from None
+
+
+PLAN_SCHEMA = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("plan", pa.string(), nullable=False),
+    pa.field("updated_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+])
+_PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+class PlanStore(SmallTable):
+    """Which plan each user is on (`user_plans` beside the key table): a user without a row is on `default`.
+    Read like the keys (deployments.http.auth.PlanBook follows its latest version), so a change counts
+    from the next request on every node."""
+
+    schema = PLAN_SCHEMA
+
+    def __init__(self, uri: str, *, table: str = "user_plans", storage_options: dict[str, str] | None = None):
+        super().__init__(uri, table=table, storage_options=storage_options)
+
+    def assign(self, user_id: str, plan: str) -> None:
+        """Put `user_id` on `plan` (`default` removes the user's row)."""
+        user_id = _user(user_id)
+        if not _PLAN_NAME.fullmatch(plan or ""):
+            raise InvalidInput("a plan name is 1-32 of a-z, 0-9, '_' and '-', starting with a letter or digit",
+                               code="invalid_plan", field="plan")
+        table = self.table()
+        where = f"user_id = {sql_str(user_id)}"
+        if plan == "default":
+            self._retrying()(lambda: table.delete(where))
+            return
+        row = pa.Table.from_pylist([{"user_id": user_id, "plan": plan, "updated_at": datetime.now(timezone.utc)}],
+                                   schema=PLAN_SCHEMA)
+        self._retrying()(lambda: table.merge_insert("user_id").when_matched_update_all()
+                         .when_not_matched_insert_all().execute(row))
+
+    def list(self) -> dict[str, str]:
+        """user id -> plan, of every user not on `default`."""
+        table = self.table()
+        table.checkout_latest()
+        return self.read(table.to_lance())
+
+    @staticmethod
+    def read(dataset) -> dict[str, str]:
+        """user id -> plan of one version of the table."""
+        table = dataset.to_table(columns=["user_id", "plan"])
+        return dict(zip(table.column("user_id").to_pylist(), table.column("plan").to_pylist()))

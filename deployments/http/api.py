@@ -79,6 +79,12 @@ async def stats(user: str = Depends(caller), svc: ProductService = Depends(servi
     return {"operations": await svc.operation_stats(user)}
 
 
+@router.get("/api/me/usage")
+async def my_usage(user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """The caller's plan and each of its limits: quota, used, left, and seconds until it resets."""
+    return await svc.usage(user)
+
+
 @router.delete("/api/me", status_code=204)
 async def delete_me(user: str = Depends(caller), svc: ProductService = Depends(service)):
     await svc.delete_user(user)

@@ -20,6 +20,7 @@ from .edge import (Edge, EdgeMiddleware, bug, client_closed, http_error, typed_e
                    validation_error)
 from .gate import Gate
 from .ingest import router as ingest_router
+from .limits import PlanGate
 from .openai import router as openai_router
 
 __all__ = ["create_app"]
@@ -52,12 +53,31 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.include_router(api_router)
     app.include_router(openai_router)
     app.include_router(ingest_router)
+    # Inside the edge (a refusal has a request id, an access line, stats), before any route reads a body.
+    app.add_middleware(PlanGate, service=service, on_count=_limit_metrics() if serve_metrics else None)
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
                        echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
     app.add_middleware(Gate, keys=edge.keys, echo_request_id=echo_request_id)
     app.openapi = _as_answered(app.openapi)
     return app
+
+
+def _limit_metrics():
+    """`on_count(plan, limit, outcome)` for the plans' limits: refusals and counts made without Redis, by plan
+    and limit (never by user). Only inside a Serve replica."""
+    counter = []
+
+    def on_count(plan, limit, outcome):
+        if not counter:
+            from ray.serve import metrics
+
+            counter.append(metrics.Counter(
+                "atelier_limit_events", tag_keys=("plan", "limit", "outcome"),
+                description="Plan limit events: refused (a 429) and degraded (counted in one replica: Redis down)"))
+        counter[0].inc(tags={"plan": plan or "unknown", "limit": limit or "unknown", "outcome": outcome})
+
+    return on_count
 
 
 _ERROR_SCHEMA = {

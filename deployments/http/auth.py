@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from storage.errors import AtelierError, NotFound
-from storage.keys import KeyStore, digest
+from storage.keys import KeyStore, PlanStore, digest
 from storage.settings import StorageSettings
 
 from deployments.settings import ServiceSettings
@@ -38,48 +38,63 @@ class BadHeader(AtelierError):
 _BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9\-._~+/]+=*)")
 
 
-class KeyRing:
-    """API keys as sha256 digests -> user id, following the cluster's key table (`storage.keys`).
+class Following:
+    """The latest version of a small table every proxy and replica reads (`storage.keys.SmallTable`), in memory.
 
-    Each lookup asks the table for its latest version and re-reads it when it moved, so a key added or
-    revoked with `python -m deployments.keys` counts from the next request, on every replica and proxy,
-    without a restart. A table that cannot be read keeps the keys last read (and logs why). A ring made
-    from a plain dict (`KeyRing({digest: user})`) is fixed.
+    Each `latest()` asks the table for its latest version and re-reads it when it moved, so a change made
+    with `python -m deployments.keys` counts from the next request, on every replica and proxy, without a
+    restart. A table that cannot be read keeps what was read last (and logs why). Made without a store,
+    the value is fixed.
     """
 
-    def __init__(self, digests: dict[str, str], store: KeyStore | None = None):
-        self._digests = dict(digests)
-        self._store = store
+    def __init__(self, value, store=None, read=None, what: str = "table"):
+        self._value, self._store, self._read, self._what = value, store, read, what
         self._dataset = None
         self._version: int | None = None
         self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, store: KeyStore) -> "KeyRing":
-        ring = cls({}, store)
-        ring._follow()
-        return ring
 
     @property
     def remote(self) -> bool:
         return self._store is not None and self._store.remote
 
-    def _follow(self) -> None:
+    def latest(self):
         if self._store is None:
-            return
+            return self._value
         with self._lock:
             try:
                 if self._dataset is None:
                     self._dataset = self._store.dataset()
                 latest = self._dataset.latest_version
-                if latest == self._version:
-                    return
-                self._dataset = self._dataset.checkout_version(latest)
-                self._digests = self._store.read(self._dataset)
-                self._version = latest
+                if latest != self._version:
+                    self._dataset = self._dataset.checkout_version(latest)
+                    self._value = self._read(self._dataset)
+                    self._version = latest
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not lock everyone out
-                log.warning("the API key table at %s could not be read (%s: %s); keeping the %d keys read before",
-                            self._store.uri, type(exc).__name__, exc, len(self._digests))
+                log.warning("the %s at %s could not be read (%s: %s); keeping the %d rows read before",
+                            self._what, self._store.uri, type(exc).__name__, exc, len(self._value))
+            return self._value
+
+    async def latest_async(self):
+        """`latest` from async code: a table in an object store is checked off the event loop."""
+        return await asyncio.to_thread(self.latest) if self.remote else self.latest()
+
+
+class KeyRing:
+    """API keys as sha256 digests -> user id, following the cluster's key table (`storage.keys`, `Following`).
+    A ring made from a plain dict (`KeyRing({digest: user})`) is fixed."""
+
+    def __init__(self, digests: dict[str, str], store: KeyStore | None = None):
+        self._keys = Following(dict(digests), store, KeyStore.read, "API key table")
+
+    @classmethod
+    def open(cls, store: KeyStore) -> "KeyRing":
+        ring = cls({}, store)
+        ring._keys.latest()
+        return ring
+
+    @property
+    def remote(self) -> bool:
+        return self._keys.remote
 
     def user_for(self, authorization: str | bytes | None) -> str:
         """The user of an `Authorization: Bearer <key>` value; `Unauthorized` for anything else."""
@@ -92,10 +107,9 @@ class KeyRing:
         match = _BEARER.fullmatch(authorization or "")
         if match is None:
             raise Unauthorized("send `Authorization: Bearer <key>`")
-        self._follow()
         # A dict lookup by the digest of a 256-bit random secret: its timing says nothing usable
         # about the key (finding a near miss would need a sha256 preimage).
-        user = self._digests.get(digest(match[1]))
+        user = self._keys.latest().get(digest(match[1]))
         if user is None:
             raise Unauthorized("the API key is not valid")
         return user
@@ -107,12 +121,39 @@ class KeyRing:
         return self.user_for(authorization)
 
 
+class PlanBook:
+    """Which plan each user is on, following the cluster's plan table (`storage.keys.PlanStore`, `Following`):
+    `python -m deployments.keys plan USER PLAN` counts from the user's next request. Made without a store,
+    every user is on `default` (or on the plans given)."""
+
+    def __init__(self, plans: dict[str, str] | None = None, store: PlanStore | None = None):
+        self._plans = Following(dict(plans or {}), store, PlanStore.read, "plan table")
+
+    @classmethod
+    def open(cls, store: PlanStore) -> "PlanBook":
+        book = cls({}, store)
+        book._plans.latest()
+        return book
+
+    async def plan_of(self, user: str) -> str:
+        return (await self._plans.latest_async()).get(user, "default")
+
+
 def key_store(settings=None) -> KeyStore:
     """The cluster's key table, where the environment says (`ServiceSettings.keys_uri`)."""
     settings = settings or ServiceSettings()
     storage = StorageSettings()
     return KeyStore(settings.keys_uri or storage.lancedb_uri, table=settings.keys_table,
                     storage_options=storage.lancedb_storage_options)
+
+
+def plan_store(settings=None, storage: StorageSettings | None = None) -> PlanStore:
+    """The cluster's plan table, beside the key table (`ServiceSettings.plans_table`; the key table's
+    location, else the gallery's database)."""
+    settings = settings or ServiceSettings()
+    storage = storage or StorageSettings()
+    return PlanStore(settings.keys_uri or storage.lancedb_uri, table=settings.plans_table,
+                     storage_options=storage.lancedb_storage_options)
 
 
 def load_secret(value: str | None, path: str | os.PathLike) -> bytes:

@@ -32,7 +32,8 @@ from .texts import Texts
 
 class ProductService:
     def __init__(self, models: ServeModels | LocalModels, *, policy: Policy, cache: AnswerCache,
-                 library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None):
+                 library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None,
+                 limits=None):
         self.ctx = Context(models, policy=policy, cache=cache, library_factory=library_factory, stats=stats,
                            idempotency=idempotency, ingest=ingest)
         self.texts = Texts(self.ctx)
@@ -41,10 +42,13 @@ class ProductService:
         self.generation = Generation(self.ctx, self.texts, self.photos)
         self.conversation = Conversation(self.ctx)
         self.ingest = ingest  # the ingest desk (deployments.service.ingest), None where no cluster runs jobs
+        self.limits = limits  # the plans' counters (deployments.service.limits.PlanLimits); None: no limits
 
     def tune(self, tuning) -> None:
         """Apply new live settings (an IngressTuning): the next request uses them."""
         self.ctx.tune(tuning)
+        if self.limits is not None:
+            self.limits.tune(tuning.plans)
 
     async def model_info(self, role: str) -> dict:
         """What users are shown of a role's model: its public name, facts, and whether its answers are noise."""
@@ -81,6 +85,14 @@ class ProductService:
         await lib.delete_user(user)
         await self.ctx.idempotency.forget_user(user)
         await self.ctx.stats.forget_user(user)
+        if self.limits is not None:
+            await self.limits.forget_user(user)
+
+    async def usage(self, user: str) -> dict:
+        """The caller's plan: each limit, what is used and left, and when it resets."""
+        if self.limits is None:
+            return {"plan": "default", "limits": []}
+        return await self.limits.usage(user)
 
     async def idempotent(self, user: str, key: str | None, fingerprint_of: str, work: Callable[[], Awaitable[dict]]):
         """Run `work` once per (user, Idempotency-Key): a retry gets the first answer, a reuse with

@@ -32,6 +32,7 @@ ROWS = [
     Row("GET /readyz", "PUT", "/readyz", {}, 405, "method_not_allowed", None),
     Row("GET /api/stats", "PUT", "/api/stats", {}, 405, "method_not_allowed", None),
     Row("DELETE /api/me", "GET", "/api/me", {}, 405, "method_not_allowed", None),
+    Row("GET /api/me/usage", "POST", "/api/me/usage", {}, 405, "method_not_allowed", None),
     Row("POST /api/text", "POST", "/api/text", {"content": b'{"text": ', "headers": JSON}, 400, "invalid_json", "body"),
     Row("POST /api/text", "POST", "/api/text", {"json": {"text": ""}}, 400, "invalid_request", "text"),
     Row("POST /api/text", "POST", "/api/text", {"json": {"text": "x" * 4001}}, 400, "invalid_request", "text"),

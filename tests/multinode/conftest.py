@@ -277,6 +277,8 @@ class MultiNode:
         # 504 they would read as a fault (one did, under the whole suite).
         tuning = next(d for d in app["deployments"] if d["name"] == "Ingress")["user_config"]
         tuning["timeouts"].update(default_s=45, search_s=45, writer_s=45)
+        # A plan small enough to spend in a test (test_a_plans_limit_holds_across_both_ingress_replicas).
+        tuning["plans"]["tiny"] = {"requests": {"search": "5/minute"}}
         edit(app)
         path.write_text(yaml.safe_dump(config, allow_unicode=True))
         return path
@@ -285,6 +287,11 @@ class MultiNode:
         from storage.keys import KeyStore
 
         return KeyStore(self.lancedb, storage_options=self.storage_options)
+
+    def plan_store(self):
+        from storage.keys import PlanStore
+
+        return PlanStore(self.lancedb, storage_options=self.storage_options)
 
 
 # Module-scoped: the cluster goes as soon as its tests are done, not at the end of the whole run.

@@ -65,6 +65,28 @@ def test_every_replica_on_every_node_sees_an_upload_and_a_delete(multinode):
     store.revoke("mallory")
 
 
+def test_a_plans_limit_holds_across_both_ingress_replicas(multinode):
+    """A plan of 5 searches a minute admits exactly 5 of 12 sent at once over fresh connections, whichever of
+    the two replicas (two nodes, counters in Redis) answers; a plan change counts from the next request."""
+    _, key = multinode.key_store().add("trent")
+    plans = multinode.plan_store()
+    plans.assign("trent", "tiny")
+
+    def search(i: int) -> httpx.Response:
+        with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            return c.get("/api/search", params={"q": f"a lighthouse {i}"})
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(search, range(12)))
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 7, [r.text for r in answers]
+    assert len({r.headers["x-atelier-node"] for r in answers}) == 2  # both replicas counted into one limit
+    assert all(r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+               for r in answers if r.status_code == 429)
+    plans.assign("trent", "default")
+    assert search(99).status_code == 200
+    multinode.key_store().revoke("trent")
+
+
 def test_the_named_ledgers_the_service_depends_on_live_on_the_head(multinode):
     """The stats and idempotency ledgers and the job ledger: a worker node may go at any time, the head
     does not without the cluster. The gallery writer is not pinned there (storage/placement.py says why)."""

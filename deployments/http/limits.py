@@ -1,0 +1,106 @@
+"""The plans' limits at the HTTP edge: a request of a limited route class is counted before its body is read.
+
+Over a limit: `429` in the error shape (`rate_limited`, which limit, when it resets) with `Retry-After`.
+Every answer of a limited route carries the IETF fields (draft-ietf-httpapi-ratelimit-headers):
+`RateLimit-Policy` (each window: quota `q`, window `w` seconds, quota unit `qu`) and `RateLimit` (what
+is left `r`, seconds to reset `t`), and under `/v1` also OpenAI's `x-ratelimit-*-requests`, so that
+OpenAI's clients pace themselves and retry a 429 after `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.routing import Match
+
+from deployments.service.limits import Admission, RateLimited
+
+from .gate import error_object, is_openai
+
+log = logging.getLogger("atelier.limits")
+
+# The limited routes by route class (API.md "Limits"); every other route is not counted.
+ROUTE_CLASSES: dict[tuple[str, str], str] = {
+    ("GET", "/api/search"): "search",
+    ("POST", "/api/search/by-image"): "search",
+    ("POST", "/api/images"): "upload",
+    ("POST", "/api/text"): "text",
+    ("POST", "/api/generate/image"): "generate",
+    ("POST", "/v1/images/generations"): "generate",
+    ("POST", "/api/describe"): "describe",
+    ("POST", "/v1/chat/completions"): "chat",
+    ("POST", "/v1/embeddings"): "embeddings",
+    ("POST", "/api/init/upload"): "ingest",
+}
+
+
+def rate_headers(admission: Admission, path: str) -> list[tuple[bytes, bytes]]:
+    """The IETF `RateLimit-Policy` and `RateLimit` fields (and OpenAI's under /v1) of an admission."""
+    if not admission.windows:
+        return []
+    policy = ", ".join(f'"{w.name}";q={w.quota};w={w.window_s};qu="{w.unit}"' for w in admission.windows)
+    state = ", ".join(f'"{w.name}";r={w.remaining};t={w.reset_s}' for w in admission.windows)
+    headers = [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+    if is_openai(path):
+        tight = min(admission.windows, key=lambda w: (w.remaining, -w.reset_s))
+        headers += [(b"x-ratelimit-limit-requests", str(tight.quota).encode()),
+                    (b"x-ratelimit-remaining-requests", str(tight.remaining).encode()),
+                    (b"x-ratelimit-reset-requests", f"{tight.reset_s}s".encode())]
+    return headers
+
+
+class PlanGate:
+    """ASGI middleware inside the edge (so a refusal has a request id, an access line and its stats) and
+    before the route reads the body. `service.limits` counts; `on_count(plan, limit, outcome)` is told of
+    each refusal and each degraded count (the ingress's metrics)."""
+
+    def __init__(self, app, *, service, on_count=None):
+        self.app, self.service, self._on_count = app, service, on_count
+
+    async def __call__(self, scope, receive, send):
+        route_class = ROUTE_CLASSES.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
+        user = (scope.get("state") or {}).get("user")
+        counters = getattr(self.service, "limits", None)
+        if route_class is None or user is None or counters is None:
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        try:
+            admission = await counters.admit(user, route_class)
+        except RateLimited as exc:
+            self._count(exc.admission.plan if exc.admission else None, exc.limit, "refused")
+            return await self._refuse(scope, send, exc)
+        if admission.degraded:
+            self._count(admission.plan, route_class, "degraded")
+        extra = rate_headers(admission, path)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start" and extra:
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _count(self, plan, limit, outcome) -> None:
+        if self._on_count is not None:
+            try:
+                self._on_count(plan, limit, outcome)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                pass
+
+    async def _refuse(self, scope, send, exc: RateLimited) -> None:
+        # The route's template for the edge's stats and access line (Starlette sets it when it routes).
+        app = scope.get("app")
+        for route in getattr(getattr(app, "router", None), "routes", ()):
+            if route.matches(scope)[0] == Match.FULL:
+                scope["route"] = route
+                break
+        error = {"code": exc.code, "message": exc.message, "limit": exc.limit, "retry_after_s": int(exc.retry_after)}
+        body = json.dumps(error_object(429, error, scope.get("path", ""))).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"retry-after", str(int(exc.retry_after)).encode()),
+                   *(rate_headers(exc.admission, scope.get("path", "")) if exc.admission else [])]
+        # The body is not read: close the connection rather than drain what the client may still send.
+        headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

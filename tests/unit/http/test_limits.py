@@ -1,0 +1,141 @@
+"""The plans' limits over HTTP, in process (issue 29: plans, answers, headers, usage, the openai client).
+
+One service with small plans: a refusal is a 429 in the error shape with Retry-After, every answer of a
+limited route carries the IETF RateLimit fields (parsed here by a Structured Fields parser, the draft's
+grammar), `/v1` also OpenAI's x-ratelimit fields, and a plan set with the keys CLI counts from the next
+request. Shared counters across replicas: tests/integration/test_shared_limits.py.
+"""
+
+from __future__ import annotations
+
+import http_sf
+import pytest
+
+from http_helpers import png
+
+PLANS = {
+    "default": {"requests": {"search": "3/minute", "embeddings": "2/5second", "upload": "100/minute"}},
+    "closed": {"requests": {"search": "0/minute", "embeddings": "0/minute"}},
+    "wide": {"requests": {"search": "100/minute;1000/day"}},
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_models, tmp_path_factory):
+    """(client, keys, settings): the whole HTTP surface with the plans above."""
+    from fastapi.testclient import TestClient
+
+    from deployments.assemble import in_process_app
+    from deployments.config import IngressSpec, IngressTuning
+    from deployments.http.auth import key_store
+    from deployments.service.models import LocalModels
+    from deployments.settings import ServiceSettings
+    from storage.settings import StorageSettings
+
+    data = tmp_path_factory.mktemp("limits")
+    settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
+    store = key_store(settings)
+    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan")}
+    models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
+    app = in_process_app(models, ingress=IngressSpec(), settings=settings,
+                         storage=StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs")),
+                         tuning=IngressTuning.model_validate({"plans": PLANS}))
+    with TestClient(app) as client:
+        yield client, keys, settings
+
+
+def _h(limited, user):
+    return {"Authorization": f"Bearer {limited[1][user]}"}
+
+
+def test_a_limit_of_n_admits_exactly_n_then_429_with_when_it_resets(limited):
+    client = limited[0]
+    answers = [client.get("/api/search", params={"q": "harbour"}, headers=_h(limited, "erin")) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429], [r.text for r in answers]
+    remaining = [http_sf.parse(r.headers["ratelimit"].encode(), tltype="list")[0][1]["r"] for r in answers]
+    assert remaining == [2, 1, 0, 0]
+    refused = answers[-1]
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limited" and error["limit"] == "search" and "3 search requests per minute" in \
+        error["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60 and error["retry_after_s"] == int(refused.headers["retry-after"])
+    assert refused.headers.get("x-request-id") and "type" not in error
+    # Other routes and other users are not counted against it.
+    assert client.get("/api/images", headers=_h(limited, "erin")).status_code == 200
+    assert client.get("/api/search", params={"q": "harbour"}, headers=_h(limited, "frank")).status_code == 200
+
+
+def test_the_ratelimit_fields_parse_by_the_drafts_grammar(limited):
+    client = limited[0]
+    r = client.post("/api/images", headers=_h(limited, "frank"), files={"file": ("a.png", png(1), "image/png")})
+    assert r.status_code == 201, r.text
+    [(name, policy)] = http_sf.parse(r.headers["ratelimit-policy"].encode(), tltype="list")
+    assert name == "upload" and policy == {"q": 100, "w": 60, "qu": "requests"}
+    [(name, state)] = http_sf.parse(r.headers["ratelimit"].encode(), tltype="list")
+    assert name == "upload" and state["r"] == 99 and 0 <= state["t"] <= 60
+    # A route no plan limits carries none; /v1 routes carry OpenAI's fields as well.
+    assert "ratelimit" not in client.get("/api/images", headers=_h(limited, "frank")).headers
+    e = client.post("/v1/embeddings", headers=_h(limited, "frank"), json={"input": "a red car"})
+    assert e.status_code == 200, e.text
+    assert (e.headers["x-ratelimit-limit-requests"], e.headers["x-ratelimit-remaining-requests"]) == ("2", "1")
+    assert e.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_a_plan_set_with_the_keys_cli_counts_from_the_next_request(limited):
+    from deployments.keys import main as keys_cli
+
+    client, _, settings = limited
+    h = _h(limited, "grace")
+    assert client.get("/api/search", params={"q": "x"}, headers=h).status_code == 200
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "grace", "closed"]) == 0
+    closed = client.get("/api/search", params={"q": "x"}, headers=h)
+    assert closed.status_code == 429 and closed.json()["error"]["code"] == "rate_limited"
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "grace", "wide"]) == 0
+    wide = client.get("/api/search", params={"q": "x"}, headers=h)
+    assert wide.status_code == 200
+    names = [name for name, _ in http_sf.parse(wide.headers["ratelimit-policy"].encode(), tltype="list")]
+    assert names == ["search-minute", "search-day"]
+    usage = client.get("/api/me/usage", headers=h).json()
+    assert usage["plan"] == "wide"
+    assert {(x["limit"], x["quota"], x["used"]) for x in usage["limits"]} == {("search-minute", 100, 1),
+                                                                              ("search-day", 1000, 1)}
+
+
+def test_the_openai_client_backs_off_on_429_and_succeeds(limited):
+    from openai import OpenAI
+
+    client = limited[0]
+    statuses = []
+    client.event_hooks = {"request": [], "response": [lambda r: statuses.append(r.status_code)]}
+    try:
+        openai = OpenAI(base_url="http://testserver/v1", api_key=limited[1]["heidi"], http_client=client,
+                        max_retries=4)
+        for text in ("one", "two", "three", "four"):  # the plan allows 2 per 5 seconds
+            assert len(openai.embeddings.create(input=text, model="atelier-embedder").data) == 1
+    finally:
+        client.event_hooks = {"request": [], "response": []}
+    assert statuses.count(429) >= 1 and statuses.count(200) == 4, statuses
+
+
+def test_a_refusal_under_v1_is_openais_rate_limit_error(limited):
+    from deployments.keys import main as keys_cli
+
+    client, _, settings = limited
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "ivan", "closed"]) == 0
+    refused = client.post("/v1/embeddings", headers=_h(limited, "ivan"), json={"input": "x"})
+    assert refused.status_code == 429 and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    error = refused.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("rate_limit_error", "rate_limited", None)
+
+
+def test_every_route_class_has_routes_and_every_limited_route_exists(limited):
+    from typing import get_args
+
+    from deployments.config import RouteClass
+    from deployments.http.limits import ROUTE_CLASSES
+
+    client = limited[0]
+    schema = client.get("/openapi.json", headers=_h(limited, "erin")).json()
+    served = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
+    assert set(ROUTE_CLASSES) <= served
+    assert set(ROUTE_CLASSES.values()) == set(get_args(RouteClass))
