@@ -13,8 +13,9 @@ from benchmarks.checks import check
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(data: Path, port: int = 8123) -> tuple[str, str]:
-    """The local graph on `data`; returns (base URL, an API key)."""
+def start(data: Path, port: int = 8123, edit=None) -> tuple[str, str]:
+    """The local graph on `data`; returns (base URL, an API key). `edit(args)` may change the app's args
+    (a dict, as the YAML holds them) before it is deployed."""
     import ray
     import yaml
     from ray import serve
@@ -39,6 +40,8 @@ def start(data: Path, port: int = 8123) -> tuple[str, str]:
     for role in ("embedder", "writer", "describer", "painter"):
         spec[role]["model"]["model"] = str(kit / role)
     spec["storage"].update(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs"))
+    if edit is not None:
+        edit(spec)
     try:
         from deployments.http.proxy import PROXY_ENV
     except ImportError:  # a checkout from before the proxy gate (issue 16), measured as it was
