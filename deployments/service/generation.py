@@ -43,7 +43,8 @@ class Generation(Verbs):
                 used, degraded = await self.texts.enhance(prompt, request_id, user=user,
                                                           instead="painting the original text")
             seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
-            painted = await asyncio.gather(*(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s) for s in seeds))
+            painted = await all_or_none(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s)
+                                        for s in seeds)
             out = [Generated(painted=p, original=prompt, used=used, degraded=degraded) for p in painted]
             if keep:
                 for g in out:
@@ -64,3 +65,18 @@ class Generation(Verbs):
 
     async def writer_random(self) -> bool:
         return bool((await self.models.info("writer"))["random_weights"])
+
+
+async def all_or_none(calls) -> list:
+    """The calls' answers, run at once; when one fails (a refused image of `n`: the Painter's queue is full),
+    the others are cancelled and the first failure is raised. Serve cancels a cancelled handle call on its
+    replica, where the Painter stops at its next denoising step: nothing is painted for an answer already
+    sent as an error (issue 29.6)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

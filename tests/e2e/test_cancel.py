@@ -81,3 +81,42 @@ def test_a_cancelled_answer_stops_the_writer_at_the_next_token(roles):
     assert 1 <= done < asked, done
     out = writer.call.remote("chat", [{"role": "user", "content": "hi"}], max_new_tokens=3).result(timeout_s=120)
     assert out.completion_tokens == 3
+
+
+def test_a_refused_image_of_n_cancels_the_others(ray_cluster, tiny_kit):
+    """A request of n images whose later calls the Painter's full queue refuses cancels the calls it
+    started: the Painter stops them at their next step instead of painting two images for an answer
+    that was already a 503 (issue 29.6)."""
+    import asyncio
+
+    from ray import serve
+
+    from deployments.service.errors import Overloaded
+    from deployments.service.generation import all_or_none
+    from deployments.service.models import ServeModels
+    from deployments.serving.roles import PainterDeployment
+
+    steps = 40
+    painter = serve.run(PainterDeployment.options(num_replicas=1, max_ongoing_requests=1, max_queued_requests=1,
+                                                  ray_actor_options={"num_cpus": 0.1}).bind(
+        {"model": str(tiny_kit / "painter"), "num_threads": 1}), name="tight_painter", route_prefix=None,
+        blocking=False)
+    try:
+        painter.call.remote("info").result(timeout_s=300)
+        models = ServeModels(None, None, None, painter)
+        start = painter.progress.remote().result()
+
+        async def four() -> dict:
+            calls = (models.call("painter", "generate", "a lighthouse", size="64x64", steps=steps, seed=i)
+                     for i in range(4))
+            with pytest.raises(Overloaded):
+                await all_or_none(calls)
+            # In the same loop (whose end would cancel what is left anyway): the replica takes this once it
+            # has let go of the two admitted calls, cancelled or finished.
+            return await painter.progress.remote()
+
+        now = asyncio.run(four())
+        # The two admitted calls would have painted 2 x 40 steps; cancelled, they stop well short of it.
+        assert now["done"] - start["done"] < 2 * steps, (start, now)
+    finally:
+        serve.delete("tight_painter", _blocking=False)
