@@ -62,6 +62,11 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(2.0, gt=0, description="Load per replica the autoscaler aims for.")
     upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before adding a replica.")
     downscale_delay_s: float = Field(300.0, ge=0, description="Sustained idleness before removing one.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="With min_replicas 0: idleness before the last replica goes (1 -> 0); empty: "
+                                "downscale_delay_s. Serve's AutoscalingConfig field of the same name.")
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="Window over which Serve averages the load it scales on; empty: Serve's 30 s.")
 
 
 class DeploymentOptions(_Strict):

@@ -43,12 +43,13 @@ def coldstart(service, tiny_kit, tmp_path_factory):
     args = local_args(
         tiny_kit, tmp_path_factory.mktemp(APP),
         **{"painter.deployment.num_replicas": None,
-           # No replica at the start (serve_config.yaml starts one; going 1 -> 0 first would add Serve's
-           # 30 s look-back window to the suite's time, and this test sees 1 -> 0 after the generation).
-           # With max_replicas 1 the only step down is 1 -> 0, after downscale_delay_s of no requests.
+           # No replica at the start (serve_config.yaml starts one; going 1 -> 0 first would add a look-back
+           # window to the suite's time, and this test sees 1 -> 0 after the generation). With max_replicas 1
+           # the only step down is 1 -> 0, after downscale_to_zero_delay_s of no requests, as in production;
+           # an 11 s look-back window (just over the replicas' 10 s metrics interval) instead of 30 s, sooner.
            "painter.deployment.autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
                                               "target_ongoing_requests": 1, "upscale_delay_s": 0,
-                                              "downscale_delay_s": IDLE_S}},
+                                              "downscale_to_zero_delay_s": IDLE_S, "look_back_period_s": 11}},
     )
     serve.run(compose(args), name=APP, route_prefix=f"/{APP}", blocking=False)
     try:
