@@ -13,7 +13,8 @@ a request meets them:
 - what httptools cannot parse is a `400`.
 
 Each refusal is JSON (`{"error": {"code", "message"}}`) with an `X-Request-ID`, like every other answer,
-and closes the connection. The limits come from `ServiceSettings` (`ATELIER_MAX_HEAD_BYTES`,
+and closes the connection: a lingering close, during which at most `DISCARD_MAX_BYTES` more are read and
+dropped (then reading stops: a sender pushing megabytes waits on its own full buffer, not on our CPU). The limits come from `ServiceSettings` (`ATELIER_MAX_HEAD_BYTES`,
 `ATELIER_HEADER_TIMEOUT_S`); `proxy.uvicorn_options()` hands the class to the proxy's uvicorn.
 """
 
@@ -30,6 +31,10 @@ from .gate import new_request_id
 log = logging.getLogger("atelier.proxy")
 
 LINGER_S = 2.0
+# What a refused connection may still send, read and dropped, before the proxy stops reading it: enough for
+# any head a real client sends (its refusal arrives whole), while a sender pushing megabytes is left blocked
+# on its own full buffer until the close instead of costing the proxy the reading of all of them.
+DISCARD_MAX_BYTES = 1 << 20
 
 
 def refusal(status: int, code: str, message: str) -> bytes:
@@ -49,7 +54,7 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
     class GuardedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._head_timer, self._discarding = None, False
+            self._head_timer, self._discarding, self._discarded = None, False, 0
             self._start_head()  # a new connection owes a head from its first moment
 
         def connection_lost(self, exc) -> None:
@@ -57,7 +62,10 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._discarding:  # refused: what the client still sends is dropped unread until the close
+            if self._discarding:  # refused: what the client still sends is dropped until the close
+                self._discarded += len(data)
+                if self._discarded > DISCARD_MAX_BYTES and not self.transport.is_closing():
+                    self.transport.pause_reading()
                 return
             was_in_head = self._in_head
             super().data_received(data)
@@ -114,8 +122,8 @@ def guarded(max_head_bytes: int, header_timeout_s: float) -> type[HttpToolsProto
             log.info("refused a connection's request from %s: %d %s", self.client, status, code)
             self.transport.write(refusal(status, code, message))
             # A lingering close: the answer, then our FIN, while what the client is still sending is read and
-            # dropped for a moment; closing at once with unread bytes would send a reset that can destroy
-            # the answer before the client reads it.
+            # dropped for a moment (up to DISCARD_MAX_BYTES); closing at once with unread bytes would send a
+            # reset that can destroy the answer before the client reads it.
             self._discarding = True
             if self.transport.can_write_eof():
                 self.transport.write_eof()

@@ -281,7 +281,8 @@ def raw_answer(service, data: bytes, timeout: float = 60) -> tuple[int, dict, di
 
 @pytest.mark.parametrize("auth", [[], [("Authorization", "Bearer atl_not-a-key")]])
 def test_headers_over_the_limit_are_431_json_and_a_long_target_414_before_any_key_check(service, auth):
-    big = request_head("GET", "/api/stats", [*auth, ("X-Big", b"a" * (20 * MB))])
+    # Over the 64 KiB head limit, under what the proxy reads after a refusal: the 431 arrives whole.
+    big = request_head("GET", "/api/stats", [*auth, ("X-Big", b"a" * (MB // 2))])
     status, headers, body = raw_answer(service, big)
     assert (status, body["error"]["code"]) == (431, "headers_too_large"), body
     assert headers["content-type"] == "application/json" and len(headers["x-request-id"]) == 32
@@ -290,6 +291,25 @@ def test_headers_over_the_limit_are_431_json_and_a_long_target_414_before_any_ke
     status, headers, body = raw_answer(service, request_head("GET", "/api/search?q=" + quote(query), auth))
     assert (status, body["error"]["code"]) == (414, "uri_too_long"), body
     assert len(headers["x-request-id"]) == 32
+
+
+def test_a_20mb_header_is_not_read_to_its_end(service):
+    """After its refusal the proxy reads at most DISCARD_MAX_BYTES more of a connection, then stops reading
+    until the close: a sender pushing 20 MB of header is left blocked on its own full buffer (whether it
+    reads the 431 before the reset is its own affair) instead of costing the proxy all of it."""
+    from deployments.http.wire import DISCARD_MAX_BYTES
+
+    url = urlsplit(service.base_url)
+    data = request_head("GET", "/api/stats", [("X-Big", b"a" * (20 * MB))])
+    sent = 0
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        try:
+            while sent < len(data):
+                sent += sock.send(data[sent:sent + 256 * 1024])
+        except OSError:  # the proxy closed the connection (a reset: it had stopped reading)
+            pass
+    # What was taken: the 64 KiB head limit, the discarded megabyte, and the two kernels' socket buffers.
+    assert sent < len(data) and DISCARD_MAX_BYTES < 20 * MB, (sent, len(data))
 
 
 def test_what_is_not_http_is_a_400_json_with_a_request_id(service):
