@@ -20,7 +20,14 @@ GAUGE = "ray_serve_num_ongoing_requests_at_replicas"
 
 
 def _op(client) -> dict:
-    return client.get("/api/stats").json()["operations"].get(OP, {"count": 0, "errors": 0, "client_closed": 0})
+    """This user's stats of OP. A 503 is the service asking to be called again after Retry-After (the
+    suite's other tests may be loading the same cluster), as a client would; any other answer fails here
+    with what it said."""
+    deadline = time.monotonic() + 60
+    while (r := client.get("/api/stats")).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(float(r.headers.get("retry-after", "1")))
+    assert r.status_code == 200, (r.status_code, r.headers, r.text)
+    return r.json()["operations"].get(OP, {"count": 0, "errors": 0, "client_closed": 0})
 
 
 def _at_painter(metrics_url: str) -> float:
