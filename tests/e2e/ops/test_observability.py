@@ -1,6 +1,6 @@
 """Observability with real parts (issue 13): Debian's Prometheus scrapes this suite's Ray node, traffic
 exercises every panel of deployments/observability/grafana-dashboard.json (successes, 4xx, overload
-503s, a succeeded ingest with a bad file and a failed ingest), and each panel's every expression, run
+503s, a user over a plan's limit, a succeeded ingest with a bad file and a failed ingest), and each panel's every expression, run
 in that Prometheus over the test's window, has a non-zero sample. The alert rules pass promtool."""
 
 from __future__ import annotations
@@ -97,8 +97,17 @@ def prometheus(ray_cluster, tmp_path_factory):
     prom.stop()
 
 
-def _traffic(service, round_no: int) -> None:
-    """One round of what a day brings: successes on every role, a 4xx, an overload, a cancelled call."""
+def _trial_user() -> str:
+    """A key of a user on the config's `trial` plan (10 texts a minute), for the plan-limit panel."""
+    from deployments.http.auth import key_store, plan_store
+
+    plan_store().assign("tess", "trial")
+    return key_store().add("tess")[1]
+
+
+def _traffic(service, round_no: int, trial_key: str) -> None:
+    """One round of what a day brings: successes on every role, a 4xx, an overload, a cancelled call, and
+    a user over their plan's limit."""
     from tests.support.sample_photos import jpeg
 
     photo = jpeg(7000 + round_no)
@@ -113,6 +122,11 @@ def _traffic(service, round_no: int) -> None:
         assert refused.status_code == 400, refused.text
         assert c.get("/api/images/not-a-real-id").status_code == 404
         assert c.get("/api/search", params={"q": "x", "k": 0}).status_code == 400
+    # A trial user over the plan's 10 texts a minute: counted before the body is read (each `{}` is a 400
+    # while the window has room), so the 11th of a round, and all of the next rounds', are 429s.
+    with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {trial_key}"}, timeout=60) as t:
+        codes = [t.post("/api/text", json={}).status_code for _ in range(11)]
+    assert set(codes) <= {400, 429} and codes[-1] == 429, codes
     # A stranger: the proxy's gate answers from the headers, no replica sees it.
     assert httpx.get(service.base_url + "/api/images", timeout=60).status_code == 401
     assert httpx.get(service.base_url + "/api/images", headers={"Authorization": "Bearer atl_000000000000_nope"},
@@ -175,14 +189,15 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
                                              sorted(n for n in prometheus.names() if "atelier" in n))
         time.sleep(1)
     targets = panel_targets()
+    trial_key = _trial_user()
     # The ingests (a job's workers start, a failed job's retries) run beside the traffic rounds. A
     # counter's first sample is its first increment, which rate() cannot see: every panel needs two
     # rounds, a scrape apart.
     with cf.ThreadPoolExecutor(1) as background:
         ingested = background.submit(_ingest, service, tiny_kit, tmp_path)
-        _traffic(service, 0)
+        _traffic(service, 0, trial_key)
         time.sleep(4)  # a report (1 s) and a scrape (3 s)
-        _traffic(service, 1)
+        _traffic(service, 1, trial_key)
         ingested.result()
     for round_no in range(2, 10):
         time.sleep(8)  # a report and two scrapes
@@ -190,7 +205,7 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
                    if not any(v > 0 for v in prometheus.range(expr, start))]
         if not missing:
             break
-        _traffic(service, round_no)
+        _traffic(service, round_no, trial_key)
     assert not missing, ("panels with no non-zero sample after traffic:\n" + "\n".join(f"{t}: {e}" for t, e in missing),
                          prometheus.targets())
 
@@ -199,8 +214,10 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
                  "ray_atelier_http_requests_total", "ray_atelier_http_latency_s_bucket",
                  "ray_atelier_painter_steps_total", "ray_atelier_writer_tokens_total",
                  "ray_atelier_ingest_rows_total", "ray_atelier_ingest_jobs_ended_total", "ray_atelier_ingest_jobs",
-                 "ray_atelier_ingest_stale_jobs", "ray_atelier_gate_refusals_total"):
+                 "ray_atelier_ingest_stale_jobs", "ray_atelier_gate_refusals_total",
+                 "ray_atelier_limit_events_total"):
         assert name in names, name
     # The rules load in this Prometheus too.
     rules = httpx.get(prometheus.url + "/api/v1/rules", timeout=30).json()["data"]["groups"]
-    assert {r["name"] for g in rules for r in g["rules"]} >= {"AtelierHighErrorRatio", "AtelierIngestJobsStale"}
+    assert {r["name"] for g in rules for r in g["rules"]} >= {"AtelierHighErrorRatio", "AtelierIngestJobsStale",
+                                                            "AtelierLimitsDegraded"}
