@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -145,15 +145,21 @@ class Caches(_Strict):
 
 # The route classes a plan limits (API.md "Limits"; deployments.http.limits maps routes to them).
 RouteClass = Literal["search", "upload", "text", "generate", "describe", "chat", "embeddings", "ingest"]
+ModelRole = Literal["embedder", "writer", "describer", "painter"]
 
 
 class Plan(_Strict):
     """What one user may use (README "Plans and limits"). A limit left out is no limit. (Requests per route
-    class today; concurrent requests per role, GPU seconds, tokens and storage come next: issue 29.)"""
+    class and calls at once per model role today; GPU seconds, tokens and storage come next: issue 29.)"""
 
     requests: dict[RouteClass, str] = Field(
         default_factory=dict, description="Requests per route class, in the `limits` library's notation, each a "
         "moving window: '60/minute', '10/second;1000/day' (both hold). '0/minute' closes the class to the plan.")
+
+    concurrent: dict[ModelRole, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Calls at once per model role (embedder, writer, describer, painter), "
+        "counted across every replica: one user cannot fill a role's queue. A request of n images takes n "
+        "painter calls. A role left out is not limited.")
 
     @model_validator(mode="after")
     def _rates(self) -> "Plan":

@@ -66,11 +66,12 @@ class Edge:
 
 
 def error_response(request: Request, status: int, code: str, message: str, *, headers: dict | None = None,
-                   field: str | None = None) -> JSONResponse:
+                   field: str | None = None, extra: dict | None = None) -> JSONResponse:
     """The JSON error answer (API.md "Errors"); under `/v1` in OpenAI's shape as well (`gate.error_object`)."""
     body = {"code": code, "message": message}
     if field:
         body["field"] = field
+    body.update(extra or {})
     return JSONResponse(error_object(status, body, request.scope.get("path", "")), status_code=status, headers=headers)
 
 
@@ -84,7 +85,9 @@ async def typed_error(request: Request, exc: Exception):
     headers = _retry_after(exc, 2) if status in (429, 503) else None
     if status >= 500 and status not in (503, 504):
         log.error("request %s failed: %s", request_id.get(), exc, exc_info=exc)
-    return error_response(request, status, exc.code, exc.message, headers=headers, field=exc.field)
+    extra = {"limit": exc.limit, "retry_after_s": int(exc.retry_after)} if status == 429 and hasattr(exc, "limit") \
+        else None
+    return error_response(request, status, exc.code, exc.message, headers=headers, field=exc.field, extra=extra)
 
 
 async def validation_error(request: Request, exc: RequestValidationError):

@@ -14,7 +14,7 @@ import logging
 
 from starlette.routing import Match
 
-from deployments.service.limits import Admission, RateLimited
+from deployments.service.limits import Admission, RateLimited, acting_user
 
 from .gate import error_object, is_openai
 
@@ -59,10 +59,19 @@ class PlanGate:
         self.app, self.service, self._on_count = app, service, on_count
 
     async def __call__(self, scope, receive, send):
-        route_class = ROUTE_CLASSES.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
-        user = (scope.get("state") or {}).get("user")
+        user = (scope.get("state") or {}).get("user") if scope["type"] == "http" else None
+        if user is None:
+            return await self.app(scope, receive, send)
+        acting = acting_user.set(user)  # whose slots the model calls of this request hold
+        try:
+            await self._limited(scope, receive, send, user)
+        finally:
+            acting_user.reset(acting)
+
+    async def _limited(self, scope, receive, send, user: str):
+        route_class = ROUTE_CLASSES.get((scope.get("method"), scope.get("path")))
         counters = getattr(self.service, "limits", None)
-        if route_class is None or user is None or counters is None:
+        if route_class is None or counters is None:
             return await self.app(scope, receive, send)
         path = scope["path"]
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from models.configs import PainterConfig
+from storage.errors import InvalidInput
 
 from .context import Generated, Verbs
 from .photos import Photos
@@ -36,7 +37,13 @@ class Generation(Verbs):
     async def paint(self, user: str, prompt: str, *, size: str, steps: int | None, seed: int | None,
                     enhance: bool, keep: bool, n: int = 1, request_id: str = "-") -> list[Generated]:
         """Paint-and-keep: the prompt (enhanced by the Writer if asked), n images (image i with seed + i),
-        each kept in the caller's gallery with its prompts when `keep`. Both HTTP surfaces use this."""
+        each kept in the caller's gallery with its prompts when `keep`. Both HTTP surfaces use this.
+        More images than the caller's plan paints at once is their mistake, refused before any work."""
+        cap = await self.models.cap("painter")
+        if cap is not None and n > cap:
+            raise InvalidInput(f"n={n}: your plan paints at most {cap} image{'s' if cap != 1 else ''} at once; "
+                               f"send n={cap} or fewer", field="n")
+
         async def run():
             used, degraded = prompt, False
             if enhance:

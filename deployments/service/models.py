@@ -105,6 +105,10 @@ class _Gateway:
     async def stream(self, role: str, op: str, *args, **kwargs) -> TextStream:
         raise NotImplementedError
 
+    async def cap(self, role: str) -> int | None:
+        """How many calls of `role` the acting user may have at once (None: no cap; `limits.HeldModels`)."""
+        return None
+
     async def info(self, role: str) -> dict:
         if role not in self._info:
             self._info[role] = await self.call(role, "info")

@@ -34,6 +34,10 @@ class ProductService:
     def __init__(self, models: ServeModels | LocalModels, *, policy: Policy, cache: AnswerCache,
                  library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None,
                  limits=None):
+        if limits is not None:  # each user's calls at once per role, held to their plan
+            from .limits import HeldModels
+
+            models = HeldModels(models, limits)
         self.ctx = Context(models, policy=policy, cache=cache, library_factory=library_factory, stats=stats,
                            idempotency=idempotency, ingest=ingest)
         self.texts = Texts(self.ctx)

@@ -1,6 +1,7 @@
 """The plans' counters shared through a real redis-server by two "replicas" (two `PlanLimits`, as two ingress
 replicas hold): a limit of N admits exactly N across both, and Redis going away mid-test gives no error,
-only counts kept in each replica until it is back (issue 29.2)."""
+only counts kept in each replica until it is back (issue 29.2); calls at once per role the same, and a slot
+its replica never gave back frees itself at its lease (issue 29.5)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from deployments.config import Plan
 from deployments.service.limits import PlanLimits, RateLimited
 from tests.support.redis_server import RedisServer
 
-PLANS = {"default": Plan(requests={"search": "7/minute", "generate": "2/minute"}),
+PLANS = {"default": Plan(requests={"search": "7/minute", "generate": "2/minute"}, concurrent={"painter": 3}),
          "pro": Plan(requests={"search": "50/minute"})}
 
 
@@ -23,11 +24,22 @@ def redis(tmp_path):
     server.stop()
 
 
-def replicas(url: str, plans_of: dict | None = None, n: int = 2) -> list[PlanLimits]:
+def replicas(url: str, plans_of: dict | None = None, n: int = 2, **kw) -> list[PlanLimits]:
     async def plan_of(user):
         return (plans_of or {}).get(user, "default")
 
-    return [PlanLimits(plan_of, plans=PLANS, redis_url=url, retry_shared_s=0.3) for _ in range(n)]
+    return [PlanLimits(plan_of, plans=PLANS, redis_url=url, retry_shared_s=0.3, **kw) for _ in range(n)]
+
+
+async def _take(limits: PlanLimits, user: str, role: str = "painter"):
+    """A slot held until the caller exits it, or None when the plan's slots are all held."""
+    slot = limits.hold(user, role)
+    try:
+        await slot.__aenter__()
+    except RateLimited as exc:
+        assert exc.limit == f"concurrent-{role}"
+        return None
+    return slot
 
 
 async def _admit(limits: PlanLimits, user: str, route_class: str) -> bool:
@@ -86,5 +98,53 @@ def test_the_plan_is_read_on_every_request(redis):
         assert (await a.usage("dave"))["plan"] == "pro"
         plans["dave"] = "gold"  # a plan the settings do not define: the default's limits
         assert not await _admit(a, "dave", "search")
+
+    asyncio.run(main())
+
+
+def test_calls_at_once_hold_across_replicas_and_come_back(redis):
+    async def main():
+        a, b = replicas(redis.url)
+        # 12 calls at once, half through each replica, none ending: exactly the plan's 3 hold a slot.
+        slots = await asyncio.gather(*(_take(a if i % 2 else b, "erin") for i in range(12)))
+        held = [s for s in slots if s is not None]
+        assert len(held) == 3
+        franks = await _take(a, "frank")
+        assert franks is not None  # another user's slots are their own
+        usage = next(x for x in (await b.usage("erin"))["limits"] if x["limit"] == "concurrent-painter")
+        assert (usage["quota"], usage["used"], usage["left"]) == (3, 3, 0)
+        await held[0].__aexit__(None, None, None)  # one call ends: one more gets in, on either replica
+        again = await _take(b, "erin")  # kept: a slot nobody refers to any more is given back when collected
+        assert again is not None and await _take(a, "erin") is None
+        for slot in held[1:]:
+            await slot.__aexit__(None, None, None)
+        assert (await a.usage("erin"))["limits"][-1]["used"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_slot_whose_replica_died_frees_itself_at_its_lease(redis):
+    async def main():
+        (dead,) = replicas(redis.url, n=1, slot_lease_s=1.0)
+        (alive,) = replicas(redis.url, n=1)
+        taken = [await _take(dead, "gina") for _ in range(3)]  # never given back: the replica "died"
+        assert all(taken) and await _take(alive, "gina") is None
+        await asyncio.sleep(1.2)  # past the lease, by Redis's clock
+        assert await _take(alive, "gina") is not None
+
+    asyncio.run(main())
+
+
+def test_slots_without_redis_are_held_in_each_replica(redis):
+    async def main():
+        a, b = replicas(redis.url)
+        redis.stop()
+        held = [await _take(a, "hank") for _ in range(4)]
+        assert sum(s is not None for s in held) == 3  # a's own count while Redis is away
+        assert await _take(b, "hank") is not None  # b counts alone
+        for slot in held:
+            if slot is not None:
+                await slot.__aexit__(None, None, None)  # given back where they were taken, no error
+        assert await _take(a, "hank") is not None
 
     asyncio.run(main())

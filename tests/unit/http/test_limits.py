@@ -17,6 +17,7 @@ PLANS = {
     "default": {"requests": {"search": "3/minute", "embeddings": "2/5second", "upload": "100/minute"}},
     "closed": {"requests": {"search": "0/minute", "embeddings": "0/minute"}},
     "wide": {"requests": {"search": "100/minute;1000/day"}},
+    "solo": {"concurrent": {"painter": 1, "writer": 1}},
 }
 
 
@@ -35,7 +36,7 @@ def limited(tiny_models, tmp_path_factory):
     data = tmp_path_factory.mktemp("limits")
     settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
     store = key_store(settings)
-    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan")}
+    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan", "judy")}
     models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
     app = in_process_app(models, ingress=IngressSpec(), settings=settings,
                          storage=StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs")),
@@ -126,6 +127,44 @@ def test_a_refusal_under_v1_is_openais_rate_limit_error(limited):
     assert refused.status_code == 429 and refused.headers["x-ratelimit-remaining-requests"] == "0"
     error = refused.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("rate_limit_error", "rate_limited", None)
+
+
+def test_calls_at_once_per_role_are_held_to_the_plan(limited):
+    """A user whose painter slot is taken (here by the test, in the app's own event loop, as a running
+    generation of theirs would) is refused the next generation: 429, which limit, Retry-After; another user
+    is not; the slot given back, the same request paints. n above the plan's slots is the caller's mistake."""
+    from deployments.keys import main as keys_cli
+
+    client, _, settings = limited
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "judy", "solo"]) == 0
+    h, body = _h(limited, "judy"), {"prompt": "a red kite", "size": "64x64", "response_format": "b64_json"}
+    limits = client.app.state.service.limits
+
+    async def take():
+        slot = limits.hold("judy", "painter")
+        await slot.__aenter__()
+        return slot
+
+    slot = client.portal.call(take)
+    try:
+        refused = client.post("/v1/images/generations", headers=h, json=body)
+        assert refused.status_code == 429, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["type"], error["limit"]) == ("rate_limited", "rate_limit_error", "concurrent-painter")
+        assert "1 painter call at once" in error["message"] and int(refused.headers["retry-after"]) >= 1
+        usage = client.get("/api/me/usage", headers=h).json()
+        assert {(x["limit"], x["quota"], x["used"], x["left"]) for x in usage["limits"]} == {
+            ("concurrent-painter", 1, 1, 0), ("concurrent-writer", 1, 0, 1)}
+        # Another user's generation is not held by judy's slot; a text of judy's takes the writer, not the painter.
+        assert client.post("/v1/images/generations", headers=_h(limited, "erin"), json=body).status_code == 200
+    finally:
+        client.portal.call(slot.__aexit__, None, None, None)
+    assert client.post("/v1/images/generations", headers=h, json=body).status_code == 200
+    too_many = client.post("/v1/images/generations", headers=h, json={**body, "n": 2})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "n", too_many.text
+    # Every call given its slot back: none held after the answers.
+    usage = client.get("/api/me/usage", headers=h).json()
+    assert [x["used"] for x in usage["limits"] if x["limit"].startswith("concurrent-")] == [0, 0]
 
 
 def test_every_route_class_has_routes_and_every_limited_route_exists(limited):
