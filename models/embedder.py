@@ -13,6 +13,7 @@ The gallery ranks by cosine for every family: SigLIP's sigmoid is monotonic in i
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -34,6 +35,11 @@ class Embedder(ModelRole):
         self._model = None
         self._processor = None
         self._dim = 0
+        # A fast tokenizer keeps its padding and truncation settings on the one Rust object it calls, and
+        # the replica tokenizes in several worker threads at once (padded batches, unpadded token counts).
+        # Under a flood of /v1/embeddings a padded batch once came out unpadded (a 500: "expected sequence
+        # of length 9 at dim 1 (got 10)"); not reproduced in a unit test. One tokenizer call at a time.
+        self._tok_lock = threading.Lock()
         self._image_size = 224
         self._family = ""
         self._multilingual = False
@@ -169,11 +175,12 @@ class Embedder(ModelRole):
         exactly its context and no attention mask (big_vision's way, and what makes a text's vector
         the same alone or in a batch); CLIP and Chinese-CLIP pad to the longest and mask the padding."""
         tok = self._processor.tokenizer
-        if self._family == "siglip":
-            enc = tok([t.lower() for t in texts], padding="max_length", truncation=True, max_length=self._context,
-                      **kw)
-            return {"input_ids": enc["input_ids"]}
-        return dict(tok(list(texts), padding=True, truncation=True, max_length=self._context, **kw))
+        with self._tok_lock:
+            if self._family == "siglip":
+                enc = tok([t.lower() for t in texts], padding="max_length", truncation=True,
+                          max_length=self._context, **kw)
+                return {"input_ids": enc["input_ids"]}
+            return dict(tok(list(texts), padding=True, truncation=True, max_length=self._context, **kw))
 
     @operation
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -183,7 +190,8 @@ class Embedder(ModelRole):
         self.load()
         tok = self._processor.tokenizer
         texts = [t.lower() for t in texts] if self._family == "siglip" else list(texts)
-        enc = tok(texts, truncation=True, max_length=self._context)
+        with self._tok_lock:
+            enc = tok(texts, truncation=True, max_length=self._context)
         return [len(ids) for ids in enc["input_ids"]]
 
     def _check_batch(self, items, name: str) -> None:
