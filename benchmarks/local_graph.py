@@ -13,9 +13,10 @@ from benchmarks.checks import check
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(data: Path, port: int = 8123, edit=None) -> tuple[str, str]:
+def start(data: Path, port: int = 8123, edit=None, tuning: dict | None = None) -> tuple[str, str]:
     """The local graph on `data`; returns (base URL, an API key). `edit(args)` may change the app's args
-    (a dict, as the YAML holds them) before it is deployed."""
+    (a dict, as the YAML holds them) before it is deployed; `tuning` is the ingress's live settings (plans,
+    timeouts: an IngressTuning's fields), its defaults when left out."""
     import ray
     import yaml
     from ray import serve
@@ -52,7 +53,13 @@ def start(data: Path, port: int = 8123, edit=None) -> tuple[str, str]:
     ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="atelier", runtime_env={"env_vars": env},
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(AppArgs.model_validate(spec)), name="atelier", route_prefix="/", blocking=False)
+    if tuning is None:
+        app = build_app(AppArgs.model_validate(spec))
+    else:  # a checkout from before `compose(tuning=)` cannot take one
+        from deployments.app import compose
+
+        app = compose(AppArgs.model_validate(spec), tuning=tuning)
+    serve.run(app, name="atelier", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     import httpx
 

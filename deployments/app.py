@@ -15,8 +15,10 @@ def build_app(args: AppArgs) -> Application:
     return compose(args)
 
 
-def compose(args: AppArgs, model_classes: dict[str, type] | None = None) -> Application:
-    """build_app with the model classes open: fault tests bind a stand-in that fails on purpose."""
+def compose(args: AppArgs, model_classes: dict[str, type] | None = None, tuning: dict | None = None) -> Application:
+    """build_app with the model classes open (fault tests bind a stand-in that fails on purpose) and the
+    ingress's live settings to start with (`tuning`, an IngressTuning's fields; a serve config's
+    `deployments:` section sets them in a deployment)."""
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
     classes = model_classes or {}
@@ -31,7 +33,7 @@ def compose(args: AppArgs, model_classes: dict[str, type] | None = None) -> Appl
     describer = bind(DescriberDeployment, args.describer, "describer")
     painter = bind(PainterDeployment, args.painter, "painter")
     return Ingress.options(**args.ingress.deployment.serve_options(),
-                           user_config=IngressTuning().model_dump()).bind(
+                           user_config=IngressTuning.model_validate(tuning or {}).model_dump()).bind(
         embedder, writer, describer, painter, args.ingress_args(), scale_to_zero(args)
     )
 
