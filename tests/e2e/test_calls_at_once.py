@@ -10,27 +10,10 @@ gauge on the node's metrics port)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
 
 import httpx
 
-GAUGE = "ray_serve_num_ongoing_requests_at_replicas"
-
-
-def _at_painter(metrics_url: str) -> float:
-    total = 0.0
-    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
-        if line.startswith(GAUGE + "{") and 'deployment="Painter"' in line and 'application="atelier"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _wait(what: str, ready, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while not (value := ready()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return value
+from tests.support.serve_gauges import at_painter, wait
 
 
 def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
@@ -42,10 +25,10 @@ def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
     small = {"text": "a kite", "size": "64x64", "steps": 2, "enhance": False, "save_to_gallery": False}
     with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as uma, \
             cf.ThreadPoolExecutor(1) as pool:
-        _wait("an earlier generation is still on the Painter", lambda: _at_painter(metrics) == 0)
+        wait("an earlier generation is still on the Painter", lambda: at_painter(metrics) == 0)
         # 50 steps at 1024x1024: tens of seconds on the tiny model, on the Painter while we look.
         slow = pool.submit(uma.post, "/api/generate/image", json={**small, "size": "1024x1024", "steps": 50})
-        _wait("uma's generation never reached the Painter", lambda: _at_painter(metrics) >= 1 or slow.done())
+        wait("uma's generation never reached the Painter", lambda: at_painter(metrics) >= 1 or slow.done())
         assert not slow.done(), slow.result().text
         refused = uma.post("/api/generate/image", json=small)
         assert refused.status_code == 429, refused.text

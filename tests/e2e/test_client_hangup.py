@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tests.support.serve_gauges import at_painter, wait
+
 OP = "POST /api/generate/image"
-GAUGE = "ray_serve_num_ongoing_requests_at_replicas"
 
 
 def _op(client) -> dict:
@@ -30,23 +31,6 @@ def _op(client) -> dict:
     return r.json()["operations"].get(OP, {"count": 0, "errors": 0, "client_closed": 0})
 
 
-def _at_painter(metrics_url: str) -> float:
-    """Requests Serve's routers have handed to the Painter's replicas and not yet seen answered."""
-    total = 0.0
-    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
-        if line.startswith(GAUGE + "{") and 'deployment="Painter"' in line and 'application="atelier"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _wait(what: str, ready, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while not (value := ready()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return value
-
-
 def test_a_client_that_hangs_up_is_recorded_as_499_not_500(service, ray_cluster):
     from ray import serve
 
@@ -57,7 +41,7 @@ def test_a_client_that_hangs_up_is_recorded_as_499_not_500(service, ray_cluster)
     with service.client() as c:
         before = _op(c)
         progress = painter.progress.remote().result(timeout_s=120)  # the Painter's one slot is free now
-        _wait("an earlier generation is still on the Painter", lambda: _at_painter(metrics) == 0)
+        wait("an earlier generation is still on the Painter", lambda: at_painter(metrics) == 0)
         # 50 steps at 1024x1024 (tens of seconds on the tiny model): the hang-up below lands mid-paint.
         body = {"text": "a very slow storm", "size": "1024x1024", "steps": 50, "enhance": False,
                 "save_to_gallery": False}
@@ -67,14 +51,14 @@ def test_a_client_that_hangs_up_is_recorded_as_499_not_500(service, ray_cluster)
         conn.request("POST", "/api/generate/image", body=json.dumps(body),
                      headers={"Authorization": f"Bearer {service.keys['alice']}", "Content-Type": "application/json",
                               "X-Request-ID": rid})
-        _wait("the generation never reached the Painter", lambda: _at_painter(metrics) >= 1)
+        wait("the generation never reached the Painter", lambda: at_painter(metrics) >= 1)
         conn.close()  # hang up without reading a byte of the answer
         # The hang-up reached the model: the Painter stopped denoising and counted the call as cancelled.
-        after_progress = _wait("the Painter never saw the hang-up",
+        after_progress = wait("the Painter never saw the hang-up",
                                lambda: (p := painter.progress.remote().result(timeout_s=120))["cancelled"]
                                > progress["cancelled"] and p)
         assert after_progress["cancelled"] == progress["cancelled"] + 1, (progress, after_progress)
-        after = _wait("the abandoned request was never recorded", lambda: (a := _op(c))["count"] > before["count"] and a)
+        after = wait("the abandoned request was never recorded", lambda: (a := _op(c))["count"] > before["count"] and a)
     assert after["count"] == before["count"] + 1, (before, after)
     assert after["errors"] == before["errors"], (before, after)
     assert after["client_closed"] == before["client_closed"] + 1, (before, after)  # counted as what it is
