@@ -54,10 +54,9 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.include_router(openai_router)
     app.include_router(ingest_router)
     # Inside the edge (a refusal has a request id, an access line, stats), before any route reads a body.
-    on_count = _limit_metrics() if serve_metrics else None
-    app.add_middleware(PlanGate, service=service, on_count=on_count)
-    if getattr(service, "limits", None) is not None and on_count is not None:
-        service.limits.on_event = on_count  # a role's slots refused or counted without Redis
+    app.add_middleware(PlanGate, service=service)
+    if serve_metrics and getattr(service, "limits", None) is not None:
+        service.limits.on_event = _limit_metrics()  # refusals and counts made without Redis, gate and slots
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
                        echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.

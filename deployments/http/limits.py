@@ -52,11 +52,11 @@ def rate_headers(admission: Admission, path: str) -> list[tuple[bytes, bytes]]:
 
 class PlanGate:
     """ASGI middleware inside the edge (so a refusal has a request id, an access line and its stats) and
-    before the route reads the body. `service.limits` counts; `on_count(plan, limit, outcome)` is told of
-    each refusal and each degraded count (the ingress's metrics)."""
+    before the route reads the body. `service.limits` counts, and is told of each refusal and each degraded
+    count (`PlanLimits.event`: the ingress's metrics)."""
 
-    def __init__(self, app, *, service, on_count=None):
-        self.app, self.service, self._on_count = app, service, on_count
+    def __init__(self, app, *, service):
+        self.app, self.service = app, service
 
     async def __call__(self, scope, receive, send):
         user = (scope.get("state") or {}).get("user") if scope["type"] == "http" else None
@@ -77,10 +77,10 @@ class PlanGate:
         try:
             admission = await counters.admit(user, route_class)
         except RateLimited as exc:
-            self._count(exc.admission.plan if exc.admission else None, exc.limit, "refused")
+            counters.event(exc.admission.plan if exc.admission else None, exc.limit, "refused")
             return await self._refuse(scope, send, exc)
         if admission.degraded:
-            self._count(admission.plan, route_class, "degraded")
+            counters.event(admission.plan, route_class, "degraded")
         extra = rate_headers(admission, path)
 
         async def send_with_headers(message):
@@ -89,13 +89,6 @@ class PlanGate:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-    def _count(self, plan, limit, outcome) -> None:
-        if self._on_count is not None:
-            try:
-                self._on_count(plan, limit, outcome)
-            except Exception:  # noqa: BLE001 - metrics never fail a request
-                pass
 
     async def _refuse(self, scope, send, exc: RateLimited) -> None:
         # The route's template for the edge's stats and access line (Starlette sets it when it routes).

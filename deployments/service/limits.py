@@ -107,8 +107,8 @@ class PlanLimits:
             self._shared_slots = RedisSlots(redis_url)
         self._shared_down_until = 0.0
         self._warned = False
-        # Told of each refusal and degraded count made outside the HTTP gate (a role's slots): the metrics.
-        self.on_event: Callable[[str, str, str], None] | None = None
+        # Told of each refusal and each count made without Redis, `(plan, limit, outcome)`: the metrics.
+        self.on_event: Callable[[str | None, str, str], None] | None = None
 
     def tune(self, plans: dict) -> None:
         """New plans (the ingress's reconfigure): the next request is counted against them."""
@@ -131,7 +131,8 @@ class PlanLimits:
             self._parsed[key] = limits.parse_many(text) if text else []
         return self._parsed[key]
 
-    def _event(self, plan: str, limit: str, outcome: str) -> None:
+    def event(self, plan: str | None, limit: str, outcome: str) -> None:
+        """One refusal (`refused`) or count made without Redis (`degraded`), told to `on_event`."""
         if self.on_event is not None:
             try:
                 self.on_event(plan, limit, outcome)
@@ -200,9 +201,9 @@ class PlanLimits:
         (table, taken), degraded = await self._call("acquire", key, cap, token, self._slot_lease_s, slots=True)
         limit = f"concurrent-{role}"
         if degraded:
-            self._event(plan_name, limit, "degraded")
+            self.event(plan_name, limit, "degraded")
         if not taken:
-            self._event(plan_name, limit, "refused")
+            self.event(plan_name, limit, "refused")
             raise RateLimited(f"the {plan_name!r} plan allows {cap} {role} call{'s' if cap != 1 else ''} at once and "
                               f"that many of yours are running (a request of n images takes n); retry when one "
                               "ends", limit=limit, retry_after=2)
