@@ -34,8 +34,15 @@ def compose(args: AppArgs, model_classes: dict[str, type] | None = None, tuning:
     painter = bind(PainterDeployment, args.painter, "painter")
     return Ingress.options(**args.ingress.deployment.serve_options(),
                            user_config=IngressTuning.model_validate(tuning or {}).model_dump()).bind(
-        embedder, writer, describer, painter, args.ingress_args(), scale_to_zero(args)
+        embedder, writer, describer, painter, args.ingress_args(), scale_to_zero(args), capacity(args)
     )
+
+
+def capacity(args: AppArgs) -> dict[str, int]:
+    """Calls each model role takes at once before Serve answers back-pressure (roles with a bounded queue):
+    where the plans' fair share starts refusing the user holding most of a role."""
+    roles = {"embedder": args.embedder, "writer": args.writer, "describer": args.describer, "painter": args.painter}
+    return {role: most for role, spec in roles.items() if (most := spec.deployment.most_at_once()) is not None}
 
 
 def scale_to_zero(args: AppArgs) -> tuple[str, ...]:

@@ -50,9 +50,11 @@ def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec 
 
 def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, storage: StorageSettings,
                     ingest: IngestSpec | None, in_process: bool,
-                    tuning: IngressTuning | None = None, settings: ServiceSettings | None = None) -> ProductService:
+                    tuning: IngressTuning | None = None, settings: ServiceSettings | None = None,
+                    capacity: dict[str, int] | None = None) -> ProductService:
     """The service over `models`; `in_process` keeps the gallery writer and the ledgers in this process.
-    `tuning` is the live settings to start with (the ingress's reconfigure() applies later ones)."""
+    `tuning` is the live settings to start with (the ingress's reconfigure() applies later ones); `capacity`
+    the calls each role takes at once (`deployments.app.capacity`: the plans' fair share)."""
     tuning = tuning or IngressTuning()
     stats, idempotency = state.in_process() if in_process else state.shared()
 
@@ -70,7 +72,7 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
         cache=AnswerCache(lru_size=tuning.caches.lru_size, ttl_s=tuning.caches.ttl_s, redis_url=ingress.redis_url),
         library_factory=open_library, stats=stats, idempotency=idempotency, ingest=desk,
         limits=PlanLimits(PlanBook.open(plan_store(keys, storage)).plan_of, plans=tuning.plans,
-                          redis_url=ingress.redis_url),
+                          redis_url=ingress.redis_url, capacity=capacity),
     )
     if desk is not None:
         desk.attach(service.photos.keep_ingested)  # small jobs run through the service, like single uploads

@@ -83,6 +83,15 @@ class DeploymentOptions(_Strict):
     health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds a health check may take.")
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Grace for in-flight requests on stop.")
 
+    def most_at_once(self) -> int | None:
+        """Calls Serve takes at once before it answers back-pressure: each replica's `max_ongoing_requests` at
+        the most replicas, plus the queue (None: an unbounded queue)."""
+        if self.max_queued_requests < 0:
+            return None
+        most = self.num_replicas if self.num_replicas is not None else \
+            self.autoscaling.max_replicas if self.autoscaling is not None else 1
+        return most * self.max_ongoing_requests + self.max_queued_requests
+
     def serve_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "ray_actor_options": self.ray_actor_options.model_dump(exclude_none=True),
@@ -146,11 +155,14 @@ class Caches(_Strict):
 # The route classes a plan limits (API.md "Limits"; deployments.http.limits maps routes to them).
 RouteClass = Literal["search", "upload", "text", "generate", "describe", "chat", "embeddings", "ingest"]
 ModelRole = Literal["embedder", "writer", "describer", "painter"]
+# The roles whose compute a plan budgets in GPU seconds (the Embedder's calls are small and batched across
+# users, so a plan bounds them by requests per minute instead).
+BudgetedRole = Literal["writer", "describer", "painter"]
 
 
 class Plan(_Strict):
     """What one user may use (README "Plans and limits"). A limit left out is no limit. (Requests per route
-    class and calls at once per model role today; GPU seconds, tokens and storage come next: issue 29.)"""
+    class, calls at once per model role, GPU seconds per role and chat tokens today; storage comes next.)"""
 
     requests: dict[RouteClass, str] = Field(
         default_factory=dict, description="Requests per route class, in the `limits` library's notation, each a "
@@ -160,6 +172,18 @@ class Plan(_Strict):
         default_factory=dict, description="Calls at once per model role (embedder, writer, describer, painter), "
         "counted across every replica: one user cannot fill a role's queue. A request of n images takes n "
         "painter calls. A role left out is not limited.")
+
+    gpu_seconds: dict[BudgetedRole, str] = Field(
+        default_factory=dict, description="GPU seconds per role (writer, describer, painter) in the `limits` "
+        "notation, the amount in seconds: '600/day', '60/hour;600/day'. Charged after each call from the compute "
+        "its replica measured times the replica's GPU share (a replica without a GPU counts as one whole device); "
+        "a call whose estimate no longer fits is refused before it starts; a cancelled call is charged for what it "
+        "ran. Counted as sliding-window counters.")
+
+    tokens: str | None = Field(
+        None, description="Chat tokens (prompt and answer, /v1/chat/completions) in the `limits` notation: "
+        "'200000/day'. A request is refused when its prompt no longer fits what is left; the answer is charged "
+        "when it ends. Counted as sliding-window counters.")
 
     @model_validator(mode="after")
     def _rates(self) -> "Plan":
@@ -171,6 +195,17 @@ class Plan(_Strict):
             except ValueError:
                 raise ValueError(f"requests.{route_class}: {text!r} is not a rate like '60/minute' or "
                                  "'10/second;1000/day'") from None
+        budgets = {f"gpu_seconds.{role}": text for role, text in self.gpu_seconds.items()}
+        if self.tokens is not None:
+            budgets["tokens"] = self.tokens
+        for where, text in budgets.items():
+            try:
+                items = limits.parse_many(text)
+            except ValueError:
+                items = []
+            if not items or any(item.amount < 1 for item in items):
+                raise ValueError(f"{where}: {text!r} is not a budget like '600/day' or '60/hour;600/day' (a whole "
+                                 "number, at least 1)")
         return self
 
 

@@ -57,6 +57,7 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.add_middleware(PlanGate, service=service)
     if serve_metrics and getattr(service, "limits", None) is not None:
         service.limits.on_event = _limit_metrics()  # refusals and counts made without Redis, gate and slots
+        service.limits.on_charge = _charge_metrics()  # GPU seconds charged to plans
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
                        echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
@@ -80,6 +81,23 @@ def _limit_metrics():
         counter[0].inc(tags={"plan": plan or "unknown", "limit": limit or "unknown", "outcome": outcome})
 
     return on_count
+
+
+def _charge_metrics():
+    """`on_charge(plan, role, seconds)`: GPU seconds charged to users' budgets, by plan and role (never by user)."""
+    counter = []
+
+    def on_charge(plan, role, seconds):
+        if not counter:
+            from ray.serve import metrics
+
+            counter.append(metrics.Counter(
+                "atelier_plan_gpu_seconds", tag_keys=("plan", "role"),
+                description="GPU seconds charged to plans' budgets by plan and role (the replicas' measured "
+                            "compute times their GPU share)"))
+        counter[0].inc(seconds, tags={"plan": plan or "unknown", "role": role})
+
+    return on_charge
 
 
 _ERROR_SCHEMA = {

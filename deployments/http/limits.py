@@ -9,6 +9,7 @@ OpenAI's clients pace themselves and retry a 429 after `Retry-After`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -33,6 +34,8 @@ ROUTE_CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/v1/embeddings"): "embeddings",
     ("POST", "/api/init/upload"): "ingest",
 }
+# The model role whose GPU seconds a route class mostly spends: its budget's windows are on the answer too.
+ROUTE_BUDGETS: dict[str, str] = {"generate": "painter", "describe": "describer", "text": "writer", "chat": "writer"}
 
 
 def rate_headers(admission: Admission, path: str) -> list[tuple[bytes, bytes]]:
@@ -42,8 +45,9 @@ def rate_headers(admission: Admission, path: str) -> list[tuple[bytes, bytes]]:
     policy = ", ".join(f'"{w.name}";q={w.quota};w={w.window_s};qu="{w.unit}"' for w in admission.windows)
     state = ", ".join(f'"{w.name}";r={w.remaining};t={w.reset_s}' for w in admission.windows)
     headers = [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
-    if is_openai(path):
-        tight = min(admission.windows, key=lambda w: (w.remaining, -w.reset_s))
+    requests = [w for w in admission.windows if w.unit == "requests"]
+    if is_openai(path) and requests:
+        tight = min(requests, key=lambda w: (w.remaining, -w.reset_s))
         headers += [(b"x-ratelimit-limit-requests", str(tight.quota).encode()),
                     (b"x-ratelimit-remaining-requests", str(tight.remaining).encode()),
                     (b"x-ratelimit-reset-requests", f"{tight.reset_s}s".encode())]
@@ -81,6 +85,10 @@ class PlanGate:
             return await self._refuse(scope, send, exc)
         if admission.degraded:
             counters.event(admission.plan, route_class, "degraded")
+        if route_class in ROUTE_BUDGETS:  # what is left of the GPU seconds this request will mostly spend
+            admission.windows += await counters.budget_windows(user, f"gpu-{ROUTE_BUDGETS[route_class]}")
+        if route_class == "chat":
+            admission.windows += await counters.budget_windows(user, "tokens")
         extra = rate_headers(admission, path)
 
         async def send_with_headers(message):
@@ -106,3 +114,39 @@ class PlanGate:
         headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+# -- chat tokens ---------------------------------------------------------------------------------------
+_CHARGING: set = set()  # charges of closed streams still being counted (the event loop keeps weak references)
+
+
+async def afford_tokens(svc, user: str, prompt: str) -> int:
+    """Where the caller's plan budgets chat tokens: their prompt's tokens, refused (429 `quota_exceeded`) when
+    they no longer fit what is left. 0 where it does not (nothing is counted)."""
+    limits = getattr(svc, "limits", None)
+    if limits is None or not await limits.budget_windows(user, "tokens"):
+        return 0
+    tokens = await svc.conversation.count_chat_tokens(prompt) if prompt else 0
+    await limits.afford(user, "tokens", max(1, tokens), what="this prompt")
+    return tokens
+
+
+async def charge_tokens(svc, user: str, tokens: int) -> None:
+    if getattr(svc, "limits", None) is not None and tokens > 0:
+        await svc.limits.charge_tokens(user, tokens)
+
+
+def charge_stream_later(svc, user: str, prompt_tokens: int, text: list[str], produced: int | None) -> None:
+    """Charge a streamed answer's tokens (what it streamed, counted now unless `produced` says) with its prompt's,
+    in a task of its own: the stream may be closing because its request was cancelled."""
+    if getattr(svc, "limits", None) is None or not (prompt_tokens or text):
+        return
+
+    async def charge():
+        spent = produced if produced is not None else \
+            await svc.conversation.count_chat_tokens("".join(text)) if text else 0
+        await charge_tokens(svc, user, prompt_tokens + spent)
+
+    task = asyncio.ensure_future(charge())
+    _CHARGING.add(task)
+    task.add_done_callback(_CHARGING.discard)

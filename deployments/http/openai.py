@@ -29,6 +29,7 @@ from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
 from .deps import caller, current_request_id, edge, image_url, public_root, service
 from .edge import JsonRoute
 from .gate import error_object
+from .limits import afford_tokens, charge_stream_later, charge_tokens
 from .streams import REVOKED_MESSAGE, until_revoked
 
 log = logging.getLogger("atelier.openai")
@@ -210,17 +211,22 @@ async def openai_chat(request: Request, body: ChatRequest, user: str = Depends(c
         image = await _vision_image(request, user, svc, url, where)
         # The question is the latest user text; the Describer sees only the image and that question.
         questions = [m.text().strip() for m in body.messages if m.role == "user" and m.text().strip()]
-        answer = await svc.conversation.vision_answer(image, questions[-1] if questions else None, request_id=current_request_id(),
-                                         **params)
+        question = questions[-1] if questions else None
+        await afford_tokens(svc, user, question or "")
+        answer = await svc.conversation.vision_answer(image, question, request_id=current_request_id(), **params)
+        await charge_tokens(svc, user, answer.result.prompt_tokens + answer.result.completion_tokens)
         if not body.stream:
             return _completion_of(answer)
         return _sse(until_revoked(request, _vision_events(answer), _revoked_event))
     # The Writer's chat template knows system/user/assistant; OpenAI's newer "developer" is its system.
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    prompt_tokens = await afford_tokens(svc, user, "\n".join(m["content"] for m in messages))
     answer = await svc.conversation.chat(messages, stream=body.stream, temperature=body.temperature, top_p=body.top_p, **params)
     if not body.stream:
+        await charge_tokens(svc, user, answer.result.prompt_tokens + answer.result.completion_tokens)
         return _completion_of(answer)
-    return _sse(until_revoked(request, _writer_events(svc, answer), _revoked_event))
+    return _sse(until_revoked(request, _writer_events(svc, answer, user=user, prompt_tokens=prompt_tokens),
+                              _revoked_event))
 
 
 async def _check_answer_length(svc: ProductService, body: ChatRequest, role: str) -> None:
@@ -239,10 +245,14 @@ def _completion_of(answer: ChatAnswer) -> dict:
     return _completion(answer.info, r.text, r.finish_reason, r.prompt_tokens, r.completion_tokens)
 
 
-async def _writer_events(svc: ProductService, answer: ChatAnswer) -> AsyncIterator[dict]:
+async def _writer_events(svc: ProductService, answer: ChatAnswer, *, user: str,
+                         prompt_tokens: int) -> AsyncIterator[dict]:
+    """A streamed answer's events; the tokens it streamed (to its end, or to where the client left) are charged
+    to the caller's plan, with the prompt's."""
     chunk = _Chunks(answer.info)
     pieces, max_new = answer.stream, answer.max_new_tokens
     text = []
+    produced = None
     try:
         yield chunk.delta({"role": "assistant", "content": ""})
         piece = answer.first
@@ -263,6 +273,7 @@ async def _writer_events(svc: ProductService, answer: ChatAnswer) -> AsyncIterat
         yield _error_event("internal_error", f"an internal error occurred (request id {current_request_id()})")
     finally:
         pieces.cancel()
+        charge_stream_later(svc, user, prompt_tokens, text, produced)
 
 
 async def _vision_events(answer: ChatAnswer) -> AsyncIterator[dict]:

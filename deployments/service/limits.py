@@ -19,96 +19,66 @@ outage, and the HTTP layer counts it in a metric), and tries Redis again a few s
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import limits
 from limits.aio.storage import MemoryStorage, RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
-from storage.errors import AtelierError
+from .budgets import Budgets, Estimates
+from .held import HeldModels
+from .slots import CAPPED, KEY_PREFIX, TOP_HOLDER, LocalSlots, RedisSlots, role_key, slot_key
+from .windows import Admission, RateLimited, Window, acting_user, per, window_name
+
+__all__ = ["Admission", "HeldModels", "PlanLimits", "RateLimited", "Window", "acting_user"]
 
 log = logging.getLogger("atelier.limits")
 
 RETRY_SHARED_S = 5.0  # after Redis failed, count locally this long before trying it again
 SLOT_LEASE_S = 600.0  # a held slot not given back (its replica died) frees itself after this long
-_KEY_PREFIX = "atelier-limits"
-
-# The user whose request runs in this context (set by the HTTP layer once the key is checked): the model
-# gateway holds that user's slots. None: no user's request (readiness, warm-up), nothing held.
-acting_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_acting_user", default=None)
 
 
-class RateLimited(AtelierError):
-    """A user's plan limit is spent: 429 with when it resets (`retry_after`, seconds)."""
-
-    code = "rate_limited"
-    status = 429
-
-    def __init__(self, message: str, *, limit: str, retry_after: float, admission: "Admission | None" = None,
-                 code: str | None = None):
-        super().__init__(message, code=code)
-        self.limit, self.retry_after, self.admission = limit, retry_after, admission
-
-
-@dataclass
-class Window:
-    """One limit as the answer's headers and `/api/me/usage` show it."""
-
-    name: str  # e.g. "search" or "search-day" when a class has several windows
-    quota: int
-    window_s: int
-    remaining: int
-    reset_s: int  # seconds until the window frees a request
-    unit: str = "requests"
-
-
-@dataclass
-class Admission:
-    """What a request of a limited route class was told: its windows (for the headers) and whether the
-    counts were this replica's alone (Redis unreachable)."""
-
-    plan: str
-    windows: list[Window] = field(default_factory=list)
-    degraded: bool = False
-
-
-def _name(route_class: str, item: limits.RateLimitItem, several: bool) -> str:
-    if not several:
-        return route_class
-    multiple = "" if item.multiples == 1 else str(item.multiples)
-    return f"{route_class}-{multiple}{item.GRANULARITY.name}"
-
-
-class PlanLimits:
+class PlanLimits(Budgets):
     """The counters of every user's plan. `plan_of(user)` names the user's plan (a `PlanBook`); `plans` are
     the live settings' plans, replaced by `tune`."""
 
     def __init__(self, plan_of: Callable[[str], Awaitable[str]], *, plans: dict, redis_url: str | None = None,
-                 retry_shared_s: float = RETRY_SHARED_S, slot_lease_s: float = SLOT_LEASE_S):
+                 retry_shared_s: float = RETRY_SHARED_S, slot_lease_s: float = SLOT_LEASE_S,
+                 capacity: dict[str, int] | None = None):
         self._plan_of = plan_of
         self._retry_shared_s = retry_shared_s
         self._slot_lease_s = slot_lease_s
         self._plans = dict(plans)
+        # Per role, the calls held across every user from which the one holding most of it is refused: the
+        # role's capacity less a reserve (a quarter, at least one) that only the others may take.
+        self.share_from = {role: max(1, most - max(1, most // 4)) for role, most in (capacity or {}).items() if most > 0}
         self._parsed: dict[tuple[str, str], list[limits.RateLimitItem]] = {}
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        memory = MemoryStorage()
+        self._local = MovingWindowRateLimiter(memory)
+        self._local_budgets = SlidingWindowCounterRateLimiter(memory)
         self._local_slots = LocalSlots()
-        self._shared = self._shared_slots = None
+        self._shared = self._shared_slots = self._shared_budgets = None
         if redis_url:
-            storage = RedisStorage(redis_url, implementation="redispy", wrap_exceptions=True, key_prefix=_KEY_PREFIX,
+            storage = RedisStorage(redis_url, implementation="redispy", wrap_exceptions=True, key_prefix=KEY_PREFIX,
                                    socket_timeout=0.25, socket_connect_timeout=0.25)
             self._shared = MovingWindowRateLimiter(storage)
+            # Budgets are charged in milliseconds: a moving window keeps one entry per unit, a sliding-window
+            # counter two numbers per window whatever the cost.
+            self._shared_budgets = SlidingWindowCounterRateLimiter(storage)
             self._shared_slots = RedisSlots(redis_url)
+        self.estimates = Estimates()
+        self._pending: dict[tuple[str, str], float] = {}  # (user, role) -> estimated ms of calls running here
         self._shared_down_until = 0.0
         self._warned = False
         # Told of each refusal and each count made without Redis, `(plan, limit, outcome)`: the metrics.
         self.on_event: Callable[[str | None, str, str], None] | None = None
+        # Told of each charge of GPU seconds, `(plan, role, seconds)`: the metrics.
+        self.on_charge: Callable[[str, str, float], None] | None = None
 
     def tune(self, plans: dict) -> None:
         """New plans (the ingress's reconfigure): the next request is counted against them."""
@@ -151,23 +121,26 @@ class PlanLimits:
             log.warning("the plans' shared counters (Redis) are unreachable (%s: %s); counting in this replica "
                         "alone until they answer", type(exc).__name__, exc)
 
-    async def _call(self, method: str, *args, slots: bool = False):
-        """A limiter call (or, with `slots`, a slot table's) on the shared counters, or this replica's when
-        they are down: (result, degraded)."""
+    async def _call(self, method: str, *args, slots: bool = False, budgets: bool = False, **kwargs):
+        """A limiter call (with `slots` a slot table's, with `budgets` the budgets' counter's) on the shared
+        counters, or this replica's when they are down: (result, degraded)."""
         limiter, degraded = self._limiter()
-        if slots:
-            limiter = self._local_slots if limiter is self._local else self._shared_slots
+        local = self._local_slots if slots else self._local_budgets if budgets else self._local
+        if limiter is not self._local:
+            limiter = self._shared_slots if slots else self._shared_budgets if budgets else self._shared
+        else:
+            limiter = local
         if not degraded and self._shared is not None:
             try:
-                result = await getattr(limiter, method)(*args)
+                result = await getattr(limiter, method)(*args, **kwargs)
                 if self._warned:
                     self._warned = False
                     log.warning("the plans' shared counters (Redis) answer again")
                 return result, False
             except Exception as exc:  # noqa: BLE001 - any Redis failure: count locally, never fail the request
                 self._down(exc)
-                limiter, degraded = (self._local_slots if slots else self._local), True
-        return await getattr(limiter, method)(*args), degraded
+                limiter, degraded = local, True
+        return await getattr(limiter, method)(*args, **kwargs), degraded
 
     async def admit(self, user: str, route_class: str) -> Admission:
         """Count one request of `user` in `route_class`; `RateLimited` when a window of their plan is full."""
@@ -178,40 +151,46 @@ class PlanLimits:
             allowed, degraded = await self._call("hit", item, user, route_class)
             admission.degraded = admission.degraded or degraded
             stats, _ = await self._call("get_window_stats", item, user, route_class)
-            window = Window(_name(route_class, item, len(items) > 1), item.amount, item.get_expiry(),
+            window = Window(window_name(route_class, item, len(items) > 1), item.amount, item.get_expiry(),
                             max(0, stats.remaining), max(0, math.ceil(stats.reset_time - time.time())))
             admission.windows.append(window)
             if not allowed:
                 reset = max(1, window.reset_s)
                 raise RateLimited(f"the {plan_name!r} plan allows {item.amount} {route_class} requests per "
-                                  f"{_per(item)}; retry in {reset} s", limit=window.name, retry_after=reset,
+                                  f"{per(item)}; retry in {reset} s", limit=window.name, retry_after=reset,
                                   admission=admission)
         return admission
 
     @asynccontextmanager
     async def hold(self, user: str, role: str):
-        """One of the user's slots of `role` for the body of the `async with` (no slot when their plan sets
-        no cap for the role); `RateLimited` when all of them are held."""
+        """One of the user's slots of `role` for the body of the `async with` (none when their plan sets no cap
+        for the role and its capacity is not known); `RateLimited` when all of theirs are held (`concurrent-`),
+        or when the role is near its capacity and no one holds more of it than they do (`fair-share-`)."""
         plan_name, plan = await self.plan(user)
-        cap = plan.concurrent.get(role)
-        if cap is None:
+        cap, share_from = plan.concurrent.get(role), self.share_from.get(role, 0)
+        if cap is None and not share_from:
             yield
             return
-        key, token = _slot_key(user, role), uuid.uuid4().hex
-        (table, taken), degraded = await self._call("acquire", key, cap, token, self._slot_lease_s, slots=True)
-        limit = f"concurrent-{role}"
+        key, token, every = slot_key(user, role), uuid.uuid4().hex, role_key(role) if share_from else None
+        (table, outcome), degraded = await self._call("acquire", key, -1 if cap is None else cap, token,
+                                                      self._slot_lease_s, every, user, share_from, slots=True)
         if degraded:
-            self.event(plan_name, limit, "degraded")
-        if not taken:
-            self.event(plan_name, limit, "refused")
+            self.event(plan_name, f"concurrent-{role}", "degraded")
+        if outcome == CAPPED:
+            self.event(plan_name, f"concurrent-{role}", "refused")
             raise RateLimited(f"the {plan_name!r} plan allows {cap} {role} call{'s' if cap != 1 else ''} at once and "
                               f"that many of yours are running (a request of n images takes n); retry when one "
-                              "ends", limit=limit, retry_after=2)
+                              "ends", limit=f"concurrent-{role}", retry_after=2)
+        if outcome == TOP_HOLDER:
+            self.event(plan_name, f"fair-share-{role}", "refused")
+            raise RateLimited(f"the {role} is nearly full ({share_from} or more calls at once) and no other user "
+                              f"holds more of it than you; retry when one of yours ends", limit=f"fair-share-{role}",
+                              retry_after=2)
         try:
             yield
         finally:
             try:  # the table the slot was taken in, even if Redis went or came back since
-                await asyncio.shield(table.release(key, token))
+                await asyncio.shield(table.release(key, token, every, user))
             except Exception:  # noqa: BLE001 - its lease frees it
                 pass
 
@@ -224,170 +203,32 @@ class PlanLimits:
             for item in items:
                 stats, _ = await self._call("get_window_stats", item, user, route_class)
                 left = max(0, stats.remaining)
-                out.append({"limit": _name(route_class, item, len(items) > 1), "route_class": route_class,
+                out.append({"limit": window_name(route_class, item, len(items) > 1), "route_class": route_class,
                             "unit": "requests", "quota": item.amount, "window_s": item.get_expiry(),
                             "used": item.amount - left, "left": left,
                             "resets_in_s": max(0, math.ceil(stats.reset_time - time.time())) if left < item.amount
                             else 0})
         for role, cap in plan.concurrent.items():
-            (_, held), _ = await self._call("held", _slot_key(user, role), slots=True)
+            (_, held), _ = await self._call("held", slot_key(user, role), slots=True)
             out.append({"limit": f"concurrent-{role}", "role": role, "unit": "calls at once", "quota": cap,
                         "used": min(held, cap), "left": max(0, cap - held), "resets_in_s": 0})
+        for budget in [f"gpu-{role}" for role in plan.gpu_seconds] + (["tokens"] if plan.tokens else []):
+            windows, _ = await self._budget_windows(user, plan_name, plan, budget)
+            for window in windows:
+                out.append({"limit": window.name, "unit": window.unit, "quota": window.quota,
+                            "window_s": window.window_s, "used": round(window.quota - window.exact_left, 3),
+                            "left": round(window.exact_left, 3), "resets_in_s": window.reset_s,
+                            **({"role": budget.removeprefix("gpu-")} if budget != "tokens" else {})})
         return {"plan": plan_name, "limits": out}
 
     async def forget_user(self, user: str) -> None:
         """A deleted user's counters go with them (best effort: they expire on their own; held slots end with
         their calls)."""
         for (plan_name, route_class), items in list(self._parsed.items()):
+            budget = route_class.startswith("budget:")
+            name = route_class.removeprefix("budget:")
             for item in items:
                 try:
-                    await self._call("clear", item, user, route_class)
+                    await self._call("clear", item, user, name, budgets=budget)
                 except Exception:  # noqa: BLE001
                     pass
-
-
-def _per(item: limits.RateLimitItem) -> str:
-    unit = item.GRANULARITY.name
-    return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
-
-
-def _slot_key(user: str, role: str) -> str:
-    return f"{_KEY_PREFIX}:held:{role}:{user}"
-
-
-class LocalSlots:
-    """Held slots in this process: key -> {token: lease end}. Each method answers (this table, result), so a
-    slot is given back where it was taken."""
-
-    def __init__(self):
-        self._held: dict[str, dict[str, float]] = {}
-
-    def _live(self, key: str) -> dict[str, float]:
-        now = time.monotonic()
-        held = self._held.get(key, {})
-        for token in [t for t, end in held.items() if end <= now]:
-            del held[token]
-        return held
-
-    async def acquire(self, key: str, cap: int, token: str, lease_s: float):
-        held = self._live(key)
-        if len(held) >= cap:
-            return self, False
-        self._held.setdefault(key, held)[token] = time.monotonic() + lease_s
-        return self, True
-
-    async def release(self, key: str, token: str) -> None:
-        held = self._held.get(key)
-        if held is not None:
-            held.pop(token, None)
-            if not held:
-                self._held.pop(key, None)
-
-    async def held(self, key: str):
-        return self, len(self._live(key))
-
-
-# KEYS[1]: the user's slots of a role (a sorted set: token -> lease end). ARGV: cap, lease (s), token.
-# Redis's own clock, so replicas on hosts whose clocks differ agree on which leases ended.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
-return 1
-"""
-_HELD = """
-local t = redis.call('TIME')
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) + tonumber(t[2]) / 1e6)
-return redis.call('ZCARD', KEYS[1])
-"""
-
-
-class RedisSlots:
-    """Held slots in Redis, shared by every ingress replica on every node: one script takes a slot only while
-    fewer than the cap are held (check and take are one step, so N replicas at once never take N+1)."""
-
-    def __init__(self, url: str):
-        import redis.asyncio as aredis
-
-        self._redis = aredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._held = self._redis.register_script(_HELD)
-
-    async def acquire(self, key: str, cap: int, token: str, lease_s: float):
-        return self, bool(await self._acquire(keys=[key], args=[cap, lease_s, token]))
-
-    async def release(self, key: str, token: str) -> None:
-        await self._redis.zrem(key, token)
-
-    async def held(self, key: str):
-        return self, int(await self._held(keys=[key]))
-
-
-class HeldModels:
-    """The model gateway, holding the acting user's slots: each call of a role their plan caps takes one of
-    their slots for as long as it runs (a stream: until its last piece, its error or its cancel). Calls
-    outside a user's request and a role's small questions (its info, sizes, token counts) take none."""
-
-    FREE = frozenset({"info", "ready", "dimension", "image_size", "size_of", "count_tokens"})
-
-    def __init__(self, models, limits: PlanLimits):
-        self._models, self._limits = models, limits
-
-    def __getattr__(self, name: str) -> Any:  # info, ready, running_replicas, handles...: the gateway's own
-        return getattr(self._models, name)
-
-    async def cap(self, role: str) -> int | None:
-        user = acting_user.get()
-        return None if user is None else (await self._limits.plan(user))[1].concurrent.get(role)
-
-    async def call(self, role: str, op: str, *args, **kwargs) -> Any:
-        user = acting_user.get()
-        if user is None or op in self.FREE:
-            return await self._models.call(role, op, *args, **kwargs)
-        async with self._limits.hold(user, role):
-            return await self._models.call(role, op, *args, **kwargs)
-
-    async def stream(self, role: str, op: str, *args, **kwargs):
-        user = acting_user.get()
-        if user is None:
-            return await self._models.stream(role, op, *args, **kwargs)
-        slot = self._limits.hold(user, role)
-        await slot.__aenter__()
-        try:
-            pieces = await self._models.stream(role, op, *args, **kwargs)
-        except BaseException as exc:
-            await slot.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return _HeldStream(pieces, slot)
-
-
-class _HeldStream:
-    """A stream that gives its slot back when it ends, fails or is cancelled."""
-
-    def __init__(self, pieces, slot):
-        self._pieces, self._slot, self._open = pieces, slot, True
-
-    async def _release(self) -> None:
-        if self._open:
-            self._open = False
-            await self._slot.__aexit__(None, None, None)
-
-    async def next(self) -> str | None:
-        try:
-            piece = await self._pieces.next()
-        except BaseException:
-            await self._release()
-            raise
-        if piece is None:
-            await self._release()
-        return piece
-
-    def cancel(self) -> None:
-        self._pieces.cancel()
-        if self._open:
-            asyncio.ensure_future(self._release())

@@ -14,14 +14,68 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, Protocol
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from models.vector import Vector
 
 from .errors import Overloaded, RequestTimeout, Unavailable
 
 ROLES = ("embedder", "writer", "describer", "painter")
-__all__ = ["ROLES", "LocalModels", "ServeModels", "TextStream", "Vector", "settle"]
+__all__ = ["ROLES", "Charged", "LocalModels", "Meter", "ServeModels", "TextStream", "Vector", "settle"]
+
+
+@dataclass(frozen=True)
+class Charged:
+    """The last piece of a charged stream: the GPU seconds its replica measured."""
+
+    seconds: float
+
+
+class Meter:
+    """The compute one charged call spends in its worker threads, times the GPU share of what runs it (a
+    replica's `num_gpus`; one whole device where it has no GPU). A call that ends without an answer (cancelled,
+    failed) is `orphan`ed: its seconds go to `on_orphan(seconds)` once its threads are done, since a cancelled
+    model runs on to its next step. `on_orphan` may be called from a worker thread."""
+
+    def __init__(self, share: float, on_orphan: Callable[[float], None]):
+        self.share, self._on_orphan = share, on_orphan
+        self.seconds = 0.0
+        self._running = 0
+        self._orphaned = False
+        self._lock = threading.Lock()
+
+    @property
+    def charged(self) -> float:
+        return self.seconds * self.share
+
+    def timed(self, fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            with self._lock:
+                self._running += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds += time.perf_counter() - t0
+                    self._running -= 1
+                    last = self._orphaned and self._running == 0
+                if last:
+                    self._on_orphan(self.charged)
+
+        return run
+
+    def orphan(self) -> None:
+        with self._lock:
+            if self._orphaned:
+                return
+            self._orphaned = True
+            done = self._running == 0
+        if done:
+            self._on_orphan(self.charged)
 
 
 class TextStream(Protocol):
@@ -78,6 +132,7 @@ async def settle(response, *, retry_after: float = 2.0):
 class _ServeStream:
     def __init__(self, pieces):
         self._pieces = pieces
+        self.charged: float | None = None  # a charged stream's GPU seconds, once its last piece came
 
     async def next(self) -> str | None:
         async def one():
@@ -86,7 +141,11 @@ class _ServeStream:
             except StopAsyncIteration:
                 return None
 
-        return await settle(one())
+        piece = await settle(one())
+        if isinstance(piece, Charged):
+            self.charged = piece.seconds
+            return await self.next()
+        return piece
 
     def cancel(self) -> None:
         self._pieces.cancel()
@@ -133,6 +192,17 @@ class ServeModels(_Gateway):
     async def stream(self, role: str, op: str, *args, **kwargs) -> TextStream:
         return _ServeStream(track(self.handles[role].options(stream=True).stream.remote(op, *args, **kwargs)))
 
+    async def charged(self, role: str, op: str, user: str, *args, **kwargs) -> tuple[Any, float]:
+        """A call whose compute is charged to `user`: (answer, GPU seconds its replica measured). A call that
+        ends without an answer is charged by the replica itself, through the ingress (`Ingress.charge`)."""
+        result, seconds = await settle(self.handles[role].charged.remote(user, op, *args, **kwargs))
+        return result, seconds
+
+    async def charged_stream(self, role: str, op: str, user: str, *args, **kwargs) -> TextStream:
+        """A stream charged to `user`: its `charged` seconds are set once its last piece has come."""
+        return _ServeStream(track(self.handles[role].options(stream=True).charged_stream.remote(user, op, *args,
+                                                                                               **kwargs)))
+
     async def ready(self, role: str, timeout_s: float) -> bool:
         """A readiness probe: no capacity error mapping, only whether the role answers in time. A role
         scaled to zero is ready without a call: its next request waits for the replica Serve starts."""
@@ -152,17 +222,28 @@ class ServeModels(_Gateway):
 
 
 class _LocalStream:
-    def __init__(self, pieces):
-        self._pieces, self._done = pieces, False
+    def __init__(self, pieces, meter: Meter | None = None):
+        self._pieces, self._done, self._meter = pieces, False, meter
+        self.charged: float | None = None
 
     async def next(self) -> str | None:
         if self._done:
             return None
-        piece = await asyncio.to_thread(next, self._pieces, None)
+        step = self._meter.timed(next) if self._meter is not None else next
+        try:
+            piece = await asyncio.to_thread(step, self._pieces, None)
+        except BaseException:
+            if self._meter is not None:
+                self._meter.orphan()
+            raise
         self._done = piece is None
+        if self._done and self._meter is not None:
+            self.charged = self._meter.charged
         return piece
 
     def cancel(self) -> None:
+        if not self._done and self._meter is not None:
+            self._meter.orphan()
         self._done = True
 
 
@@ -172,6 +253,10 @@ class LocalModels(_Gateway):
     def __init__(self, embedder, writer, describer, painter):
         super().__init__()
         self.models = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter}
+        # Where a charged call that ended without an answer is charged: `await on_orphan(user, role, seconds)`
+        # (the plans' counters set it). The models run on this process's CPUs: one device each.
+        self.on_orphan: Callable[[str, str, float], Any] | None = None
+        self._charging: set = set()
 
     def _method(self, role: str, op: str):
         model = self.models[role]
@@ -183,6 +268,35 @@ class LocalModels(_Gateway):
 
     async def stream(self, role: str, op: str, *args, **kwargs) -> TextStream:
         return _LocalStream(await asyncio.to_thread(self._method(role, op), *args, **kwargs))
+
+    def _meter(self, user: str, role: str) -> Meter:
+        loop = asyncio.get_running_loop()
+
+        def charge(seconds: float) -> None:
+            task = asyncio.ensure_future(self.on_orphan(user, role, seconds))
+            self._charging.add(task)  # the event loop keeps only weak references to tasks
+            task.add_done_callback(self._charging.discard)
+
+        def orphaned(seconds: float) -> None:
+            if self.on_orphan is not None:
+                loop.call_soon_threadsafe(charge, seconds)
+
+        return Meter(1.0, orphaned)
+
+    async def _metered(self, role: str, op: str, user: str, *args, **kwargs) -> tuple[Any, Meter]:
+        meter = self._meter(user, role)
+        try:
+            return await asyncio.to_thread(meter.timed(self._method(role, op)), *args, **kwargs), meter
+        except BaseException:
+            meter.orphan()
+            raise
+
+    async def charged(self, role: str, op: str, user: str, *args, **kwargs) -> tuple[Any, float]:
+        result, meter = await self._metered(role, op, user, *args, **kwargs)
+        return result, meter.charged
+
+    async def charged_stream(self, role: str, op: str, user: str, *args, **kwargs) -> TextStream:
+        return _LocalStream(*await self._metered(role, op, user, *args, **kwargs))
 
     async def ready(self, role: str, timeout_s: float) -> bool:
         return await self.call(role, "ready")

@@ -35,7 +35,7 @@ class ProductService:
                  library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None,
                  limits=None):
         if limits is not None:  # each user's calls at once per role, held to their plan
-            from .limits import HeldModels
+            from .held import HeldModels
 
             models = HeldModels(models, limits)
         self.ctx = Context(models, policy=policy, cache=cache, library_factory=library_factory, stats=stats,

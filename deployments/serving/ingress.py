@@ -25,18 +25,25 @@ WARM_LIBRARY_S = 60.0
 @serve.ingress()
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
-                 painter: DeploymentHandle, args: dict, scale_to_zero: tuple[str, ...] = ()):
+                 painter: DeploymentHandle, args: dict, scale_to_zero: tuple[str, ...] = (),
+                 capacity: dict[str, int] | None = None):
         into_serve_log()
         config = IngressArgs.model_validate(args)
         storage = config.storage.settings()
         models = ServeModels(embedder, writer, describer, painter, scale_to_zero=tuple(scale_to_zero))
         self.service = product_service(models, ingress=config.ingress,
-                                       storage=storage, ingest=config.ingest, in_process=False)
+                                       storage=storage, ingest=config.ingest, in_process=False, capacity=capacity)
         self.edge = edge_for(config.ingress, storage, config.ingest)
 
     def reconfigure(self, user_config: dict) -> None:
         """The live settings (timeouts, caches, Retry-After, search translation), without a restart."""
         self.service.tune(IngressTuning.model_validate(user_config or {}))
+
+    async def charge(self, user: str, role: str, seconds: float) -> None:
+        """GPU seconds a model replica measured for a call of `user`'s that ended without an answer (cancelled,
+        failed): charged to their plan's budget here, where the counters are (Redis, or this one replica's)."""
+        if self.service.limits is not None:
+            await self.service.limits.charge(user, role, seconds)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         import asyncio

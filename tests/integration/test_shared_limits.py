@@ -1,7 +1,8 @@
 """The plans' counters shared through a real redis-server by two "replicas" (two `PlanLimits`, as two ingress
 replicas hold): a limit of N admits exactly N across both, and Redis going away mid-test gives no error,
 only counts kept in each replica until it is back (issue 29.2); calls at once per role the same, and a slot
-its replica never gave back frees itself at its lease (issue 29.5)."""
+its replica never gave back frees itself at its lease (issue 29.5); GPU seconds and tokens are charged once
+for every replica, and a charge made while Redis is away is no error (issue 29.3)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from deployments.service.limits import PlanLimits, RateLimited
 from tests.support.redis_server import RedisServer
 
 PLANS = {"default": Plan(requests={"search": "7/minute", "generate": "2/minute"}, concurrent={"painter": 3}),
-         "pro": Plan(requests={"search": "50/minute"})}
+         "pro": Plan(requests={"search": "50/minute"}),
+         "metered": Plan(gpu_seconds={"painter": "10/hour"}, tokens="1000/day")}
 
 
 @pytest.fixture
@@ -146,5 +148,89 @@ def test_slots_without_redis_are_held_in_each_replica(redis):
             if slot is not None:
                 await slot.__aexit__(None, None, None)  # given back where they were taken, no error
         assert await _take(a, "hank") is not None
+
+    asyncio.run(main())
+
+
+def test_budgets_are_charged_once_across_replicas_and_refuse_when_spent(redis):
+    async def main():
+        a, b = replicas(redis.url, {"mia": "metered"})
+        await a.charge("mia", "painter", 4.25)
+        await b.charge("mia", "painter", 3.5)
+        [window] = await b.budget_windows("mia", "gpu-painter")
+        assert (window.unit, window.quota, window.exact_left) == ("gpu-seconds", 10, pytest.approx(2.25, abs=0.002))
+        # Each replica refuses a call that no longer fits what is left, whichever charged it.
+        a.estimates.learn("painter", "generate", {"size": "64x64", "steps": 4}, 3.0)
+        with pytest.raises(RateLimited) as refused:
+            async with a.spend("mia", "painter", "generate", {"size": "64x64", "steps": 4}):
+                pass
+        assert (refused.value.code, refused.value.limit) == ("quota_exceeded", "gpu-painter")
+        # Half the size and steps: a quarter of the work by the learned seconds per pixel-step, so it fits.
+        assert a.estimates.of("painter", "generate", {"size": "32x64", "steps": 2}) == pytest.approx(0.75)
+        async with a.spend("mia", "painter", "generate", {"size": "32x64", "steps": 2}) as bill:
+            bill.seconds = 1.0  # what the replica measured: charged on exit
+        assert (await a.budget_windows("mia", "gpu-painter"))[0].exact_left == pytest.approx(1.25, abs=0.002)
+        await a.charge_tokens("mia", 400)
+        await b.charge_tokens("mia", 350)
+        [tokens] = await a.budget_windows("mia", "tokens")
+        assert (tokens.unit, tokens.exact_left) == ("tokens", 250)
+        # Redis away: charges are no error, counted in the replica alone (degraded) until it is back.
+        redis.stop()
+        await a.charge("mia", "painter", 0.5)
+        assert (await a.budget_windows("mia", "gpu-painter"))[0].exact_left == pytest.approx(9.5, abs=0.002)
+        redis.start()
+
+    asyncio.run(main())
+
+
+def test_a_nearly_full_role_refuses_the_user_holding_most_of_it(redis):
+    """A role that takes 4 calls at once (its capacity) is shared out from 3 held: the user holding the most of
+    it is refused (429 `fair-share-<role>`), whichever replica they call, and the others still get in."""
+    async def take(limits: PlanLimits, user: str):
+        slot = limits.hold(user, "describer")
+        await slot.__aenter__()
+        return slot
+
+    async def main():
+        a, b = replicas(redis.url, capacity={"describer": 4})
+        assert a.share_from == {"describer": 3}
+        dave = [await take(x, "dave") for x in (a, b, a)]  # no cap on the describer in dave's plan
+        for x in (a, b):
+            with pytest.raises(RateLimited) as refused:
+                await take(x, "dave")
+            assert refused.value.limit == "fair-share-describer" and refused.value.retry_after >= 1
+        erin = [await take(b, "erin"), await take(a, "erin")]  # she holds less than dave: in
+        await dave.pop().__aexit__(None, None, None)
+        # 4 held, dave 2 and erin 2: both hold the most, both are refused; a third user is not.
+        for user in ("dave", "erin"):
+            with pytest.raises(RateLimited):
+                await take(a, user)
+        frank = await take(b, "frank")
+        for slot in dave + erin + [frank]:
+            await slot.__aexit__(None, None, None)
+        # All given back: dave may take the role again.
+        await (await take(a, "dave")).__aexit__(None, None, None)
+
+    asyncio.run(main())
+
+
+def test_fair_share_without_redis_holds_in_the_replica():
+    async def plan_of(user):
+        return "default"
+
+    async def main():
+        alone = PlanLimits(plan_of, plans=PLANS, capacity={"writer": 2})
+        assert alone.share_from == {"writer": 1}
+        first = alone.hold("gus", "writer")
+        await first.__aenter__()
+        with pytest.raises(RateLimited) as refused:
+            async with alone.hold("gus", "writer"):
+                pass
+        assert refused.value.limit == "fair-share-writer"
+        async with alone.hold("hal", "writer"):
+            pass
+        await first.__aexit__(None, None, None)
+        async with alone.hold("gus", "writer"):
+            pass
 
     asyncio.run(main())

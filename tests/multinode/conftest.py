@@ -278,7 +278,7 @@ class MultiNode:
         tuning = next(d for d in app["deployments"] if d["name"] == "Ingress")["user_config"]
         tuning["timeouts"].update(default_s=45, search_s=45, writer_s=45)
         # A plan small enough to spend in a test (test_a_plans_limit_holds_across_both_ingress_replicas).
-        tuning["plans"]["tiny"] = {"requests": {"search": "5/minute"}}
+        tuning["plans"]["tiny"] = {"requests": {"search": "5/minute"}, "gpu_seconds": {"writer": "600/day"}}
         edit(app)
         path.write_text(yaml.safe_dump(config, allow_unicode=True))
         return path

@@ -67,7 +67,8 @@ def test_every_replica_on_every_node_sees_an_upload_and_a_delete(multinode):
 
 def test_a_plans_limit_holds_across_both_ingress_replicas(multinode):
     """A plan of 5 searches a minute admits exactly 5 of 12 sent at once over fresh connections, whichever of
-    the two replicas (two nodes, counters in Redis) answers; a plan change counts from the next request."""
+    the two replicas (two nodes, counters in Redis) answers; GPU seconds are charged once for both; a plan change
+    counts from the next request."""
     _, key = multinode.key_store().add("trent")
     plans = multinode.plan_store()
     plans.assign("trent", "tiny")
@@ -82,6 +83,19 @@ def test_a_plans_limit_holds_across_both_ingress_replicas(multinode):
     assert len({r.headers["x-atelier-node"] for r in answers}) == 2  # both replicas counted into one limit
     assert all(r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
                for r in answers if r.status_code == 429)
+    # The Writer's GPU seconds (its replica's measured compute times its 0.25 GPU share) are charged once, in
+    # Redis: both replicas report the same use.
+    with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+        text = c.post("/api/text", json={"text": "a lighthouse at dusk", "flag": "description"})
+        assert text.status_code == 200, text.text
+    seen: dict[str, float] = {}
+    for _ in range(40):
+        if len(seen) == 2:
+            break
+        with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            usage = c.get("/api/me/usage")
+            seen[usage.headers["x-atelier-node"]] = {x["limit"]: x for x in usage.json()["limits"]}["gpu-writer"]["used"]
+    assert len(seen) == 2 and len(set(seen.values())) == 1 and next(iter(seen.values())) > 0, seen
     plans.assign("trent", "default")
     assert search(99).status_code == 200
     multinode.key_store().revoke("trent")

@@ -98,7 +98,7 @@ def prometheus(ray_cluster, tmp_path_factory):
 
 
 def _trial_user() -> str:
-    """A key of a user on the config's `trial` plan (10 texts a minute), for the plan-limit panel."""
+    """A key of a user on the config's `trial` plan (10 texts a minute, a GPU-second budget), for the plan panels."""
     from deployments.http.auth import key_store, plan_store
 
     plan_store().assign("tess", "trial")
@@ -126,7 +126,12 @@ def _traffic(service, round_no: int, trial_key: str) -> None:
     # while the window has room), so the 11th of a round, and all of the next rounds', are 429s.
     with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {trial_key}"}, timeout=60) as t:
         codes = [t.post("/api/text", json={}).status_code for _ in range(11)]
-    assert set(codes) <= {400, 429} and codes[-1] == 429, codes
+        assert set(codes) <= {400, 429} and codes[-1] == 429, codes
+        # A small generation on the trial plan's GPU-second budget: charged to the plan (3 a minute: later
+        # rounds may be 429s, and a 503 while the last round's overload still fills the Painter).
+        painted = t.post("/api/generate/image", json={"text": f"a kite {round_no}", "size": "64x64", "steps": 2,
+                                                      "enhance": False, "save_to_gallery": False})
+        assert painted.status_code in (200, 429, 503), painted.text
     # A stranger: the proxy's gate answers from the headers, no replica sees it.
     assert httpx.get(service.base_url + "/api/images", timeout=60).status_code == 401
     assert httpx.get(service.base_url + "/api/images", headers={"Authorization": "Bearer atl_000000000000_nope"},
@@ -215,7 +220,8 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit
                  "ray_atelier_painter_steps_total", "ray_atelier_writer_tokens_total",
                  "ray_atelier_ingest_rows_total", "ray_atelier_ingest_jobs_ended_total", "ray_atelier_ingest_jobs",
                  "ray_atelier_ingest_stale_jobs", "ray_atelier_gate_refusals_total",
-                 "ray_atelier_limit_events_total"):
+                 "ray_atelier_limit_events_total", "ray_atelier_plan_gpu_seconds_total",
+                 "ray_atelier_model_gpu_seconds_total"):
         assert name in names, name
     # The rules load in this Prometheus too.
     rules = httpx.get(prometheus.url + "/api/v1/rules", timeout=30).json()["data"]["groups"]

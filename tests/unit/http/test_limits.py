@@ -18,6 +18,8 @@ PLANS = {
     "closed": {"requests": {"search": "0/minute", "embeddings": "0/minute"}},
     "wide": {"requests": {"search": "100/minute;1000/day"}},
     "solo": {"concurrent": {"painter": 1, "writer": 1}},
+    "metered": {"requests": {"generate": "100/minute"}, "gpu_seconds": {"painter": "5/minute", "writer": "9/hour"}},
+    "chatty": {"tokens": "500/hour"},
 }
 
 
@@ -36,7 +38,7 @@ def limited(tiny_models, tmp_path_factory):
     data = tmp_path_factory.mktemp("limits")
     settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
     store = key_store(settings)
-    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan", "judy")}
+    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan", "judy", "kim", "lou")}
     models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
     app = in_process_app(models, ingress=IngressSpec(), settings=settings,
                          storage=StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs")),
@@ -178,3 +180,89 @@ def test_every_route_class_has_routes_and_every_limited_route_exists(limited):
     served = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
     assert set(ROUTE_CLASSES) <= served
     assert set(ROUTE_CLASSES.values()) == set(get_args(RouteClass))
+
+
+def test_gpu_seconds_are_charged_after_the_run_and_a_call_that_cannot_fit_is_refused_before_it_starts(limited):
+    """A plan's GPU-second budget: each generation is charged what the Painter measured (here in process: its
+    thread's compute, one whole device); the answer's RateLimit fields show the budget in `gpu-seconds`; with
+    less left than a generation of that size took, the next is refused (429 `quota_exceeded`, OpenAI's
+    `insufficient_quota`) before the Painter does any work."""
+    from deployments.keys import main as keys_cli
+
+    client, _, settings = limited
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "kim", "metered"]) == 0
+    h, body = _h(limited, "kim"), {"prompt": "a red kite", "size": "64x64", "response_format": "b64_json"}
+    painter = client.app.state.service.ctx.models.models["painter"]
+    service_limits = client.app.state.service.limits
+
+    def used():
+        rows = {x["limit"]: x for x in client.get("/api/me/usage", headers=h).json()["limits"]}
+        return rows["gpu-painter"]
+
+    before = painter.work_done
+    first = client.post("/v1/images/generations", headers=h, json=body)
+    assert first.status_code == 200, first.text
+    policies = dict(http_sf.parse(first.headers["ratelimit-policy"].encode(), tltype="list"))
+    assert policies["gpu-painter"] == {"q": 5, "w": 60, "qu": "gpu-seconds"}, policies
+    row = used()
+    assert row["unit"] == "gpu-seconds" and row["quota"] == 5 and 0 < row["used"] < 5, row
+    assert row["used"] + row["left"] == pytest.approx(5, abs=0.002)
+    assert painter.work_done > before
+    # Spend what is left but a millisecond (as other calls of kim's would): less than a generation of this
+    # size took, so the next one is refused before it starts.
+    client.portal.call(service_limits.charge, "kim", "painter", row["left"] - 0.001)
+    before = painter.work_done
+    refused = client.post("/v1/images/generations", headers=h, json=body)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["type"], error["limit"]) == ("quota_exceeded", "insufficient_quota", "gpu-painter")
+    assert "GPU seconds" in error["message"] and 1 <= int(refused.headers["retry-after"]) <= 60
+    assert painter.work_done == before, "a refused generation must not reach the Painter"
+    # A route of another role is not held by the painter's budget; the writer's has its own window.
+    assert client.post("/api/text", headers=h, json={"text": "a red kite", "flag": "description"}).status_code == 200
+    writer = {x["limit"]: x for x in client.get("/api/me/usage", headers=h).json()["limits"]}["gpu-writer"]
+    assert writer["quota"] == 9 and writer["window_s"] == 3600 and writer["used"] > 0, writer
+
+
+def test_chat_tokens_are_charged_per_answer_and_a_spent_budget_refuses_the_next_prompt(limited):
+    """A plan's chat tokens: an answer's prompt and completion tokens (the usage the answer reports) are charged;
+    a streamed answer's when it ends; with fewer left than the next prompt, a 429 `quota_exceeded` before the
+    Writer runs. The answers carry the budget in the RateLimit fields, unit `tokens`."""
+    import time
+
+    from deployments.keys import main as keys_cli
+
+    client, _, settings = limited
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "lou", "chatty"]) == 0
+    h = _h(limited, "lou")
+    body = {"messages": [{"role": "user", "content": "write a haiku about a harbour"}], "max_tokens": 8, "seed": 1}
+
+    def tokens():
+        return {x["limit"]: x for x in client.get("/api/me/usage", headers=h).json()["limits"]}["tokens"]
+
+    answered = client.post("/v1/chat/completions", headers=h, json=body)
+    assert answered.status_code == 200, answered.text
+    spent = answered.json()["usage"]["total_tokens"]
+    assert spent > 0 and tokens()["used"] == spent, (tokens(), answered.json()["usage"])
+    policies = dict(http_sf.parse(answered.headers["ratelimit-policy"].encode(), tltype="list"))
+    assert policies["tokens"] == {"q": 500, "w": 3600, "qu": "tokens"}, policies
+    # Streamed: charged once the stream has ended (the prompt's tokens and the answer's).
+    with client.stream("POST", "/v1/chat/completions", headers=h, json={**body, "stream": True}) as streamed:
+        assert streamed.status_code == 200
+        assert "[DONE]" in "".join(streamed.iter_text())
+    deadline = time.monotonic() + 30
+    while tokens()["used"] == spent:
+        assert time.monotonic() < deadline, "the streamed answer was never charged"
+        time.sleep(0.05)
+    assert tokens()["used"] > spent
+    # Spent but 2 tokens: the next prompt (more than 2 tokens) is refused before the Writer runs.
+    service = client.app.state.service
+    client.portal.call(service.limits.charge_tokens, "lou", int(tokens()["left"]) - 2)
+    writer = service.ctx.models.models["writer"]
+    before = writer.work_done
+    refused = client.post("/v1/chat/completions", headers=h, json=body)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["type"], error["limit"]) == ("quota_exceeded", "insufficient_quota", "tokens")
+    assert "chat tokens" in error["message"] and int(refused.headers["retry-after"]) >= 1
+    assert writer.work_done == before
