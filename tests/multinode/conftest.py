@@ -279,6 +279,8 @@ class MultiNode:
         tuning["timeouts"].update(default_s=45, search_s=45, writer_s=45)
         # A plan small enough to spend in a test (test_a_plans_limit_holds_across_both_ingress_replicas).
         tuning["plans"]["tiny"] = {"requests": {"search": "5/minute"}, "gpu_seconds": {"writer": "600/day"}}
+        # No limits, for the clients that load the cluster through a node's loss (what they test is the loss).
+        tuning["plans"]["load"] = {}
         edit(app)
         path.write_text(yaml.safe_dump(config, allow_unicode=True))
         return path

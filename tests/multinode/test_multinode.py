@@ -195,6 +195,7 @@ def lost_ingress_and_model_nodes(multinode):
     bulk ingest of 210 files runs; KubeRay's part, a new node in each lost group, is played here."""
     store = multinode.key_store()
     _, key = store.add("victor")
+    multinode.plan_store().assign("victor", "load")  # six clients at once: more than the default plan's calls
     distinct, repeats = 200, 10
     with httpx.Client(base_url=multinode.base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
         for i in range(2):
@@ -307,6 +308,7 @@ def test_losing_the_gallery_writers_node_loses_no_acknowledged_row(multinode):
     every upload that was answered 201 is in the gallery."""
     store = multinode.key_store()
     _, key = store.add("wendy")
+    multinode.plan_store().assign("wendy", "load")
     node = wait_for(lambda: writer_node(multinode), 120, "the gallery writer alive")
     assert multinode.pools[node] == "cpu", node
     seeds = itertools.count(20_000)
