@@ -75,7 +75,7 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
                           redis_url=ingress.redis_url, capacity=capacity),
     )
     if desk is not None:
-        desk.attach(service.photos.keep_ingested)  # small jobs run through the service, like single uploads
+        desk.attach(service.photos.keep_ingested, service.photos.room)  # small jobs run through the service, like single uploads
     return service
 
 

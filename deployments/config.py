@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.config import IngestSpec, ZipLimits
 from storage.settings import StorageArgs
@@ -162,7 +162,7 @@ BudgetedRole = Literal["writer", "describer", "painter"]
 
 class Plan(_Strict):
     """What one user may use (README "Plans and limits"). A limit left out is no limit. (Requests per route
-    class, calls at once per model role, GPU seconds per role and chat tokens today; storage comes next.)"""
+    class, calls at once per model role, GPU seconds per role, chat tokens, stored images and bytes.)"""
 
     requests: dict[RouteClass, str] = Field(
         default_factory=dict, description="Requests per route class, in the `limits` library's notation, each a "
@@ -184,6 +184,14 @@ class Plan(_Strict):
         None, description="Chat tokens (prompt and answer, /v1/chat/completions) in the `limits` notation: "
         "'200000/day'. A request is refused when its prompt no longer fits what is left; the answer is charged "
         "when it ends. Counted as sliding-window counters.")
+
+    stored_images: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Images a user may keep in their gallery (uploads, generations kept, ingested). An upload, "
+        "a kept generation or an ingestion job that would go past it is refused before anything is written.")
+
+    stored_bytes: ByteSize | None = Field(
+        None, description="Bytes a user may keep (their originals and display copies): '2GB', '500MiB' or a number "
+        "of bytes. Checked like stored_images, with an upload's own size.")
 
     @model_validator(mode="after")
     def _rates(self) -> "Plan":

@@ -94,6 +94,10 @@ class BlobStore(ABC):
     def uri(self, key: str) -> str:
         """Where the blob lives, as a URI (`file://...`, `s3://...`) for records and logs."""
 
+    def size(self, prefix: str) -> int:
+        """Bytes stored under `prefix` (a user's folder: what their plan's `stored_bytes` counts)."""
+        return sum(len(self.get(key)) for key in self.keys(_check_prefix(prefix)))
+
     def delete_prefix(self, prefix: str) -> int:
         """Remove every key under `prefix` (a user's folder, say); returns how many were removed."""
         doomed = list(self.keys(_check_prefix(prefix)))
@@ -171,6 +175,15 @@ class LocalBlobStore(BlobStore):
             for name in files:
                 if not name.startswith(self._TEMP):
                     yield Path(folder, name).relative_to(self.root).as_posix()
+
+    def size(self, prefix: str) -> int:
+        total = 0
+        for key in self.keys(prefix):
+            try:
+                total += self._path(key).stat().st_size
+            except FileNotFoundError:  # deleted while we walked
+                pass
+        return total
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -261,6 +274,12 @@ class S3BlobStore(BlobStore):
             found = self._fs.find(self._path(_check_prefix(prefix)[:-1]) + "/")
         for path in found:
             yield self._key(path)
+
+    def size(self, prefix: str) -> int:
+        found: dict = {}
+        with _s3_errors(prefix, missing="ok"):
+            found = self._fs.find(self._path(_check_prefix(prefix)[:-1]) + "/", detail=True)
+        return sum(int(info.get("size") or 0) for info in found.values())
 
     def delete_prefix(self, prefix: str) -> int:
         doomed = [self._path(key) for key in self.keys(prefix)]

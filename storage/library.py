@@ -64,6 +64,16 @@ class Library:
                 raise
             return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def usage(self, user_id: str) -> tuple[int, int]:
+        """(images, bytes) the user stores: rows of this model's table, and their blobs' bytes (every copy)."""
+        images = await self._read(self.gallery.count, user_id)
+        prefix = user_prefix(user_id)
+
+        def kept() -> int:  # not an ingestion job's staged upload (its files count once stored)
+            return self.blobs.size(prefix) - self.blobs.size(prefix + "ingest/")
+
+        return images, await asyncio.to_thread(kept)
+
     async def find(self, user_id: str, content_hash: str) -> dict | None:
         return await self._read(self.gallery.find_by_hash, user_id, content_hash)
 

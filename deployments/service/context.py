@@ -95,12 +95,13 @@ class ChatAnswer:
 
 class Context:
     """What every verb of the service shares: the model gateway, the live policy, the answer cache, the
-    storage library of each embedding model, the shared ledgers and the ingest desk."""
+    storage library of each embedding model, the shared ledgers, the ingest desk and the plans' counters."""
 
     def __init__(self, models: ServeModels | LocalModels, *, policy: Policy, cache: AnswerCache,
-                 library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None):
+                 library_factory: Callable[[int, str], Awaitable[Any]], stats, idempotency, ingest=None, limits=None):
         self.models, self.policy, self.cache = models, policy, cache
         self.stats, self.idempotency, self.ingest = stats, idempotency, ingest
+        self.limits = limits  # the plans' counters (deployments.service.limits.PlanLimits); None: no limits
         self._library_factory = library_factory
         # Search texts the Writer just failed to translate (a short TTL, like answers have a long one).
         self.failed: TTLCache = TTLCache(maxsize=4096, ttl=policy.failure_ttl_s)

@@ -44,6 +44,9 @@ class Generation(Verbs):
             raise InvalidInput(f"n={n}: your plan paints at most {cap} image{'s' if cap != 1 else ''} at once; "
                                f"send n={cap} or fewer", field="n")
 
+        if keep:  # room in the caller's gallery before any model runs
+            await self.photos.room(user, n, 0)
+
         async def run():
             used, degraded = prompt, False
             if enhance:

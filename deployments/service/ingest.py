@@ -69,6 +69,14 @@ class _Staged:
     def __init__(self, fingerprint: str, zip_data: bytes | None, files: list[tuple[str, bytes]]):
         self.fingerprint, self.zip_data, self.files = fingerprint, zip_data, files
 
+    def contents(self) -> tuple[int, int]:
+        """(files, bytes) the upload holds: a zip's members (uncompressed), else the files sent."""
+        if self.zip_data is None:
+            return len(self.files), sum(len(data) for _, data in self.files)
+        with zipfile.ZipFile(io.BytesIO(self.zip_data)) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+        return len(members), sum(m.file_size for m in members)
+
 
 class IngestDesk:
     """Start, inspect, follow and cancel a user's ingestion jobs (the job ledger is a Ray actor)."""
@@ -78,11 +86,13 @@ class IngestDesk:
         self.keys = keys  # (uri, table) of the API key table: a job stops once its user has no key there
         self._ledger = None
         self._keep = None  # the service's keep_ingested, for small jobs run here (attach())
+        self._room = None  # the service's storage check (attach())
         self._tasks: set[asyncio.Task] = set()
 
-    def attach(self, keep) -> None:
-        """`keep(user, name, data, job_id, seen) -> "done" | "skipped_duplicates"` stores one file of a small job."""
-        self._keep = keep
+    def attach(self, keep, room=None) -> None:
+        """`keep(user, name, data, job_id, seen) -> "done" | "skipped_duplicates"` stores one file of a small job;
+        `room(user, images, size)` refuses an upload that would take the user past their plan's storage."""
+        self._keep, self._room = keep, room
 
     def _fast(self, staged: "_Staged") -> bool:
         limit = self.spec.fast_path_max_files
@@ -143,6 +153,8 @@ class IngestDesk:
         ledger = self.ledger()
         known = await ledger.status.remote(job_id, user)
         if known is None or known["state"] in ("failed", "cancelled"):
+            if self._room is not None:  # the whole upload must fit the plan's storage: nothing staged otherwise
+                await self._room(user, *await asyncio.to_thread(staged.contents))
             spec = await asyncio.to_thread(self._stage, user, job_id, staged)
         else:  # the same upload again: nothing to stage, the ledger answers with the job it has
             spec = self._job_spec(user, job_id, staged, files=[], sources=[], prefix=None)

@@ -40,6 +40,7 @@ __all__ = ["Admission", "HeldModels", "PlanLimits", "RateLimited", "Window", "ac
 log = logging.getLogger("atelier.limits")
 
 RETRY_SHARED_S = 5.0  # after Redis failed, count locally this long before trying it again
+STORAGE_RETRY_S = 3600  # Retry-After of a full gallery: room comes only when the user deletes
 SLOT_LEASE_S = 600.0  # a held slot not given back (its replica died) frees itself after this long
 
 
@@ -194,8 +195,26 @@ class PlanLimits(Budgets):
             except Exception:  # noqa: BLE001 - its lease frees it
                 pass
 
-    async def usage(self, user: str) -> dict:
-        """Each limit of the user's plan: its quota, what is used and left, and when it resets."""
+    async def limits_storage(self, user: str) -> bool:
+        """Whether the user's plan bounds what they store (then the caller reads what they store)."""
+        plan = (await self.plan(user))[1]
+        return plan.stored_images is not None or plan.stored_bytes is not None
+
+    async def check_storage(self, user: str, stored: tuple[int, int], images: int, size: int) -> None:
+        """Refuse (`quota_exceeded`) `images` more images of `size` bytes that would take the user, who stores
+        `stored` (images, bytes), past their plan. It frees up only when they delete: the Retry-After is long."""
+        plan_name, plan = await self.plan(user)
+        for limit, quota, used, more, unit in (("stored-images", plan.stored_images, stored[0], images, "images"),
+                                               ("stored-bytes", plan.stored_bytes, stored[1], size, "bytes")):
+            if quota is not None and used + more > quota:
+                self.event(plan_name, limit, "refused")
+                raise RateLimited(f"the {plan_name!r} plan keeps {quota} {unit} per user; you keep {used} and this "
+                                  f"adds {more}; delete some of your images to make room", limit=limit,
+                                  retry_after=STORAGE_RETRY_S, code="quota_exceeded")
+
+    async def usage(self, user: str, stored: tuple[int, int] | None = None) -> dict:
+        """Each limit of the user's plan: its quota, what is used and left, and when it resets (`stored`: the
+        images and bytes they keep, where their plan bounds it)."""
         plan_name, plan = await self.plan(user)
         out = []
         for route_class in plan.requests:
@@ -219,6 +238,11 @@ class PlanLimits(Budgets):
                             "window_s": window.window_s, "used": round(window.quota - window.exact_left, 3),
                             "left": round(window.exact_left, 3), "resets_in_s": window.reset_s,
                             **({"role": budget.removeprefix("gpu-")} if budget != "tokens" else {})})
+        for limit, quota, used, unit in (("stored-images", plan.stored_images, (stored or (0, 0))[0], "images"),
+                                         ("stored-bytes", plan.stored_bytes, (stored or (0, 0))[1], "bytes")):
+            if quota is not None and stored is not None:
+                out.append({"limit": limit, "unit": unit, "quota": int(quota), "used": used,
+                            "left": max(0, int(quota) - used), "resets_in_s": 0})
         return {"plan": plan_name, "limits": out}
 
     async def forget_user(self, user: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+from cachetools import TTLCache
 from PIL import Image
 
 from .context import Verbs
@@ -20,12 +21,39 @@ class Photos(Verbs):
         image = await lib.admit(data, filename=filename, content_type=content_type)
         existing = await lib.find(user, image.content_hash)
         if existing is None:
+            await self.room(user, 1, len(data))
             return (*await self.embed_and_store(user, image, source="upload", caption=caption), None)
         if caption is None:
             return existing, False, None
         if caption == (existing.get("caption") or ""):
             return existing, False, "unchanged"
         return await self.edit(user, existing["img_id"], caption=caption), False, "updated"
+
+    STORED_TTL_S = 30.0  # how long a count of what a user stores is reused (counting walks their blobs)
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        # Per user, what they store as last counted, plus what this replica admitted since: a count walks the
+        # user's blobs (an S3 listing for a large gallery), too slow for every upload. Other replicas' uploads
+        # in the meantime are seen at the next count: the quota may be passed by what they admit in 30 s.
+        self._stored: TTLCache = TTLCache(maxsize=4096, ttl=self.STORED_TTL_S)
+
+    async def stored(self, user: str) -> tuple[int, int]:
+        """(images, bytes) the user keeps with us: their gallery's rows and their blobs."""
+        if user not in self._stored:
+            self._stored[user] = list(await (await self.library()).usage(user))
+        images, size = self._stored[user]
+        return images, size
+
+    async def room(self, user: str, images: int, size: int) -> None:
+        """Refuse (429 `quota_exceeded`) what would take the user past their plan's stored images or bytes;
+        nothing is written before this passes."""
+        limits = self.ctx.limits
+        if limits is not None and await limits.limits_storage(user):
+            await limits.check_storage(user, await self.stored(user), images, size)
+            if user in self._stored:
+                self._stored[user][0] += images
+                self._stored[user][1] += size
 
     async def edit(self, user: str, img_id: str, *, caption: str) -> dict:
         """Set the user's own words of one of their images (the caption; never the model's texts), through the
@@ -63,6 +91,7 @@ class Photos(Verbs):
 
     async def delete_image(self, user: str, img_id: str) -> None:
         await (await self.library()).delete(user, img_id)
+        self._stored.pop(user, None)  # counted again at the next upload
 
     async def image_file(self, user: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
         """The stored display copy of a user's image (with `original`, the stored original) and its media type."""

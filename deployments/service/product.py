@@ -39,7 +39,7 @@ class ProductService:
 
             models = HeldModels(models, limits)
         self.ctx = Context(models, policy=policy, cache=cache, library_factory=library_factory, stats=stats,
-                           idempotency=idempotency, ingest=ingest)
+                           idempotency=idempotency, ingest=ingest, limits=limits)
         self.texts = Texts(self.ctx)
         self.photos = Photos(self.ctx)
         self.search = Search(self.ctx, self.texts, self.photos)
@@ -96,7 +96,8 @@ class ProductService:
         """The caller's plan: each limit, what is used and left, and when it resets."""
         if self.limits is None:
             return {"plan": "default", "limits": []}
-        return await self.limits.usage(user)
+        stored = await self.photos.stored(user) if await self.limits.limits_storage(user) else None
+        return await self.limits.usage(user, stored=stored)
 
     async def idempotent(self, user: str, key: str | None, fingerprint_of: str, work: Callable[[], Awaitable[dict]]):
         """Run `work` once per (user, Idempotency-Key): a retry gets the first answer, a reuse with

@@ -287,3 +287,36 @@ def test_an_open_progress_stream_ends_with_an_error_once_its_key_is_revoked(serv
     assert [e for e, _ in events] == ["progress", "error"], events
     assert events[0][1]["state"] == "queued"
     assert events[1][1]["error"]["code"] == "key_revoked", events
+
+
+def test_an_upload_past_the_plans_storage_is_refused_before_anything_is_staged(service):
+    """serve_config.local's `trial` plan keeps 50 images: a zip of 51 photos is a 429 `quota_exceeded` naming the
+    limit, no job is made, and a zip that fits is taken; that job's photos then count against the plan (the trial
+    plan allows two ingestion uploads an hour: these two)."""
+    import httpx
+
+    from deployments.http.auth import key_store, plan_store
+
+    plan_store().assign("ines", "trial")
+    key = key_store().add("ines")[1]
+
+    def album(n: int, first: int) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for i in range(n):
+                z.writestr(f"album/{i}.jpg", jpeg(first + i))
+        return buf.getvalue()
+
+    with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=240) as ines:
+        refused = ines.post("/api/init/upload", files={"file": ("big.zip", album(51, 60_000), "application/zip")})
+        assert refused.status_code == 429, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["limit"]) == ("quota_exceeded", "stored-images") and int(
+            refused.headers["retry-after"]) >= 1
+        assert ines.get("/api/init/upload").json()["items"] == []
+        taken = ines.post("/api/init/upload", files={"file": ("small.zip", album(3, 61_000), "application/zip")})
+        assert taken.status_code == 202, taken.text
+        assert wait_for(ines, taken.json()["job_id"])["state"] == "succeeded"
+        usage = {x["limit"]: x for x in ines.get("/api/me/usage").json()["limits"]}
+        assert (usage["stored-images"]["quota"], usage["stored-images"]["used"]) == (50, 3), usage
+        assert usage["stored-bytes"]["quota"] == 1_000_000_000 and usage["stored-bytes"]["used"] > 0, usage

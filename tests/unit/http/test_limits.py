@@ -20,6 +20,8 @@ PLANS = {
     "solo": {"concurrent": {"painter": 1, "writer": 1}},
     "metered": {"requests": {"generate": "100/minute"}, "gpu_seconds": {"painter": "5/minute", "writer": "9/hour"}},
     "chatty": {"tokens": "500/hour"},
+    "keeper": {"stored_images": 2},
+    "crumbs": {"stored_bytes": "100B"},
 }
 
 
@@ -38,7 +40,7 @@ def limited(tiny_models, tmp_path_factory):
     data = tmp_path_factory.mktemp("limits")
     settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
     store = key_store(settings)
-    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan", "judy", "kim", "lou")}
+    keys = {user: store.add(user)[1] for user in ("erin", "frank", "grace", "heidi", "ivan", "judy", "kim", "lou", "nia", "otto")}
     models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
     app = in_process_app(models, ingress=IngressSpec(), settings=settings,
                          storage=StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs")),
@@ -266,3 +268,44 @@ def test_chat_tokens_are_charged_per_answer_and_a_spent_budget_refuses_the_next_
     assert (error["code"], error["type"], error["limit"]) == ("quota_exceeded", "insufficient_quota", "tokens")
     assert "chat tokens" in error["message"] and int(refused.headers["retry-after"]) >= 1
     assert writer.work_done == before
+
+
+def test_a_full_gallery_refuses_the_next_image_until_the_user_deletes_one(limited):
+    """A plan's stored images: the upload past it is a 429 `quota_exceeded` and nothing is stored; a generation
+    to be kept is refused before the Painter runs (one not kept still paints); the same bytes again are the
+    stored row, not a new image; once one is deleted there is room again. Stored bytes the same way."""
+    from deployments.keys import main as keys_cli
+
+    client, _, settings = limited
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "nia", "keeper"]) == 0
+    h = _h(limited, "nia")
+
+    def upload(seed: int):
+        return client.post("/api/images", headers=h, files={"file": (f"{seed}.png", png(seed), "image/png")})
+
+    first, second = upload(501), upload(502)
+    assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
+    refused = upload(503)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["limit"]) == ("quota_exceeded", "stored-images") and "delete" in error["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert len(client.get("/api/images", headers=h).json()["items"]) == 2
+    assert upload(501).status_code == 200  # already stored: the same row, no new image
+    painter = client.app.state.service.ctx.models.models["painter"]
+    before = painter.work_done
+    body = {"text": "a kite", "size": "64x64", "steps": 2, "enhance": False}
+    kept = client.post("/api/generate/image", headers=h, json={**body, "save_to_gallery": True})
+    assert kept.status_code == 429 and kept.json()["error"]["limit"] == "stored-images", kept.text
+    assert painter.work_done == before
+    assert client.post("/api/generate/image", headers=h, json={**body, "save_to_gallery": False}).status_code == 200
+    rows = {x["limit"]: x for x in client.get("/api/me/usage", headers=h).json()["limits"]}
+    assert (rows["stored-images"]["quota"], rows["stored-images"]["used"], rows["stored-images"]["left"]) == (2, 2, 0)
+    assert client.delete(f"/api/images/{first.json()['img_id']}", headers=h).status_code == 204
+    assert upload(503).status_code == 201
+    # Bytes: 100 bytes hold no photo; nothing is written for the refused one.
+    assert keys_cli(["--uri", settings.keys_uri, "plan", "otto", "crumbs"]) == 0
+    tiny = client.post("/api/images", headers=_h(limited, "otto"), files={"file": ("t.png", png(7), "image/png")})
+    assert tiny.status_code == 429 and tiny.json()["error"]["limit"] == "stored-bytes", tiny.text
+    rows = {x["limit"]: x for x in client.get("/api/me/usage", headers=_h(limited, "otto")).json()["limits"]}
+    assert (rows["stored-bytes"]["quota"], rows["stored-bytes"]["used"]) == (100, 0)
