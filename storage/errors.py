@@ -20,11 +20,15 @@ class AtelierError(Exception):
         if code is not None:
             self.code = code
 
+    def extra(self) -> dict:
+        """Fields of the error object beyond code, message and field (a refusal's limit, categories...)."""
+        return {}
+
     def to_dict(self) -> dict:
         body = {"code": self.code, "message": self.message}
         if self.field:
             body["field"] = self.field
-        return body
+        return {**body, **self.extra()}
 
 
 class InvalidInput(AtelierError):

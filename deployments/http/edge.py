@@ -85,8 +85,7 @@ async def typed_error(request: Request, exc: Exception):
     headers = _retry_after(exc, 2) if status in (429, 503) else None
     if status >= 500 and status not in (503, 504):
         log.error("request %s failed: %s", request_id.get(), exc, exc_info=exc)
-    extra = {"limit": exc.limit, "retry_after_s": int(exc.retry_after)} if status == 429 and hasattr(exc, "limit") \
-        else None
+    extra = exc.extra() if hasattr(exc, "extra") else None  # a refusal's limit, a content policy's categories
     return error_response(request, status, exc.code, exc.message, headers=headers, field=exc.field, extra=extra)
 
 

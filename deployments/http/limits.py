@@ -105,8 +105,7 @@ class PlanGate:
             if route.matches(scope)[0] == Match.FULL:
                 scope["route"] = route
                 break
-        error = {"code": exc.code, "message": exc.message, "limit": exc.limit, "retry_after_s": int(exc.retry_after)}
-        body = json.dumps(error_object(429, error, scope.get("path", ""))).encode()
+        body = json.dumps(error_object(429, exc.to_dict(), scope.get("path", ""))).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"retry-after", str(int(exc.retry_after)).encode()),
                    *(rate_headers(exc.admission, scope.get("path", "")) if exc.admission else [])]

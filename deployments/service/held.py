@@ -13,9 +13,11 @@ from .windows import acting_user
 
 
 class HeldModels:
-    """The model gateway, holding the acting user's slots: each call of a role their plan caps takes one of
-    their slots for as long as it runs (a stream: until its last piece, its error or its cancel). Calls
-    outside a user's request and a role's small questions (its info, sizes, token counts) take none."""
+    """The model gateway, holding the acting user's slots: each call of a role their plan caps (or whose
+    capacity is shared out) takes one of their slots for as long as it runs (a stream: until its last piece, its
+    error or its cancel), and a call of a role their plan budgets is admitted from what is left and charged
+    what its replica measured. Calls outside a user's request and a role's small questions (its info, sizes,
+    token counts) take and cost nothing."""
 
     FREE = frozenset({"info", "ready", "dimension", "image_size", "size_of", "count_tokens"})
 

@@ -106,8 +106,10 @@ if share_from > 0 then
 end
 redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
 redis.call('EXPIRE', KEYS[1], math.ceil(lease))
-redis.call('ZADD', KEYS[2], now + lease, ARGV[4] .. '|' .. ARGV[3])
-redis.call('EXPIRE', KEYS[2], math.ceil(lease))
+if share_from > 0 then
+  redis.call('ZADD', KEYS[2], now + lease, ARGV[4] .. '|' .. ARGV[3])
+  redis.call('EXPIRE', KEYS[2], math.ceil(lease))
+end
 return 1
 """
 _HELD = """
@@ -131,7 +133,7 @@ class RedisSlots:
 
     async def acquire(self, key: str, cap: int, token: str, lease_s: float, role: str | None = None,
                       user: str = "", share_from: int = 0):
-        every = role or f"{key}:unshared"
+        every = role or key  # not read or written when the role is not shared out (share_from 0)
         return self, int(await self._acquire(keys=[key, every], args=[cap, lease_s, token, user, share_from]))
 
     async def release(self, key: str, token: str, role: str | None = None, user: str = "") -> None:

@@ -26,6 +26,9 @@ class RateLimited(AtelierError):
         super().__init__(message, code=code)
         self.limit, self.retry_after, self.admission = limit, retry_after, admission
 
+    def extra(self) -> dict:
+        return {"limit": self.limit, "retry_after_s": int(self.retry_after)}
+
 
 @dataclass
 class Window:
