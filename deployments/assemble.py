@@ -74,6 +74,7 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
         limits=PlanLimits(PlanBook.open(plan_store(keys, storage)).plan_of, plans=tuning.plans,
                           redis_url=ingress.redis_url, capacity=capacity),
     )
+    service.tune(tuning)  # the live settings the service does not take in its constructor (the term list)
     if desk is not None:
         desk.attach(service.photos.keep_ingested, service.photos.room)  # small jobs run through the service, like single uploads
     return service

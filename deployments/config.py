@@ -152,6 +152,16 @@ class Caches(_Strict):
     )
 
 
+class Safety(_Strict):
+    """Content safety's live settings (issue 30): today the operator's term list."""
+
+    terms_file: str | None = Field(
+        None, description="The operator's term list (UTF-8; one term per line under `[category]` lines): a prompt "
+        "with a listed term is refused (400 content_policy) before any model runs. Matched case-folded and "
+        "NFKC-normalised (full-width = half-width). Read again when the file changes. Empty: no list.")
+    reload_s: float = Field(2.0, ge=0, description="How often, at most, the term list file is checked for changes.")
+
+
 # The route classes a plan limits (API.md "Limits"; deployments.http.limits maps routes to them).
 RouteClass = Literal["search", "upload", "text", "generate", "describe", "chat", "embeddings", "ingest"]
 ModelRole = Literal["embedder", "writer", "describer", "painter"]
@@ -229,6 +239,7 @@ class IngressTuning(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     caches: Caches = Field(default_factory=Caches)
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503/429 answers.")
+    safety: Safety = Field(default_factory=Safety)
     plans: dict[str, Plan] = Field(
         default_factory=_default_plans, description="Per-user limits by plan name; `default` is every user's "
         "unless `python -m deployments.keys plan USER NAME` says otherwise. Names: a-z, 0-9, '_', '-'.")

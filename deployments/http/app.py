@@ -58,6 +58,8 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     if serve_metrics and getattr(service, "limits", None) is not None:
         service.limits.on_event = _limit_metrics()  # refusals and counts made without Redis, gate and slots
         service.limits.on_charge = _charge_metrics()  # GPU seconds charged to plans
+    if serve_metrics:
+        service.ctx.guard.on_refusal = _safety_metrics()  # refusals of the content policy by stage and category
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
                        echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
@@ -98,6 +100,22 @@ def _charge_metrics():
         counter[0].inc(seconds, tags={"plan": plan or "unknown", "role": role})
 
     return on_charge
+
+
+def _safety_metrics():
+    """`on_refusal(stage, category)`: the content policy's refusals by stage and category (never by user)."""
+    counter = []
+
+    def on_refusal(stage, category):
+        if not counter:
+            from ray.serve import metrics
+
+            counter.append(metrics.Counter(
+                "atelier_safety_refusals", tag_keys=("stage", "category"),
+                description="Prompts and texts the content policy refused, by stage and category"))
+        counter[0].inc(tags={"stage": stage, "category": category})
+
+    return on_refusal
 
 
 _ERROR_SCHEMA = {

@@ -169,7 +169,7 @@ async def openai_images(request: Request, body: ImagesRequest, user: str = Depen
                         svc: ProductService = Depends(service)):
     await svc.conversation.served_model(body.model, "painter")
     size = await svc.generation.check(body.prompt, None if body.size in (None, "auto") else body.size, body.steps,
-                                 body.seed)
+                                      body.seed, field="prompt")
     keep = body.response_format == "url"
     generated = await svc.generation.paint(user, body.prompt, size=size, steps=body.steps, seed=body.seed, enhance=body.enhance,
                                 keep=keep, n=body.n, request_id=current_request_id())

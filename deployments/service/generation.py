@@ -18,14 +18,17 @@ class Generation(Verbs):
         super().__init__(ctx)
         self.texts, self.photos = texts, photos
 
-    async def check(self, prompt: str, size: str | None, steps: int | None, seed: int | None) -> str:
-        """Refuse bad sizes and steps before the Writer or the Painter does any work; returns WxH.
+    async def check(self, prompt: str, size: str | None, steps: int | None, seed: int | None, *,
+                    field: str = "text") -> str:
+        """Refuse a prompt the content policy refuses (`field` names it), bad sizes and steps, before the Writer
+        or the Painter does any work; returns WxH.
 
         Checked here, in the ingress, against the limits the Painter's `info` tells (asked once per
         process): a caller's mistake costs no round trip, and no Painter replica logs it (issue 28).
 
         The first ask may wait for a Painter scaled to zero to start: under the route's deadline, as the
         painting itself is."""
+        await self.ctx.guard.check_prompt(prompt, stage="prompt", field=field)
         info = await self.deadline(self.models.info("painter"), self.policy.timeouts.generate_s, "image generation")
         limits = info.get("limits")
         if limits is None:  # a Painter that does not tell its limits checks them itself

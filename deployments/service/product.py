@@ -26,6 +26,7 @@ from .conversation import Conversation
 from .generation import Generation
 from .models import ROLES, LocalModels, ServeModels, Vector
 from .photos import Photos
+from .safety import Guard, TermList
 from .search import Search
 from .texts import Texts
 
@@ -40,6 +41,7 @@ class ProductService:
             models = HeldModels(models, limits)
         self.ctx = Context(models, policy=policy, cache=cache, library_factory=library_factory, stats=stats,
                            idempotency=idempotency, ingest=ingest, limits=limits)
+        self.ctx.guard = Guard(TermList(None))  # the operator's term list: set by tune()
         self.texts = Texts(self.ctx)
         self.photos = Photos(self.ctx)
         self.search = Search(self.ctx, self.texts, self.photos)
@@ -53,6 +55,9 @@ class ProductService:
         self.ctx.tune(tuning)
         if self.limits is not None:
             self.limits.tune(tuning.plans)
+        terms = self.ctx.guard.terms
+        if (terms.path, terms.reload_s) != (tuning.safety.terms_file, tuning.safety.reload_s):
+            self.ctx.guard.terms = TermList(tuning.safety.terms_file, reload_s=tuning.safety.reload_s)
 
     async def model_info(self, role: str) -> dict:
         """What users are shown of a role's model: its public name, facts, and whether its answers are noise."""

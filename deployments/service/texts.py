@@ -60,15 +60,17 @@ class Texts(Verbs):
                       instead: str = "answering with the original text") -> tuple[str, bool]:
         """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text;
         `instead` says in the log line what the caller does with it."""
+        await self.ctx.guard.check_prompt(text, stage="prompt", field="text")  # before the Writer runs
         try:
             used = await self.ctx.cached("enhance", text, lambda: self.models.call("writer", "enhance_prompt", text),
                                       user=user, timeout=self.policy.timeouts.writer_s)
-            return used, False
         except Exception as exc:  # noqa: BLE001 - the original text is the fallback
             if callers_mistake(exc):
                 raise
             log.warning("request %s: prompt enhancement failed (%s); %s", request_id, self._why(exc), instead)
             return text, True
+        await self.ctx.guard.check_prompt(used, stage="enhanced")  # what the Writer made of it, before it is used
+        return used, False
 
     async def post_text(self, description: str, request_id: str = "-") -> tuple[str, bool]:
         """The Chinese post text for a description: (text, degraded); the description itself is the fallback."""
