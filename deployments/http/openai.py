@@ -257,6 +257,9 @@ async def _writer_events(svc: ProductService, answer: ChatAnswer, *, user: str,
         yield chunk.delta({"role": "assistant", "content": ""})
         piece = answer.first
         while piece is not None:
+            # Checked before it is sent, with what came before it (a listed term may span pieces): a refused
+            # answer ends here with an error event.
+            await svc.ctx.guard.check("".join(text) + piece, stage="answer")
             text.append(piece)
             yield chunk.delta({"content": piece})
             piece = await asyncio.wait_for(pieces.next(), timeout=max(0.0, answer.deadline - time.monotonic()))

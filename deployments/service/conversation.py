@@ -38,6 +38,9 @@ class Conversation(Verbs):
 
         description, post, degraded = await self.deadline(run(), self.policy.timeouts.describe_s,
                                                           "describing the image")
+        # What the models wrote, checked before it is saved or sent.
+        await self.ctx.guard.check(description, stage="description")
+        await self.ctx.guard.check(post, stage="post_text")
         if img_id is not None:
             # The user's caption stays theirs: the model's texts go to their own columns.
             await (await self.library()).update(user, img_id, description=description, post_text=post)
@@ -64,6 +67,7 @@ class Conversation(Verbs):
         timeout = self.policy.timeouts.chat_s
         if not stream:
             result = await self.deadline(self.models.call("writer", "chat", messages, **params), timeout, "the writer")
+            await self.ctx.guard.check(result.text, stage="answer")
             return ChatAnswer(info=info, result=result)
         deadline = time.monotonic() + timeout
         pieces = await self.models.stream("writer", "chat_stream", messages, **params)
@@ -95,4 +99,5 @@ class Conversation(Verbs):
                                   code="describer_unavailable", retry_after=self.policy.retry_after_s) from None
 
         answer = await self.deadline(ask(), self.policy.timeouts.describe_s, "the describer")
+        await self.ctx.guard.check(answer.text, stage="answer")
         return ChatAnswer(info=info, result=answer)

@@ -133,6 +133,11 @@ class Guard:
 
     async def check_prompt(self, text: str, *, stage: str, field: str | None = None) -> None:
         """Refuse (`ContentPolicy`) a prompt with a listed term; `stage` names where (prompt, enhanced, ...)."""
+        await self.check(text, stage=stage, field=field)
+
+    async def check(self, text: str, *, stage: str, field: str | None = None) -> None:
+        """Refuse (`ContentPolicy`) a text with a listed term: a caller's prompt (`prompt`), or what a model wrote
+        before it is used, saved or sent (`enhanced`, `description`, `post_text`, `answer`)."""
         categories = await self.terms.categories(text)
         if not categories:
             return
@@ -142,6 +147,11 @@ class Guard:
                     self.on_refusal(stage, category)
                 except Exception:  # noqa: BLE001 - metrics never fail a request
                     pass
-        what = "the prompt" if stage == "prompt" else "the enhanced prompt"
-        raise ContentPolicy(f"{what} is refused by this service's content policy ({', '.join(categories)}); "
-                            "rephrase it", categories=categories, stage=stage, field=field)
+        what = _WHAT.get(stage, stage)
+        fix = "rephrase it" if stage == "prompt" else "nothing was saved or sent; ask differently"
+        raise ContentPolicy(f"{what} is refused by this service's content policy ({', '.join(categories)}); {fix}",
+                            categories=categories, stage=stage, field=field)
+
+
+_WHAT = {"prompt": "the prompt", "enhanced": "the enhanced prompt", "description": "the model's description",
+         "post_text": "the model's post text", "answer": "the model's answer"}

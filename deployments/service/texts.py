@@ -75,14 +75,16 @@ class Texts(Verbs):
     async def post_text(self, description: str, request_id: str = "-") -> tuple[str, bool]:
         """The Chinese post text for a description: (text, degraded); the description itself is the fallback."""
         try:
-            return await asyncio.wait_for(self.models.call("writer", "post_text", description),
-                                          timeout=self.policy.timeouts.writer_s), False
+            post = await asyncio.wait_for(self.models.call("writer", "post_text", description),
+                                          timeout=self.policy.timeouts.writer_s)
         except Exception as exc:  # noqa: BLE001 - the text itself is the fallback, flagged degraded
             if callers_mistake(exc):
                 raise
             log.warning("request %s: the post text failed (%s); answering with the description itself", request_id,
                         self._why(exc))
             return description, True
+        await self.ctx.guard.check(post, stage="post_text")  # what the Writer wrote, before it is sent
+        return post, False
 
     async def embed(self, texts: list[str], *, dimensions: int | None, user: str) -> tuple[list[int], np.ndarray]:
         """Vectors of texts with their token counts; one text is batched with concurrent callers and cached."""

@@ -69,3 +69,36 @@ def test_a_clean_prompt_paints_and_a_changed_list_counts_from_the_next_request(g
     assert refused.status_code == 400 and refused.json()["error"]["categories"] == ["toys"], refused.text
     terms.write_text(TERMS, encoding="utf-8")
     assert client.post("/api/generate/image", headers=headers, json=body).status_code == 200
+
+
+def test_a_model_answer_with_a_listed_term_is_withheld_and_a_stream_is_cut(guarded):
+    """What a model writes is checked before it is sent: the random-weight Writer's answer to a fixed seed is
+    first taken as it is; once a word of it is listed, the same request is a 400 `content_policy`, and the
+    same answer streamed ends with an error event instead of `[DONE]`."""
+    import json
+
+    client, headers, terms = guarded
+    body = {"messages": [{"role": "user", "content": "describe a quiet harbour"}], "max_tokens": 12, "seed": 3}
+    first = client.post("/v1/chat/completions", headers=headers, json=body)
+    assert first.status_code == 200, first.text
+    said = first.json()["choices"][0]["message"]["content"]
+    words = [w for w in said.split() if len(w) >= 2 and "#" not in w and not w.startswith("[")]
+    assert words, f"the Writer said nothing to list: {said!r}"
+    try:
+        terms.write_text(TERMS + f"[test]\n{words[-1]}\n", encoding="utf-8")
+        os.utime(terms, ns=(os.stat(terms).st_atime_ns, os.stat(terms).st_mtime_ns + 1_000_000))
+        withheld = client.post("/v1/chat/completions", headers=headers, json=body)
+        assert withheld.status_code == 400, withheld.text
+        error = withheld.json()["error"]
+        assert (error["code"], error["categories"]) == ("content_policy", ["test"]) and words[-1] not in withheld.text
+        with client.stream("POST", "/v1/chat/completions", headers=headers, json={**body, "stream": True}) as r:
+            assert r.status_code == 200
+            events = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+        assert "[DONE]" not in events
+        last = json.loads(events[-1])
+        assert last["error"]["code"] == "content_policy", events
+        sent = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+        assert words[-1].casefold() not in sent.casefold()
+    finally:
+        terms.write_text(TERMS, encoding="utf-8")
+        os.utime(terms, ns=(os.stat(terms).st_atime_ns, os.stat(terms).st_mtime_ns + 2_000_000))
