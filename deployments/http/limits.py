@@ -9,13 +9,13 @@ OpenAI's clients pace themselves and retry a 429 after `Retry-After`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 from starlette.routing import Match
 
 from deployments.service.limits import Admission, RateLimited, acting_user
+from deployments.service.tasks import background
 
 from .gate import error_object, is_openai
 
@@ -123,7 +123,7 @@ async def afford_tokens(svc, user: str, prompt: str) -> int:
     """Where the caller's plan budgets chat tokens: their prompt's tokens, refused (429 `quota_exceeded`) when
     they no longer fit what is left. 0 where it does not (nothing is counted)."""
     limits = getattr(svc, "limits", None)
-    if limits is None or not await limits.budget_windows(user, "tokens"):
+    if limits is None or (await limits.plan(user))[1].tokens is None:
         return 0
     tokens = await svc.conversation.count_chat_tokens(prompt) if prompt else 0
     await limits.afford(user, "tokens", max(1, tokens), what="this prompt")
@@ -146,6 +146,4 @@ def charge_stream_later(svc, user: str, prompt_tokens: int, text: list[str], pro
             await svc.conversation.count_chat_tokens("".join(text)) if text else 0
         await charge_tokens(svc, user, prompt_tokens + spent)
 
-    task = asyncio.ensure_future(charge())
-    _CHARGING.add(task)
-    task.add_done_callback(_CHARGING.discard)
+    background(charge(), _CHARGING)

@@ -48,7 +48,7 @@ class Budgets:
         _, scale, unit = self._budget_of(plan, budget)
         windows, degraded = [], False
         for item in items:
-            stats, down = await self._call("get_window_stats", item, user, budget, budgets=True)
+            stats, down = await self._call("get_window_stats", item, user, budget, counter="budgets")
             degraded = degraded or down
             left = max(0, stats.remaining)
             windows.append(Window(window_name(budget, item, len(items) > 1), item.amount // scale, item.get_expiry(),
@@ -133,11 +133,11 @@ class Budgets:
         cost = max(1, round(amount * scale))
         for item in self._budget_items(plan_name, plan, budget):
             try:
-                charged, _ = await self._call("hit", item, user, budget, cost=cost, budgets=True)
+                charged, _ = await self._call("hit", item, user, budget, cost=cost, counter="budgets")
                 if not charged:  # more than is left: charge what is left
-                    stats, _ = await self._call("get_window_stats", item, user, budget, budgets=True)
+                    stats, _ = await self._call("get_window_stats", item, user, budget, counter="budgets")
                     if stats.remaining > 0:
-                        await self._call("hit", item, user, budget, cost=int(stats.remaining), budgets=True)
+                        await self._call("hit", item, user, budget, cost=int(stats.remaining), counter="budgets")
             except Exception as exc:  # noqa: BLE001 - a lost charge is logged, never a failed answer
                 log.warning("could not charge %g to %s's %s budget: %s", amount, user, budget, exc)
 

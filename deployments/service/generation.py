@@ -28,7 +28,7 @@ class Generation(Verbs):
 
         The first ask may wait for a Painter scaled to zero to start: under the route's deadline, as the
         painting itself is."""
-        await self.ctx.guard.check_prompt(prompt, stage="prompt", field=field)
+        await self.ctx.guard.check(prompt, stage="prompt", field=field)
         info = await self.deadline(self.models.info("painter"), self.policy.timeouts.generate_s, "image generation")
         limits = info.get("limits")
         if limits is None:  # a Painter that does not tell its limits checks them itself

@@ -28,6 +28,8 @@ from storage.blobs import open_blob_store, user_prefix
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from storage.settings import StorageSettings
 
+from .tasks import background
+
 # pipelines.jobs, .attempt and .submit import Ray: they are imported where a desk uses them, so the
 # in-process app (no cluster and no desk, which imports this module through deployments.assemble) never
 # loads Ray.
@@ -165,9 +167,7 @@ class IngestDesk:
         if opened["action"] in ("created", "restarted") and self._fast(staged):
             # A few files: stored here through the running Embedder, as single uploads are, instead
             # of a Ray Data pipeline that first starts a driver, tasks and a model of its own.
-            task = asyncio.create_task(self._run_small(spec, staged.files))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            background(self._run_small(spec, staged.files), self._tasks)
         elif opened["action"] in ("created", "restarted"):
             try:
                 await asyncio.to_thread(submit, spec, opened["submission"])

@@ -59,21 +59,20 @@ class PlanLimits(Budgets):
         # role's capacity less a reserve (a quarter, at least one) that only the others may take.
         self.share_from = {role: max(1, most - max(1, most // 4)) for role, most in (capacity or {}).items() if most > 0}
         self._parsed: dict[tuple[str, str], list[limits.RateLimitItem]] = {}
+        # Each kind of counter as (this replica's, the shared one or None without Redis). Budgets are charged
+        # in milliseconds: a moving window keeps one entry per unit, a sliding-window counter two numbers per
+        # window whatever the cost.
         memory = MemoryStorage()
-        self._local = MovingWindowRateLimiter(memory)
-        self._local_budgets = SlidingWindowCounterRateLimiter(memory)
-        self._local_slots = LocalSlots()
-        self._shared = self._shared_slots = self._shared_budgets = None
+        self._counters = {"rates": (MovingWindowRateLimiter(memory), None),
+                          "budgets": (SlidingWindowCounterRateLimiter(memory), None), "slots": (LocalSlots(), None)}
         if redis_url:
             storage = RedisStorage(redis_url, implementation="redispy", wrap_exceptions=True, key_prefix=KEY_PREFIX,
                                    socket_timeout=0.25, socket_connect_timeout=0.25)
-            self._shared = MovingWindowRateLimiter(storage)
-            # Budgets are charged in milliseconds: a moving window keeps one entry per unit, a sliding-window
-            # counter two numbers per window whatever the cost.
-            self._shared_budgets = SlidingWindowCounterRateLimiter(storage)
-            self._shared_slots = RedisSlots(redis_url)
+            shared = {"rates": MovingWindowRateLimiter(storage), "budgets": SlidingWindowCounterRateLimiter(storage),
+                      "slots": RedisSlots(redis_url)}
+            self._counters = {kind: (local, shared[kind]) for kind, (local, _) in self._counters.items()}
         self.estimates = Estimates()
-        self._pending: dict[tuple[str, str], float] = {}  # (user, role) -> estimated ms of calls running here
+        self._pending: dict[tuple[str, str], float] = {}  # (user, role) -> estimated seconds of calls running here
         self._shared_down_until = 0.0
         self._warned = False
         # Told of each refusal and each count made without Redis, `(plan, limit, outcome)`: the metrics.
@@ -110,11 +109,6 @@ class PlanLimits(Budgets):
             except Exception:  # noqa: BLE001 - metrics never fail a request
                 pass
 
-    def _limiter(self) -> tuple[MovingWindowRateLimiter, bool]:
-        if self._shared is not None and time.monotonic() >= self._shared_down_until:
-            return self._shared, False
-        return self._local, self._shared is not None
-
     def _down(self, exc: BaseException) -> None:
         self._shared_down_until = time.monotonic() + self._retry_shared_s
         if not self._warned:
@@ -122,26 +116,20 @@ class PlanLimits(Budgets):
             log.warning("the plans' shared counters (Redis) are unreachable (%s: %s); counting in this replica "
                         "alone until they answer", type(exc).__name__, exc)
 
-    async def _call(self, method: str, *args, slots: bool = False, budgets: bool = False, **kwargs):
-        """A limiter call (with `slots` a slot table's, with `budgets` the budgets' counter's) on the shared
-        counters, or this replica's when they are down: (result, degraded)."""
-        limiter, degraded = self._limiter()
-        local = self._local_slots if slots else self._local_budgets if budgets else self._local
-        if limiter is not self._local:
-            limiter = self._shared_slots if slots else self._shared_budgets if budgets else self._shared
-        else:
-            limiter = local
-        if not degraded and self._shared is not None:
+    async def _call(self, method: str, *args, counter: str = "rates", **kwargs):
+        """A call of a kind of counter (`rates`, `budgets`, `slots`) on the shared one, or this replica's when
+        there is none or it is down: (result, degraded: counted here while Redis is unreachable)."""
+        local, shared = self._counters[counter]
+        if shared is not None and time.monotonic() >= self._shared_down_until:
             try:
-                result = await getattr(limiter, method)(*args, **kwargs)
+                result = await getattr(shared, method)(*args, **kwargs)
                 if self._warned:
                     self._warned = False
                     log.warning("the plans' shared counters (Redis) answer again")
                 return result, False
             except Exception as exc:  # noqa: BLE001 - any Redis failure: count locally, never fail the request
                 self._down(exc)
-                limiter, degraded = local, True
-        return await getattr(limiter, method)(*args, **kwargs), degraded
+        return await getattr(local, method)(*args, **kwargs), shared is not None
 
     async def admit(self, user: str, route_class: str) -> Admission:
         """Count one request of `user` in `route_class`; `RateLimited` when a window of their plan is full."""
@@ -174,7 +162,7 @@ class PlanLimits(Budgets):
             return
         key, token, every = slot_key(user, role), uuid.uuid4().hex, role_key(role) if share_from else None
         (table, outcome), degraded = await self._call("acquire", key, -1 if cap is None else cap, token,
-                                                      self._slot_lease_s, every, user, share_from, slots=True)
+                                                      self._slot_lease_s, every, user, share_from, counter="slots")
         if degraded:
             self.event(plan_name, f"concurrent-{role}", "degraded")
         if outcome == CAPPED:
@@ -228,7 +216,7 @@ class PlanLimits(Budgets):
                             "resets_in_s": max(0, math.ceil(stats.reset_time - time.time())) if left < item.amount
                             else 0})
         for role, cap in plan.concurrent.items():
-            (_, held), _ = await self._call("held", slot_key(user, role), slots=True)
+            (_, held), _ = await self._call("held", slot_key(user, role), counter="slots")
             out.append({"limit": f"concurrent-{role}", "role": role, "unit": "calls at once", "quota": cap,
                         "used": min(held, cap), "left": max(0, cap - held), "resets_in_s": 0})
         for budget in [f"gpu-{role}" for role in plan.gpu_seconds] + (["tokens"] if plan.tokens else []):
@@ -238,11 +226,12 @@ class PlanLimits(Budgets):
                             "window_s": window.window_s, "used": round(window.quota - window.exact_left, 3),
                             "left": round(window.exact_left, 3), "resets_in_s": window.reset_s,
                             **({"role": budget.removeprefix("gpu-")} if budget != "tokens" else {})})
-        for limit, quota, used, unit in (("stored-images", plan.stored_images, (stored or (0, 0))[0], "images"),
-                                         ("stored-bytes", plan.stored_bytes, (stored or (0, 0))[1], "bytes")):
-            if quota is not None and stored is not None:
-                out.append({"limit": limit, "unit": unit, "quota": int(quota), "used": used,
-                            "left": max(0, int(quota) - used), "resets_in_s": 0})
+        if stored is not None:
+            for limit, quota, used, unit in (("stored-images", plan.stored_images, stored[0], "images"),
+                                             ("stored-bytes", plan.stored_bytes, stored[1], "bytes")):
+                if quota is not None:
+                    out.append({"limit": limit, "unit": unit, "quota": int(quota), "used": used,
+                                "left": max(0, int(quota) - used), "resets_in_s": 0})
         return {"plan": plan_name, "limits": out}
 
     async def forget_user(self, user: str) -> None:
@@ -253,6 +242,6 @@ class PlanLimits(Budgets):
             name = route_class.removeprefix("budget:")
             for item in items:
                 try:
-                    await self._call("clear", item, user, name, budgets=budget)
+                    await self._call("clear", item, user, name, counter="budgets" if budget else "rates")
                 except Exception:  # noqa: BLE001
                     pass

@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol
 from models.vector import Vector
 
 from .errors import Overloaded, RequestTimeout, Unavailable
+from .tasks import background
 
 ROLES = ("embedder", "writer", "describer", "painter")
 __all__ = ["ROLES", "Charged", "LocalModels", "Meter", "ServeModels", "TextStream", "Vector", "settle"]
@@ -195,8 +196,7 @@ class ServeModels(_Gateway):
     async def charged(self, role: str, op: str, user: str, *args, **kwargs) -> tuple[Any, float]:
         """A call whose compute is charged to `user`: (answer, GPU seconds its replica measured). A call that
         ends without an answer is charged by the replica itself, through the ingress (`Ingress.charge`)."""
-        result, seconds = await settle(self.handles[role].charged.remote(user, op, *args, **kwargs))
-        return result, seconds
+        return await settle(self.handles[role].charged.remote(user, op, *args, **kwargs))
 
     async def charged_stream(self, role: str, op: str, user: str, *args, **kwargs) -> TextStream:
         """A stream charged to `user`: its `charged` seconds are set once its last piece has come."""
@@ -273,9 +273,7 @@ class LocalModels(_Gateway):
         loop = asyncio.get_running_loop()
 
         def charge(seconds: float) -> None:
-            task = asyncio.ensure_future(self.on_orphan(user, role, seconds))
-            self._charging.add(task)  # the event loop keeps only weak references to tasks
-            task.add_done_callback(self._charging.discard)
+            background(self.on_orphan(user, role, seconds), self._charging)
 
         def orphaned(seconds: float) -> None:
             if self.on_orphan is not None:

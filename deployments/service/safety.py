@@ -131,10 +131,6 @@ class Guard:
     terms: TermList
     on_refusal: Callable[[str, str], None] | None = None
 
-    async def check_prompt(self, text: str, *, stage: str, field: str | None = None) -> None:
-        """Refuse (`ContentPolicy`) a prompt with a listed term; `stage` names where (prompt, enhanced, ...)."""
-        await self.check(text, stage=stage, field=field)
-
     async def check(self, text: str, *, stage: str, field: str | None = None) -> None:
         """Refuse (`ContentPolicy`) a text with a listed term: a caller's prompt (`prompt`), or what a model wrote
         before it is used, saved or sent (`enhanced`, `description`, `post_text`, `answer`)."""

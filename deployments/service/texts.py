@@ -60,7 +60,7 @@ class Texts(Verbs):
                       instead: str = "answering with the original text") -> tuple[str, bool]:
         """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text;
         `instead` says in the log line what the caller does with it."""
-        await self.ctx.guard.check_prompt(text, stage="prompt", field="text")  # before the Writer runs
+        await self.ctx.guard.check(text, stage="prompt", field="text")  # before the Writer runs
         try:
             used = await self.ctx.cached("enhance", text, lambda: self.models.call("writer", "enhance_prompt", text),
                                       user=user, timeout=self.policy.timeouts.writer_s)
@@ -69,7 +69,7 @@ class Texts(Verbs):
                 raise
             log.warning("request %s: prompt enhancement failed (%s); %s", request_id, self._why(exc), instead)
             return text, True
-        await self.ctx.guard.check_prompt(used, stage="enhanced")  # what the Writer made of it, before it is used
+        await self.ctx.guard.check(used, stage="enhanced")  # what the Writer made of it, before it is used
         return used, False
 
     async def post_text(self, description: str, request_id: str = "-") -> tuple[str, bool]:

@@ -60,7 +60,6 @@ def window_name(route_class: str, item: limits.RateLimitItem, several: bool) -> 
     return f"{route_class}-{multiple}{item.GRANULARITY.name}"
 
 
-
 def per(item: limits.RateLimitItem) -> str:
     unit = item.GRANULARITY.name
     return unit if item.multiples == 1 else f"{item.multiples} {unit}s"

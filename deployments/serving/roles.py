@@ -18,6 +18,7 @@ from ray.serve import metrics
 import models
 from deployments.config import LATENCY_BOUNDARIES_S, BatchOptions
 from deployments.service.models import Charged, Meter
+from deployments.service.tasks import background
 from deployments.serving.logs import LOGGING, into_serve_log
 from models.base import CANCEL, ModelRole
 from models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
@@ -176,9 +177,7 @@ class RoleShell:
 
     def _charge_orphan(self, user: str, seconds: float) -> None:
         self._count(seconds)
-        task = asyncio.ensure_future(self._send_charge(user, seconds))
-        self._sending.add(task)  # the event loop keeps only weak references to tasks
-        task.add_done_callback(self._sending.discard)
+        background(self._send_charge(user, seconds), self._sending)
 
     async def _send_charge(self, user: str, seconds: float) -> None:
         try:
