@@ -23,12 +23,15 @@ The embedder section measures CLIP ViT-B/32 (issue 10's goal is its image rate),
 families the Embedder also serves (issue 15): SigLIP 2 base/16-224, the production default, whose
 eager peak is the role's memory, and Chinese-CLIP base/16.
 
-Sections, in run order: embedder, describer, writer, painter, summary. Each writes DIR/SECTION.json
+Sections, in run order: embedder, describer, writer, painter, guard, summary. Each writes DIR/SECTION.json
 after every step and when it ends (a section that fails records its traceback there and the next one
 runs), so a run cut short still returns what it measured and `--only` reruns what is missing. A
 section starts no new step once --budget-s (default 450 s from the start) is spent. summary reads
 the section files and writes summary.json and summary.md (the tables RESULTS.md takes). The run
-writes at most these 6 files into DIR, so DIR plus a log fits the device tool's 8 files.
+writes at most these 7 files into DIR, so DIR plus a log fits the device tool's 8 files.
+
+The guard section (issue 30) times the Guard's Qwen3Guard-Gen-0.6B text check (one prefill plus a short
+cached continuation per batch) and its ViT-base/16 image classifier, at serve_config.yaml's tenth of a GPU.
 
 On a lent GPU (the device tool; diffusers is carried as a wheel, the host has no network):
 
@@ -66,10 +69,11 @@ from typing import Any, Callable
 
 import torch
 
-SECTIONS = ("embedder", "describer", "writer", "painter", "summary")
-ROLES = ("embedder", "writer", "describer", "painter")
+SECTIONS = ("embedder", "describer", "writer", "painter", "guard", "summary")
+OPT_IN: tuple[str, ...] = ()  # sections run only when --only names them (none today)
+ROLES = ("embedder", "writer", "describer", "painter", "guard")
 # serve_config.yaml's num_gpus per role (read from the file when it and PyYAML are there).
-DEFAULT_SHARES = {"embedder": 0.1, "writer": 0.25, "describer": 0.25, "painter": 1.0}
+DEFAULT_SHARES = {"embedder": 0.1, "writer": 0.25, "describer": 0.25, "painter": 1.0, "guard": 0.1}
 # Card memory as nvidia-smi reports it: H100 SXM5 80 GB, and the H200 seen in the device KINDS.md.
 CARDS_MIB = {"H100 80 GB": 81559, "H200 141 GB": 143771}
 GOALS = {"painter_p50_s": 0.7, "embedder_img_s": 3000.0, "writer_tok_s_b1": 150.0}
@@ -103,11 +107,11 @@ def check_output(what: str, out: torch.Tensor, shape: tuple) -> None:
 PLAN = {
     "full": dict(embed_batches=(64, 256), embed_iters=20, embed_reps=5, text_batch=256, text_len=77,
                  writer_prompt=128, writer_new=256, writer_batches=(1, 16), writer_runs=3,
-                 desc_text=32, desc_new=128, desc_runs=3,
+                 desc_text=32, desc_new=128, desc_runs=3, guard_prompt=512, guard_batch=16, guard_runs=10,
                  paint_size=1024, paint_steps=4, paint_runs=5, t5_len=256, clip_len=77),
     "tiny": dict(embed_batches=(64, 256), embed_iters=2, embed_reps=2, text_batch=64, text_len=77,
                  writer_prompt=16, writer_new=16, writer_batches=(1, 16), writer_runs=1,
-                 desc_text=8, desc_new=8, desc_runs=1,
+                 desc_text=8, desc_new=8, desc_runs=1, guard_prompt=64, guard_batch=16, guard_runs=2,
                  paint_size=64, paint_steps=4, paint_runs=2, t5_len=256, clip_len=77),
 }
 
@@ -951,6 +955,94 @@ def run_painter(ctx: Ctx, sec: Section) -> None:
         sec.rec["best"] = {"step": next(k for k, r in results.items() if r is best), "p50_s": best["p50_s"]}
 
 
+# -- guard: Qwen3Guard-Gen-0.6B and a ViT-base/16 NSFW classifier (models/guard.py) ---------------------
+def guard_configs(kit: str):
+    """Qwen/Qwen3Guard-Gen-0.6B (Qwen3-0.6B's shape) and Falconsai/nsfw_image_detection (ViT-base/16 at 224,
+    two labels) at `full`, as models/kit/guard.py writes them."""
+    from transformers import Qwen3Config, ViTConfig
+
+    if kit == "full":
+        text = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                    num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                    rope_theta=1000000.0)
+        image: dict = {}  # ViTConfig's defaults are ViT-base/16 at 224
+    else:
+        text = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+        image = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     image_size=32, patch_size=8)
+    return (Qwen3Config(**text, rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=0),
+            ViTConfig(**image, num_labels=2))
+
+
+def run_guard(ctx: Ctx, sec: Section) -> None:
+    """A text check as the Guard scores it: the batch's prompts left-padded, one prefill read at its last
+    position (3 label ids), then 5 continuation tokens on the cached keys (9 category ids); and the image
+    classifier. Prompt lengths vary over the batch's last quarter, so padding is part of the cost."""
+    import inspect
+
+    from transformers import Qwen3ForCausalLM, ViTForImageClassification
+
+    plan = ctx.plan
+    text_cfg, image_cfg = guard_configs(ctx.kit)
+    with ctx.build():
+        model, vit = Qwen3ForCausalLM(text_cfg).eval(), ViTForImageClassification(image_cfg).eval()
+    sec.rec["parameters"] = {"text": n_params(model), "image": n_params(vit)}
+    sec.rec["memory"]["weights_gib"] = weights_gib(model, vit)
+    # transformers 5 renamed past_key_values to cache (the project's pin); the GPU host may have either.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    labels, cats = list(range(100, 103)), list(range(200, 209))
+
+    def score(ids, mask):
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cont = torch.full((ids.shape[0], 5), 300, device=ctx.device)
+        out2 = model(input_ids=cont, attention_mask=torch.cat([mask, torch.ones_like(cont)], 1),
+                     position_ids=pos[:, -1:] + 1 + torch.arange(5, device=ctx.device), use_cache=True,
+                     logits_to_keep=1, **{cache_kw: getattr(out, cache_kw)})
+        return out.logits[:, -1, labels].float().softmax(-1), out2.logits[:, -1, cats].float().softmax(-1)
+
+    def text_step(batch: int) -> Callable[[], dict]:
+        def go() -> dict:
+            g = torch.Generator(device="cpu").manual_seed(batch)
+            n = plan["guard_prompt"]
+            lengths = torch.randint(n - n // 4, n + 1, (batch,), generator=g) if batch > 1 else torch.tensor([n])
+            mask = (torch.arange(n)[None, :] >= (n - lengths)[:, None]).long().to(ctx.device)
+            ids = torch.randint(400, text_cfg.vocab_size - 100, (batch, n), generator=g).to(ctx.device) * mask
+            first = ctx.time(lambda: score(ids, mask))
+            times = [ctx.time(lambda: score(ids, mask)) for _ in range(plan["guard_runs"])]
+            p_labels, p_cats = score(ids, mask)
+            check_output(f"guard labels, batch {batch}", p_labels, (batch, 3))
+            check_output(f"guard categories, batch {batch}", p_cats, (batch, 9))
+            return {"batch": batch, "prompt_tokens": n, "p50_s": rnd(p50(times)),
+                    "ms_per_prompt": rnd(1000 * p50(times) / batch), "prompts_per_s": rnd(batch / p50(times)),
+                    "runs_s": [rnd(t) for t in times], "first_call_s": rnd(first)}
+        return go
+
+    def image_step(batch: int) -> Callable[[], dict]:
+        def go() -> dict:
+            side = image_cfg.image_size
+            px = torch.randn(batch, 3, side, side, device=ctx.device, dtype=ctx.dtype)
+            first = ctx.time(lambda: vit(pixel_values=px))
+            times = [ctx.time(lambda: vit(pixel_values=px)) for _ in range(plan["guard_runs"])]
+            check_output(f"guard image classifier, batch {batch}", vit(pixel_values=px).logits, (batch, 2))
+            return {"batch": batch, "image": f"{side}x{side}", "p50_s": rnd(p50(times)),
+                    "ms_per_image": rnd(1000 * p50(times) / batch), "img_per_s": rnd(batch / p50(times)),
+                    "first_call_s": rnd(first)}
+        return go
+
+    with torch.inference_mode():
+        for b in (1, plan["guard_batch"]):
+            sec.step(f"text_b{b}", text_step(b))
+        for b in (1, plan["guard_batch"]):
+            sec.step(f"image_b{b}", image_step(b))
+    steps = sec.rec["steps"]
+    peaks = [s["peak_reserved_gib"] for s in steps.values() if "peak_reserved_gib" in s]
+    sec.rec["memory"]["production_peak_reserved_gib"] = max(peaks) if peaks else None
+    sec.rec["memory"]["production_note"] = "both models loaded; a call holds at most max_batch (16) inputs"
+    sec.rec["headline"] = {k: s.get("ms_per_prompt", s.get("ms_per_image")) for k, s in steps.items()}
+
+
 # -- summary: the tables for RESULTS.md ------------------------------------------------------------------
 def load_shares() -> tuple[dict[str, float], str]:
     path = REPO / "serve_config.yaml"
@@ -959,7 +1051,8 @@ def load_shares() -> tuple[dict[str, float], str]:
 
         doc = yaml.safe_load(path.read_text())
         args = next(a["args"] for a in doc["applications"] if a.get("name") == "atelier")
-        shares = {r: float(args[r]["deployment"]["ray_actor_options"]["num_gpus"]) for r in ROLES}
+        shares = {r: float(args[r]["deployment"]["ray_actor_options"]["num_gpus"]) for r in ROLES + OPT_IN
+                  if r in args or r in ROLES}
         return shares, str(path.relative_to(REPO))
     except Exception as exc:  # no PyYAML, or the file moved: the values it had when this was written
         return dict(DEFAULT_SHARES), f"built-in copy of serve_config.yaml ({type(exc).__name__})"
@@ -967,14 +1060,14 @@ def load_shares() -> tuple[dict[str, float], str]:
 
 def summarise(results_dir: Path, out: Path) -> dict:
     recs = {}
-    for name in ROLES:
+    for name in ROLES + OPT_IN:  # an opt-in section's file is there only when it ran
         p = results_dir / f"{name}.json"
         if p.exists():
             recs[name] = json.loads(p.read_text())
     shares, shares_from = load_shares()
     env = next((r.get("env") for r in recs.values() if r.get("env")), {})
     memory_rows = []
-    for role in ROLES:
+    for role in ROLES + tuple(r for r in OPT_IN if r in recs and r in shares):  # the guard's row: when it ran
         rec = recs.get(role)
         mem = (rec or {}).get("memory", {})
         peaks = [s.get("peak_reserved_gib") for s in (rec or {}).get("steps", {}).values()
@@ -1073,6 +1166,11 @@ def summary_markdown(recs: dict, s: dict) -> str:
     lines.append(f"| describer | one {d.get('image', '-')} image to {d.get('new_tokens', '-')} tokens, s (p50) | "
                  f"{_f(d.get('p50_s'), '{:.3f}')} | - |")
     lines.append(f"| describer | same, to the first token, s (p50) | {_f(pre.get('p50_s'), '{:.3f}')} | - |")
+    for name, r in recs.get("guard", {}).get("steps", {}).items():  # only when the guard section ran
+        what = (f"text check, batch {r.get('batch', '-')} x {r.get('prompt_tokens', '-')} tokens, ms per text (p50)"
+                if name.startswith("text_") else
+                f"image check, batch {r.get('batch', '-')}, {r.get('image', '-')}, ms per image (p50)")
+        lines.append(f"| guard | {what} | {_f(r.get('ms_per_prompt', r.get('ms_per_image')), '{:.2f}')} | - |")
     lines.append("")
     pa = recs.get("painter", {})
     w = pa.get("workload", {})
@@ -1112,7 +1210,8 @@ def summary_markdown(recs: dict, s: dict) -> str:
 
 
 # -- main -------------------------------------------------------------------------------------------------
-RUNNERS = {"embedder": run_embedder, "describer": run_describer, "writer": run_writer, "painter": run_painter}
+RUNNERS = {"embedder": run_embedder, "describer": run_describer, "writer": run_writer, "painter": run_painter,
+           "guard": run_guard}
 
 
 def run_section(ctx: Ctx, name: str) -> str:
@@ -1147,7 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for SECTION.json, summary.json, summary.md")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--kit", default="full", choices=["full", "tiny"])
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
+    ap.add_argument("--only", default=",".join(s for s in SECTIONS if s not in OPT_IN),
+                    help=f"comma list of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)})")
     ap.add_argument("--compile-backend", choices=["inductor", "eager"], default=None,
                     help="torch.compile backend (default: inductor on cuda, eager on cpu)")
     ap.add_argument("--compile-mode", default="auto",

@@ -1,4 +1,4 @@
-"""The four model roles as plain Python classes: no Ray, no HTTP, testable alone.
+"""The five model roles as plain Python classes: no Ray, no HTTP, testable alone.
 
 Names resolve on first use: `from models.configs import EmbedderConfig` (or any
 config) costs no torch import, which the ingress and the ingestion tasks rely on.
@@ -8,7 +8,8 @@ from importlib import import_module
 
 _WHERE = {
     "ModelConfig": "configs", "EmbedderConfig": "configs", "WriterConfig": "configs", "PainterConfig": "configs",
-    "DescriberConfig": "configs",
+    "DescriberConfig": "configs", "GuardConfig": "configs", "GUARD_CATEGORIES": "configs",
+    "GuardInputError": "errors", "Guard": "guard", "Verdict": "guard", "CATEGORIES": "guard",
     "DescriberInputError": "errors", "EmbedderInputError": "errors", "ModelError": "errors",
     "ModelInputError": "errors", "ModelNotFound": "errors", "ModelUnavailable": "errors",
     "PainterInputError": "errors", "WriterInputError": "errors", "MARKER": "configs",

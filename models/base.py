@@ -152,12 +152,7 @@ class ModelRole:
     @property
     def public_name(self) -> str:
         """The name users see: the configured one, else the hub id, else `atelier-<role>` for a folder."""
-        if self.config.served_name:
-            return self.config.served_name
-        source = self.config.model
-        if _HUB_ID.fullmatch(source) and not Path(source).exists():
-            return source
-        return f"atelier-{self.role}"
+        return public_name(self.config.served_name, self.config.model, f"atelier-{self.role}")
 
     @property
     def random_weights(self) -> bool:
@@ -175,24 +170,29 @@ class ModelRole:
     def _warmup(self) -> None:
         raise NotImplementedError
 
-    def _pretrained_kwargs(self) -> dict[str, Any]:
-        """Arguments every from_pretrained call of a role shares: provenance rules live here."""
+    def _pretrained_kwargs(self, model: str | None = None, revision: str | None = None) -> dict[str, Any]:
+        """Arguments every from_pretrained call of a role shares: provenance rules live here. `model` and
+        `revision` name a second checkpoint of the role (the Guard's image classifier); default: `config`'s."""
+        model, revision = (self.config.model, self.config.revision) if model is None else (model, revision)
         kw: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
-        if self.config.revision and not Path(self.config.model).is_dir():
-            kw["revision"] = self.config.revision
+        if revision and not Path(model).is_dir():
+            kw["revision"] = revision
         return kw
 
-    def _locate(self) -> str:
-        """Return what to hand to from_pretrained, or fail fast naming what was tried."""
-        model = self.config.model
+    def _locate(self, model: str | None = None, revision: str | None = None, *, setting: str = "model",
+                stand_in: str | None = None) -> str:
+        """Return what to hand to from_pretrained, or fail fast naming what was tried. By default the role's
+        `model`; a role with a second checkpoint passes it, the config key it came from and its kit folder."""
+        model, revision = (self.config.model, self.config.revision) if model is None else (model, revision)
+        stand_in = stand_in or self.role
         if Path(model).expanduser().is_dir():
             return str(Path(model).expanduser())
         if not _HUB_ID.match(model):
             raise ModelNotFound(
                 f"{self.role}: no folder at {model!r} and it is not a hub id (org/name); {BUILD_HINT} "
-                f"and point the {self.role}'s `model` at checkpoints/tiny/{self.role}"
+                f"and point the {self.role}'s `{setting}` at checkpoints/tiny/{stand_in}"
             )
-        if _in_hf_cache(model, self.config.revision):
+        if _in_hf_cache(model, revision):
             return model
         if _hub_offline():
             raise ModelNotFound(
@@ -207,6 +207,7 @@ class ModelRole:
         return model
 
     def _detect_random_weights(self, source: str) -> bool:
+        """Whether `source` (what _locate returned, for any of the role's checkpoints) is a kit stand-in."""
         marker = Path(source) / MARKER
         if marker.is_file():
             try:
@@ -214,6 +215,15 @@ class ModelRole:
             except ValueError:
                 return True
         return False
+
+
+def public_name(served_name: str | None, source: str, fallback: str) -> str:
+    """The configured name, else the hub id, else `fallback`: a local folder's path is never shown."""
+    if served_name:
+        return served_name
+    if _HUB_ID.fullmatch(source) and not Path(source).exists():
+        return source
+    return fallback
 
 
 @functools.cache

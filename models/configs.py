@@ -171,3 +171,40 @@ class DescriberConfig(ModelConfig):
     min_new_tokens: int = Field(
         0, ge=0, description="Tokens to generate before end-of-text is allowed; random-weight tests need a few."
     )
+
+
+
+# The Guard's categories of unsafe content, in the order of Qwen3Guard-Gen's safety policy (models/guard.py
+# maps each to its name there). Here, not in models/guard.py, so that the ingress reads them without torch.
+GUARD_CATEGORIES: tuple[str, ...] = (
+    "violent", "illegal", "sexual", "pii", "self_harm", "unethical", "political", "copyright", "jailbreak")
+
+
+class GuardConfig(ModelConfig):
+    model: str = Field("Qwen/Qwen3Guard-Gen-0.6B",
+                       description="Qwen3Guard-Gen checkpoint (hub id or folder): a causal LLM whose chat template "
+                                   "asks for a 'Safety: ...' and 'Categories: ...' answer.")
+    image_model: str | None = Field(
+        "Falconsai/nsfw_image_detection",
+        description="Image classification checkpoint (hub id or folder); null: the Guard checks no images.")
+    image_revision: str | None = Field(None, description="Hub revision of image_model to pin; ignored for folders.")
+    image_served_name: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The image model's name in verdicts. Default: its hub id, or 'atelier-guard-image' for a "
+                    "local folder, whose path is never shown.")
+    image_labels: dict[str, str] = Field(
+        default_factory=lambda: {"nsfw": "sexual"},
+        description="Classifier label -> Guard category it counts as unsafe in; labels not named are safe ones.")
+    max_text_chars: int = Field(8000, ge=1, description="Longest text accepted, in characters.")
+    max_input_tokens: int = Field(
+        2048, ge=64, description="Longest prompt, chat template included, in tokens; a longer text loses its start.")
+    max_batch: int = Field(16, ge=1, description="Texts or images in one forward pass; a longer list is chunked.")
+
+    @field_validator("image_labels")
+    @classmethod
+    def _labels_name_categories(cls, labels: dict[str, str]) -> dict[str, str]:
+        for label, category in labels.items():
+            if category not in GUARD_CATEGORIES:
+                raise ValueError(f"image_labels[{label!r}] = {category!r} is not a Guard category; "
+                                 f"choose from {', '.join(GUARD_CATEGORIES)}")
+        return labels

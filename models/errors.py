@@ -65,3 +65,7 @@ class PainterInputError(ModelInputError):
 
 class DescriberInputError(ModelInputError):
     code = "invalid_describer_input"
+
+
+class GuardInputError(ModelInputError):
+    code = "invalid_guard_input"

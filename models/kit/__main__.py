@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--size", choices=["tiny", "full"], default="tiny")
     b.add_argument("--roles", default=",".join(STAND_INS),
                    help=f"comma-separated subset of {','.join(STAND_INS)} (embedder: SigLIP 2; the other families "
-                        "are embedder_chinese_clip and embedder_clip)")
+                        "are embedder_chinese_clip and embedder_clip; guard_image is the Guard's image classifier)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="weights' dtype on disk (default: float32 for tiny, bfloat16 for full)")

@@ -1,4 +1,4 @@
-"""Builds random-weight stand-ins of the four production architectures, in Hugging Face format.
+"""Builds random-weight stand-ins of the five roles' production architectures, in Hugging Face format.
 
 `tiny` shapes keep every architectural feature (real tokenizers, chat templates, the FLUX wiring,
 InternVL's pixel shuffle) at a size that builds in seconds on 2 cores; `full` shapes match the
@@ -16,13 +16,15 @@ import torch
 
 from ..configs import MARKER
 from . import tokenizers as tk
+from .guard import build_guard, build_guard_image
 
 Size = Literal["tiny", "full"]
-ROLES = ("embedder", "writer", "describer", "painter")
+ROLES = ("embedder", "writer", "describer", "painter", "guard")
 # The Embedder's families, each a stand-in folder of its own. `embedder` is the production default's
 # (SigLIP 2, multilingual: README "The model roles"); the other two are the alternatives a config may pick.
 EMBEDDER_FAMILIES = {"embedder": "siglip2", "embedder_chinese_clip": "chinese_clip", "embedder_clip": "clip"}
-STAND_INS = ROLES + tuple(name for name in EMBEDDER_FAMILIES if name not in ROLES)
+# The Guard's second checkpoint, its image classifier (models/kit/guard.py builds both of its stand-ins).
+STAND_INS = ROLES + tuple(name for name in EMBEDDER_FAMILIES if name not in ROLES) + ("guard_image",)
 
 # ChatML, the template family of Qwen2.5 and InternVL3: the production chat format.
 WRITER_CHAT_TEMPLATE = (
@@ -413,4 +415,6 @@ _BUILDERS: dict[str, Callable[[Size, Path, torch.dtype], int]] = {
     "writer": _build_writer,
     "describer": _build_describer,
     "painter": _build_painter,
+    "guard": build_guard,
+    "guard_image": build_guard_image,
 }

@@ -69,6 +69,8 @@ HEADLINES = {
                "b16_static_compiled": "tok_per_s"},
     "describer": {"prefill_1_token": "p50_s", "describe_8_tokens": "p50_s"},
     "painter": {"eager": "p50_s", "compile": "p50_s", "compile_fp8": "p50_s"},
+    "guard": {"text_b1": "ms_per_prompt", "text_b16": "ms_per_prompt", "image_b1": "ms_per_image",
+              "image_b16": "ms_per_image"},
 }
 
 
@@ -106,7 +108,7 @@ def test_tiny_cpu_run_measures_every_section(full_run):
     assert all(f["parameters"] > 0 for f in embedder["families"].values())
     assert embedder["steps"]["siglip2_text_b64_eager"]["tokens"] == 64  # SigLIP's fixed padding
     summary = json.loads((out / "summary.json").read_text())
-    assert {row["role"] for row in summary["memory"]} == {"embedder", "writer", "describer", "painter"}
+    assert {row["role"] for row in summary["memory"]} == {"embedder", "writer", "describer", "painter", "guard"}
     assert summary["wrong"] == []  # every step's answers checked (shapes, finite values, token counts)
     md = (out / "summary.md").read_text()
     assert "| painter |" in md and "| embedder (SigLIP 2 base/16-224) |" in md
