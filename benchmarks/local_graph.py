@@ -40,6 +40,8 @@ def start(data: Path, port: int = 8123, edit=None, tuning: dict | None = None) -
     spec = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())["applications"][0]["args"]
     for role in ("embedder", "writer", "describer", "painter"):
         spec[role]["model"]["model"] = str(kit / role)
+    if spec.get("guard"):
+        spec["guard"]["model"].update(model=str(kit / "guard"), image_model=str(kit / "guard_image"))
     spec["storage"].update(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs"))
     if edit is not None:
         edit(spec)

@@ -7,7 +7,8 @@ from ray.serve import Application
 
 from .config import AppArgs, BatchOptions, IngressTuning
 from .serving.ingress import Ingress
-from .serving.roles import DescriberDeployment, EmbedderDeployment, PainterDeployment, WriterDeployment
+from .serving.roles import (DescriberDeployment, EmbedderDeployment, GuardDeployment, PainterDeployment,
+                            WriterDeployment)
 
 
 def build_app(args: AppArgs) -> Application:
@@ -32,9 +33,10 @@ def compose(args: AppArgs, model_classes: dict[str, type] | None = None, tuning:
     writer = bind(WriterDeployment, args.writer, "writer")
     describer = bind(DescriberDeployment, args.describer, "describer")
     painter = bind(PainterDeployment, args.painter, "painter")
+    guard = None if args.guard is None else bind(GuardDeployment, args.guard, "guard")
     return Ingress.options(**args.ingress.deployment.serve_options(),
                            user_config=IngressTuning.model_validate(tuning or {}).model_dump()).bind(
-        embedder, writer, describer, painter, args.ingress_args(), scale_to_zero(args), capacity(args)
+        embedder, writer, describer, painter, args.ingress_args(), scale_to_zero(args), capacity(args), guard=guard
     )
 
 
@@ -47,7 +49,8 @@ def capacity(args: AppArgs) -> dict[str, int]:
 
 def scale_to_zero(args: AppArgs) -> tuple[str, ...]:
     """The roles whose autoscaling may leave them no replica when idle (`min_replicas: 0`)."""
-    roles = {"embedder": args.embedder, "writer": args.writer, "describer": args.describer, "painter": args.painter}
+    roles = {"embedder": args.embedder, "writer": args.writer, "describer": args.describer, "painter": args.painter,
+             **({"guard": args.guard} if args.guard is not None else {})}
     return tuple(role for role, spec in roles.items()
                  if spec.deployment.num_replicas is None and spec.deployment.autoscaling is not None
                  and spec.deployment.autoscaling.min_replicas == 0)

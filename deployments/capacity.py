@@ -165,6 +165,8 @@ def deployments_of(config: dict) -> tuple[list[Deployment], dict]:
         specs = {"Embedder": args.embedder.deployment, "Writer": args.writer.deployment,
                  "Describer": args.describer.deployment, "Painter": args.painter.deployment,
                  "Ingress": args.ingress.deployment}
+        if args.guard is not None:
+            specs["Guard"] = args.guard.deployment
         for name, spec in specs.items():
             opts = spec.serve_options()
             over = overrides.get(name, {})

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, mo
 from pipelines.config import IngestSpec, ZipLimits
 from storage.settings import StorageArgs
 
-from models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+from models.configs import DescriberConfig, EmbedderConfig, GuardConfig, PainterConfig, WriterConfig
+
+from .policy import Safety
 
 __all__ = ["LIVE_SETTINGS", "AppArgs", "BatchOptions", "DeploymentOptions", "IngestSpec", "IngressArgs", "IngressSpec",
            "IngressTuning", "ZipLimits"]
@@ -132,6 +134,11 @@ class PainterSpec(_Strict):
     )
 
 
+class GuardSpec(_Strict):
+    model: GuardConfig = Field(default_factory=GuardConfig)
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(max_ongoing_requests=64))
+
+
 class Timeouts(_Strict):
     """Per-route deadlines, shorter than the HTTP proxy's request_timeout_s, so we answer them as JSON."""
 
@@ -150,16 +157,6 @@ class Caches(_Strict):
         30.0, gt=0, description="How long a search text the Writer failed to translate is searched untranslated "
         "without asking the Writer again (per replica)."
     )
-
-
-class Safety(_Strict):
-    """Content safety's live settings (issue 30): today the operator's term list."""
-
-    terms_file: str | None = Field(
-        None, description="The operator's term list (UTF-8; one term per line under `[category]` lines): a prompt "
-        "with a listed term is refused (400 content_policy) before any model runs. Matched case-folded and "
-        "NFKC-normalised (full-width = half-width). Read again when the file changes. Empty: no list.")
-    reload_s: float = Field(2.0, ge=0, description="How often, at most, the term list file is checked for changes.")
 
 
 # The route classes a plan limits (API.md "Limits"; deployments.http.limits maps routes to them).
@@ -202,6 +199,11 @@ class Plan(_Strict):
     stored_bytes: ByteSize | None = Field(
         None, description="Bytes a user may keep (their originals and display copies): '2GB', '500MiB' or a number "
         "of bytes. Checked like stored_images, with an upload's own size.")
+
+    safety_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="How much looser the content policy's thresholds are for this plan: a "
+        "threshold t becomes t + (1 - t) * tolerance (0: as configured; 1: no Guard score blocks or flags). The "
+        "term list holds for every plan.")
 
     @model_validator(mode="after")
     def _rates(self) -> "Plan":
@@ -294,6 +296,9 @@ class AppArgs(_Strict):
     writer: WriterSpec = Field(default_factory=WriterSpec)
     describer: DescriberSpec = Field(default_factory=DescriberSpec)
     painter: PainterSpec = Field(default_factory=PainterSpec)
+    guard: GuardSpec | None = Field(
+        default_factory=GuardSpec, description="The content-safety model (text guard and image classifier); null: "
+        "no Guard deployment, and the content policy is the term list alone.")
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     ingest: IngestSpec = Field(default_factory=IngestSpec, description="Bulk ingestion jobs and their resource caps.")
     storage: StorageArgs = Field(

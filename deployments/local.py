@@ -37,7 +37,7 @@ DASHBOARD_PORT = 8265
 
 
 def ensure_kit(folder: Path) -> None:
-    """The tiny kit's four roles, built if missing, or rebuilt where an older kit holds another family
+    """The tiny kit's roles (and the Guard's image classifier), built if missing, or rebuilt where an older kit holds another family
     (a `checkpoints/tiny/embedder` from before SigLIP 2 was the default is CLIP's)."""
     import json
 
@@ -49,7 +49,7 @@ def ensure_kit(folder: Path) -> None:
         marker = folder / role / MARKER
         return marker.is_file() and json.loads(marker.read_text()).get("family") == EMBEDDER_FAMILIES.get(role)
 
-    missing = [r for r in ROLES if not current(r)]
+    missing = [r for r in (*ROLES, "guard_image") if not current(r)]  # the Guard's image classifier too
     if missing:
         print(f"building the tiny offline kit ({', '.join(missing)}) in {folder} ...", flush=True)
         for role in missing:

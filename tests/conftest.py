@@ -101,6 +101,7 @@ class Cluster:
         app = config["applications"][0]
         for role in ("embedder", "writer", "describer", "painter"):
             app["args"][role]["model"]["model"] = str(self.kit / role)
+        app["args"]["guard"]["model"].update(model=str(self.kit / "guard"), image_model=str(self.kit / "guard_image"))
         app["args"]["storage"].update(lancedb_uri=str(self.tmp / "lancedb"), blob_root=str(self.tmp / "blobs"))
         app["args"]["painter"]["model"]["sizes"] = {"small": "64x64", "medium": "96x96", "large": "128x128"}
         edit(app)
@@ -189,6 +190,7 @@ def local_args(kit: Path, data: Path, **overrides):
     spec = yaml.safe_load((root / "serve_config.local.yaml").read_text())["applications"][0]["args"]
     for role in ("embedder", "writer", "describer", "painter"):
         spec[role]["model"]["model"] = str(kit / role)
+    spec["guard"]["model"].update(model=str(kit / "guard"), image_model=str(kit / "guard_image"))
     spec["storage"] = {"lancedb_uri": str(data / "lancedb"), "blob_root": str(data / "blobs")}
     spec["painter"]["model"]["sizes"] = {"small": "64x64", "medium": "96x96", "large": "128x128"}
     for path, value in overrides.items():

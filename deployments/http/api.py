@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.service import ProductService
+from deployments.service.safety import SafetyFilter, unguarded
 from storage.errors import InvalidInput
 
 from .deps import caller, current_request_id, image_url, record_out, service
@@ -58,7 +59,8 @@ async def healthz():
 @router.get("/readyz")
 async def readyz(svc: ProductService = Depends(service)):
     results = await svc.readiness()
-    not_ready = sorted(n for n, ok in results.items() if not ok)
+    # A Guard whose policy fails open is not needed to answer (its checks are skipped and said so).
+    not_ready = sorted(n for n, ok in results.items() if not ok and (n != "guard" or svc.ctx.guard.required))
     body = {"status": "ready" if not not_ready else "not_ready", "models": results, "not_ready": not_ready}
     return JSONResponse(body, status_code=200 if not not_ready else 503)
 
@@ -99,7 +101,7 @@ async def text(body: TextRequest, user: str = Depends(caller), svc: ProductServi
         out, degraded = await svc.texts.enhance(body.text, current_request_id(), user=user)
     else:
         out, degraded = await svc.texts.post_text(body.text, current_request_id())
-    return {"text": out, "flag": body.flag, "degraded": degraded, "random_weights": info["random_weights"]}
+    return {"text": out, "flag": body.flag, "degraded": degraded or unguarded(), "random_weights": info["random_weights"]}
 
 
 @router.post("/api/generate/image")
@@ -117,7 +119,8 @@ async def generate_image(request: Request, body: GenerateRequest,
                           else "data:image/png;base64," + base64.b64encode(p["png"]).decode()),
             "img_id": g.row["img_id"] if g.row is not None else None,
             "generation_time": p["timings"]["total_s"], "size": p["size"],
-            "prompt": {"original": g.original, "used": g.used}, "seed": p["seed"], "degraded": g.degraded,
+            "prompt": {"original": g.original, "used": g.used}, "seed": p["seed"],
+            "degraded": g.degraded or unguarded(), "safety": g.safety,
             "random_weights": bool(p["random_weights"] or (body.enhance and await svc.generation.writer_random())),
         }
 
@@ -140,9 +143,9 @@ async def upload_image(request: Request, file: UploadFile = File(...), caption: 
 
 @router.get("/api/images")
 async def list_images(request: Request, limit: int = Query(20, ge=1, le=100),
-                      cursor: str | None = Query(None, max_length=500),
+                      cursor: str | None = Query(None, max_length=500), safety: SafetyFilter = Query("any"),
                       user: str = Depends(caller), svc: ProductService = Depends(service)):
-    rows, next_cursor = await svc.photos.list_images(user, limit, cursor)
+    rows, next_cursor = await svc.photos.list_images(user, limit, cursor, safety)
     return {"items": [record_out(request, user, r) for r in rows], "next_cursor": next_cursor}
 
 
@@ -192,26 +195,31 @@ def _check_k(request: Request, k: int) -> int:
 def _results(request: Request, user: str, hits: list[dict]) -> list[dict]:
     return [{"img_id": h["img_id"], "image_url": image_url(request, user, h["img_id"]),
              "score": float(h["score"]), "caption": h.get("caption") or "",
-             "description": h.get("description") or "", "post_text": h.get("post_text") or ""} for h in hits]
+             "description": h.get("description") or "", "post_text": h.get("post_text") or "",
+             "safety": (h.get("meta") or {}).get("safety")} for h in hits]
 
 
 @router.get("/api/search")
 async def search(request: Request, q: str = Query(..., min_length=1, max_length=1000), k: int = Query(10),
-                 user: str = Depends(caller), svc: ProductService = Depends(service)):
+                 safety: SafetyFilter = Query("any"), user: str = Depends(caller),
+                 svc: ProductService = Depends(service)):
     _check_k(request, k)
     if not q.strip():
         raise InvalidInput("q is blank; send some words to search for", field="q")
-    found = await svc.search.text(user, q, k, current_request_id())
+    found = await svc.search.text(user, q, k, current_request_id(), safety=safety,
+                                  most=request.app.state.edge.max_search_k)
     return {"query": {"text": found.text, "embedded": found.embedded, "english": found.english},
             "results": _results(request, user, found.hits), "degraded": found.degraded}
 
 
 @router.post("/api/search/by-image")
 async def search_by_image(request: Request, file: UploadFile = File(...), k: int = Form(10),
-                          user: str = Depends(caller), svc: ProductService = Depends(service)):
+                          safety: SafetyFilter = Form("any"), user: str = Depends(caller),
+                          svc: ProductService = Depends(service)):
     _check_k(request, k)
     found = await svc.search.by_image(user, await file.read(), k, filename=file.filename,
-                                      content_type=file.content_type)
+                                      content_type=file.content_type, safety=safety,
+                                      most=request.app.state.edge.max_search_k)
     return {"query": {"text": None, "embedded": None, "english": None}, "results": _results(request, user, found.hits)}
 
 
@@ -237,4 +245,4 @@ async def describe(request: Request, user: str = Depends(caller), svc: ProductSe
         image = await svc.photos.gallery_image(user, img_id)
     out = await svc.conversation.describe(user, image, img_id=img_id, instruction=instruction, request_id=current_request_id())
     return {"description": out.description, "caption_zh": out.post_text, "img_id": out.img_id,
-            "degraded": out.degraded, "random_weights": out.random_weights}
+            "degraded": out.degraded or unguarded(), "random_weights": out.random_weights}

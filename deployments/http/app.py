@@ -21,6 +21,7 @@ from .edge import (Edge, EdgeMiddleware, bug, client_closed, http_error, typed_e
 from .gate import Gate
 from .ingest import router as ingest_router
 from .limits import PlanGate
+from .moderations import router as moderations_router
 from .openai import router as openai_router
 
 __all__ = ["create_app"]
@@ -52,6 +53,7 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.add_exception_handler(Exception, bug)
     app.include_router(api_router)
     app.include_router(openai_router)
+    app.include_router(moderations_router)
     app.include_router(ingest_router)
     # Inside the edge (a refusal has a request id, an access line, stats), before any route reads a body.
     app.add_middleware(PlanGate, service=service)
@@ -59,7 +61,7 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
         service.limits.on_event = _limit_metrics()  # refusals and counts made without Redis, gate and slots
         service.limits.on_charge = _charge_metrics()  # GPU seconds charged to plans
     if serve_metrics:
-        service.ctx.guard.on_refusal = _safety_metrics()  # refusals of the content policy by stage and category
+        _safety_metrics(service.ctx.guard)  # refusals of the content policy, checks made without the Guard
     app.add_middleware(EdgeMiddleware, service=service, edge=edge, serve_metrics=serve_metrics,
                        echo_request_id=echo_request_id, served_by=served_by)
     # Outermost: ids cleaned and keys checked before any route, dependency or body parser runs.
@@ -102,20 +104,26 @@ def _charge_metrics():
     return on_charge
 
 
-def _safety_metrics():
-    """`on_refusal(stage, category)`: the content policy's refusals by stage and category (never by user)."""
-    counter = []
+def _safety_metrics(guard) -> None:
+    """The content policy's refusals by stage and category, and the checks made without the Guard (down, the
+    policy failing open) by stage: never by user."""
+    counters = {}
 
-    def on_refusal(stage, category):
-        if not counter:
+    def counter(name, tags, description):
+        if name not in counters:
             from ray.serve import metrics
 
-            counter.append(metrics.Counter(
-                "atelier_safety_refusals", tag_keys=("stage", "category"),
-                description="Prompts and texts the content policy refused, by stage and category"))
-        counter[0].inc(tags={"stage": stage, "category": category})
+            counters[name] = metrics.Counter(name, tag_keys=tags, description=description)
+        return counters[name]
 
-    return on_refusal
+    guard.on_refusal = lambda stage, category: counter(
+        "atelier_safety_refusals", ("stage", "category"),
+        "Prompts, texts and images the content policy refused, by stage and category").inc(
+        tags={"stage": stage, "category": category})
+    guard.on_degraded = lambda stage: counter(
+        "atelier_safety_unguarded", ("stage",),
+        "Checks let through without the Guard model (it was down and the policy fails open), by stage").inc(
+        tags={"stage": stage})
 
 
 _ERROR_SCHEMA = {

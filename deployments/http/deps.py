@@ -56,4 +56,6 @@ def record_out(request: Request, user_id: str, row: dict) -> dict:
     created = row.get("created_at")
     out["created_at"] = created.isoformat() if hasattr(created, "isoformat") else created
     out["image_url"] = image_url(request, user_id, row["img_id"])
+    # The Guard's verdict on the picture (issue 30): categories it flagged, scores, model; null when unchecked.
+    out["safety"] = (row.get("meta") or {}).get("safety")
     return out

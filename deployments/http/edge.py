@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from deployments.config import LATENCY_BOUNDARIES_S
+from deployments.service.safety import UNGUARDED
 
 from .auth import KeyRing, UrlSigner
 from .gate import error_object, new_request_id
@@ -138,6 +139,8 @@ class EdgeMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         rid = headers.get("x-request-id") or new_request_id()  # the gate in front kept or made a safe one
         token = request_id.set(rid)
+        unguarded = []  # checks the Guard model skipped (down, and the policy fails open): said on the answer
+        guard_token = UNGUARDED.set(unguarded)
         # Who answered, only to a caller the gate in front authenticated (never to a stranger).
         served_by = self._served_by if (scope.get("state") or {}).get("user") is not None else []
         limit = self.edge.limit_for(scope.get("path", ""))
@@ -149,7 +152,8 @@ class EdgeMiddleware:
             # on the response; this layer adopts it for logs and stats and adds no second header.
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                extra = [*served_by, *([(b"x-request-id", rid.encode("latin-1"))] if self._echo else [])]
+                extra = [*served_by, *([(b"x-request-id", rid.encode("latin-1"))] if self._echo else []),
+                         *([(b"x-atelier-safety", b"degraded")] if unguarded else [])]
                 if extra:
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
@@ -186,6 +190,7 @@ class EdgeMiddleware:
         finally:
             self._record(scope, status["code"], time.perf_counter() - started)
             request_id.reset(token)
+            UNGUARDED.reset(guard_token)
 
     async def _too_large(self, send, limit: int, path: str):
         body = json.dumps(error_object(413, {"code": "too_large",

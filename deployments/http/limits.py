@@ -32,6 +32,7 @@ ROUTE_CLASSES: dict[tuple[str, str], str] = {
     ("POST", "/api/describe"): "describe",
     ("POST", "/v1/chat/completions"): "chat",
     ("POST", "/v1/embeddings"): "embeddings",
+    ("POST", "/v1/moderations"): "text",
     ("POST", "/api/init/upload"): "ingest",
 }
 # The model role whose GPU seconds a route class mostly spends: its budget's windows are on the answer too.

@@ -24,6 +24,7 @@ from sse_starlette import EventSourceResponse
 from models.errors import ModelError
 from deployments.service import ChatAnswer, ProductService
 from deployments.service.models import ROLES
+from deployments.service.safety import unguarded
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge
 
 from .deps import caller, current_request_id, edge, image_url, public_root, service
@@ -141,12 +142,12 @@ class ChatRequest(_OpenAIBody):
 # -- models -----------------------------------------------------------------------------------------
 @router.get("/v1/models")
 async def openai_models(user: str = Depends(caller), svc: ProductService = Depends(service)):
-    return {"object": "list", "data": [_model_card(await svc.model_info(role)) for role in ROLES]}
+    return {"object": "list", "data": [_model_card(await svc.model_info(role)) for role in svc.ctx.models.roles]}
 
 
 @router.get("/v1/models/{model:path}")
 async def openai_model(model: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
-    return _model_card(await svc.conversation.served_model(model, *ROLES))
+    return _model_card(await svc.conversation.served_model(model, *svc.ctx.models.roles))
 
 
 # -- embeddings -------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ async def openai_images(request: Request, body: ImagesRequest, user: str = Depen
         data.append(item)
     writer_random = body.enhance and await svc.generation.writer_random()
     return {"created": int(time.time()), "data": data, "size": generated[0].painted["size"],
-            "degraded": generated[0].degraded,
+            "degraded": generated[0].degraded or unguarded(),
             "random_weights": bool(any(g.painted["random_weights"] for g in generated) or writer_random)}
 
 
@@ -252,17 +253,18 @@ async def _writer_events(svc: ProductService, answer: ChatAnswer, *, user: str,
     chunk = _Chunks(answer.info)
     pieces, max_new = answer.stream, answer.max_new_tokens
     text = []
-    produced = None
+    produced, checked = None, 0
     try:
         yield chunk.delta({"role": "assistant", "content": ""})
         piece = answer.first
         while piece is not None:
-            # Checked before it is sent, with what came before it (a listed term may span pieces): a refused
-            # answer ends here with an error event.
-            await svc.ctx.guard.check("".join(text) + piece, stage="answer")
+            # Checked before it is sent, with what came before it (a listed term may span pieces; the Guard reads
+            # it every few hundred characters and at its end): a refused answer ends here with an error event.
+            checked = await svc.ctx.guard.check_growing("".join(text) + piece, checked, stage="answer")
             text.append(piece)
             yield chunk.delta({"content": piece})
             piece = await asyncio.wait_for(pieces.next(), timeout=max(0.0, answer.deadline - time.monotonic()))
+        await svc.ctx.guard.check_growing("".join(text), checked, stage="answer", final=True)
         # Streams carry no token ids; re-tokenising the text tells whether the length limit ended it.
         produced = await svc.conversation.count_chat_tokens("".join(text)) if text else 0
         yield chunk.delta({}, finish="length" if max_new is not None and produced >= max_new else "stop")

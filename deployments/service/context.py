@@ -72,6 +72,7 @@ class Generated:
     used: str
     degraded: bool
     row: dict | None = None
+    safety: dict | None = None  # the Guard's verdict on the picture (None: no Guard, or it was skipped)
 
 
 @dataclass

@@ -4,6 +4,7 @@ in the caller's gallery with its prompts."""
 from __future__ import annotations
 
 import asyncio
+import io
 
 from models.configs import PainterConfig
 from storage.errors import InvalidInput
@@ -58,7 +59,12 @@ class Generation(Verbs):
             seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
             painted = await all_or_none(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s)
                                         for s in seeds)
-            out = [Generated(painted=p, original=prompt, used=used, degraded=degraded) for p in painted]
+            # Every picture checked before any is kept or sent: a blocked one refuses the request (400), and
+            # nothing of it is stored.
+            screened = await asyncio.gather(*(self.ctx.guard.check_image(_picture(p["png"]), stage="image",
+                                                                          user=user) for p in painted))
+            out = [Generated(painted=p, original=prompt, used=used, degraded=degraded or s.degraded,
+                             safety=s.verdict) for p, s in zip(painted, screened)]
             if keep:
                 for g in out:
                     g.row = await self.keep_generated(user, g)
@@ -71,13 +77,22 @@ class Generation(Verbs):
         image = await lib.admit(g.painted["png"], content_type="image/png")
         p = g.painted
         row, _ = await self.photos.embed_and_store(user, image, source="generated", caption=g.original,
-                                             meta={"prompt_original": g.original, "prompt_used": g.used,
-                                                   "seed": p["seed"], "size": p["size"], "model": p["model_id"],
-                                                   "steps": p["steps"]})
+                                                   meta={"prompt_original": g.original, "prompt_used": g.used,
+                                                         "seed": p["seed"], "size": p["size"],
+                                                         "model": p["model_id"], "steps": p["steps"]},
+                                                   safety=g.safety)
         return row
 
     async def writer_random(self) -> bool:
         return bool((await self.models.info("writer"))["random_weights"])
+
+
+def _picture(png: bytes):
+    """A painted PNG as the image the Guard looks at."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return im.convert("RGB")
 
 
 async def all_or_none(calls) -> list:

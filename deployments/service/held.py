@@ -19,7 +19,9 @@ class HeldModels:
     what its replica measured. Calls outside a user's request and a role's small questions (its info, sizes,
     token counts) take and cost nothing."""
 
-    FREE = frozenset({"info", "ready", "dimension", "image_size", "size_of", "count_tokens"})
+    # The service's own checks (the Guard's verdicts) are not the user's work either.
+    FREE = frozenset({"info", "ready", "dimension", "image_size", "size_of", "count_tokens", "check_text",
+                      "check_image"})
 
     def __init__(self, models, limits):
         self._models, self._limits = models, limits

@@ -24,7 +24,7 @@ from models.vector import Vector
 from .errors import Overloaded, RequestTimeout, Unavailable
 from .tasks import background
 
-ROLES = ("embedder", "writer", "describer", "painter")
+ROLES = ("embedder", "writer", "describer", "painter")  # the four every app has; the Guard is optional (issue 30)
 __all__ = ["ROLES", "Charged", "LocalModels", "Meter", "ServeModels", "TextStream", "Vector", "settle"]
 
 
@@ -159,6 +159,14 @@ class _Gateway:
     def __init__(self):
         self._info: dict[str, dict] = {}
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this gateway reaches: the four, and the Guard where the app has one."""
+        return tuple(role for role, model in self._roles().items() if model is not None or role in ROLES)
+
+    def _roles(self) -> dict:
+        raise NotImplementedError
+
     async def call(self, role: str, op: str, *args, **kwargs) -> Any:
         raise NotImplementedError
 
@@ -182,10 +190,14 @@ class ServeModels(_Gateway):
     call to one of them with none running waits in the handle while Serve starts one (the cold start),
     and readiness does not call it (a probe's call would start one, so the role would never stay at zero)."""
 
-    def __init__(self, embedder, writer, describer, painter, *, scale_to_zero: tuple[str, ...] = ()):
+    def __init__(self, embedder, writer, describer, painter, *, guard=None, scale_to_zero: tuple[str, ...] = ()):
         super().__init__()
-        self.handles = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter}
+        self.handles = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter,
+                        "guard": guard}
         self.scale_to_zero = frozenset(scale_to_zero)
+
+    def _roles(self) -> dict:
+        return self.handles
 
     async def call(self, role: str, op: str, *args, **kwargs) -> Any:
         return await settle(self.handles[role].call.remote(op, *args, **kwargs))
@@ -250,13 +262,17 @@ class _LocalStream:
 class LocalModels(_Gateway):
     """The four roles as plain model classes in this process (loaded and warmed up by the caller)."""
 
-    def __init__(self, embedder, writer, describer, painter):
+    def __init__(self, embedder, writer, describer, painter, *, guard=None):
         super().__init__()
-        self.models = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter}
+        self.models = {"embedder": embedder, "writer": writer, "describer": describer, "painter": painter,
+                       "guard": guard}
         # Where a charged call that ended without an answer is charged: `await on_orphan(user, role, seconds)`
         # (the plans' counters set it). The models run on this process's CPUs: one device each.
         self.on_orphan: Callable[[str, str, float], Any] | None = None
         self._charging: set = set()
+
+    def _roles(self) -> dict:
+        return self.models
 
     def _method(self, role: str, op: str):
         model = self.models[role]

@@ -3,12 +3,16 @@ reading, deleting; images decoded for a model to look at."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from cachetools import TTLCache
 from PIL import Image
 
+from storage.gallery.filters import encode_cursor
+
 from .context import Verbs
+from .safety import shown
 
 
 class Photos(Verbs):
@@ -61,10 +65,22 @@ class Photos(Verbs):
         return await (await self.library()).update(user, img_id, caption=caption)
 
     async def embed_and_store(self, user: str, image, *, source: str, caption: str | None = None,
-                               meta: dict | None = None) -> tuple[dict, bool]:
+                               meta: dict | None = None, safety: dict | None = None) -> tuple[dict, bool]:
         """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
-        image enters a gallery from the service (upload, generation, a small ingestion job) ends here."""
-        vector = await self.models.call("embedder", "image_vector", image.model_image)
+        image enters a gallery from the service (upload, generation, a small ingestion job) ends here.
+
+        The row keeps the Guard's verdict on the image (`meta.safety`; issue 30): `safety` when the caller
+        checked it already (a generated picture, checked before it may be kept), else asked here, beside the
+        Embedder. A user's own photo is never refused by it: it is flagged, and stays theirs."""
+        embedding = self.models.call("embedder", "image_vector", image.model_image)
+        if safety is None:
+            vector, screened = await asyncio.gather(
+                embedding, self.ctx.guard.check_image(image.model_image, stage=source, user=user, refuse=False))
+            safety = screened.verdict
+        else:
+            vector = await embedding
+        if safety is not None:
+            meta = {**(meta or {}), "safety": safety}
         return await (await self.library(vector)).store(user, image, source=source, vector=vector.values,
                                                         caption=caption, meta=meta)
 
@@ -83,8 +99,26 @@ class Photos(Verbs):
                                                  meta={"ingest_job": job_id, "name": name})
         return "done" if created else "skipped_duplicates"
 
-    async def list_images(self, user: str, limit: int, cursor: str | None) -> tuple[list[dict], str | None]:
-        return await (await self.library()).list(user, limit, cursor)
+    PAGES_PER_FILTERED_LIST = 10  # pages read at most to fill one filtered page; past them, fewer rows + a cursor
+
+    async def list_images(self, user: str, limit: int, cursor: str | None,
+                          safety: str = "any") -> tuple[list[dict], str | None]:
+        """The user's images newest first; `safety` leaves out (`unflagged`) or keeps only (`flagged`) the images
+        the Guard flagged. A filtered page reads the gallery's pages until it has `limit` rows (or has read
+        PAGES_PER_FILTERED_LIST of them: then it answers fewer, with the cursor to go on from)."""
+        lib = await self.library()
+        rows, out = [], cursor
+        for _ in range(1 if safety == "any" else self.PAGES_PER_FILTERED_LIST):
+            page, out = await lib.list(user, limit, out)
+            for i, row in enumerate(page):
+                if shown(row, safety):
+                    rows.append(row)
+                    if len(rows) == limit:
+                        rest = i < len(page) - 1 or out is not None
+                        return rows, (encode_cursor(row["created_at"], row["img_id"]) if rest else None)
+            if out is None:
+                break
+        return rows, out
 
     async def get_image(self, user: str, img_id: str) -> dict:
         return await (await self.library()).get(user, img_id)

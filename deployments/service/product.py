@@ -24,9 +24,9 @@ from .cache import AnswerCache
 from .context import Context, Policy
 from .conversation import Conversation
 from .generation import Generation
-from .models import ROLES, LocalModels, ServeModels, Vector
+from .models import LocalModels, ServeModels, Vector
 from .photos import Photos
-from .safety import Guard, TermList
+from .safety import ContentGuard, TermList
 from .search import Search
 from .texts import Texts
 
@@ -41,7 +41,8 @@ class ProductService:
             models = HeldModels(models, limits)
         self.ctx = Context(models, policy=policy, cache=cache, library_factory=library_factory, stats=stats,
                            idempotency=idempotency, ingest=ingest, limits=limits)
-        self.ctx.guard = Guard(TermList(None))  # the operator's term list: set by tune()
+        # The term list and the Guard model's policy: set by tune(); a plan's tolerance loosens its thresholds.
+        self.ctx.guard = ContentGuard(TermList(None), self.ctx.models, tolerance_of=self._tolerance)
         self.texts = Texts(self.ctx)
         self.photos = Photos(self.ctx)
         self.search = Search(self.ctx, self.texts, self.photos)
@@ -58,6 +59,10 @@ class ProductService:
         terms = self.ctx.guard.terms
         if (terms.path, terms.reload_s) != (tuning.safety.terms_file, tuning.safety.reload_s):
             self.ctx.guard.terms = TermList(tuning.safety.terms_file, reload_s=tuning.safety.reload_s)
+        self.ctx.guard.policy = tuning.safety
+
+    async def _tolerance(self, user: str) -> float:
+        return 0.0 if self.limits is None else (await self.limits.plan(user))[1].safety_tolerance
 
     async def model_info(self, role: str) -> dict:
         """What users are shown of a role's model: its public name, facts, and whether its answers are noise."""
@@ -75,7 +80,7 @@ class ProductService:
             except Exception:  # noqa: BLE001 - any failure means not ready
                 return role, False
 
-        return dict(await asyncio.gather(*(probe(r) for r in ROLES)))
+        return dict(await asyncio.gather(*(probe(r) for r in self.ctx.models.roles)))
 
     async def operation_stats(self, user: str) -> dict:
         """The caller's own calls by operation (the service-wide view is the operator's metrics)."""

@@ -1,4 +1,6 @@
-"""The operator's term list (issue 30.3): Chinese and English terms matched in a prompt before any model runs.
+"""Content safety (issue 30): the operator's term list, then the Guard model's verdict under the policy.
+
+The term list (30.3): Chinese and English terms matched in a prompt before any model runs.
 
 The deterministic layer of content safety: it works the same with random-weight stand-ins, so tests and the
 quickstart can drive it. The list is a UTF-8 file the ingress's live settings name (`safety.terms_file`), one
@@ -18,14 +20,19 @@ categories, never the matched terms (the list stays the operator's).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable, Literal
 
-from storage.errors import AtelierError
+from deployments.policy import Safety
+from models.errors import ModelError
+from storage.errors import AtelierError, Unavailable
+
+from .windows import acting_user
 
 log = logging.getLogger("atelier.safety")
 
@@ -123,31 +130,152 @@ class TermList:
         return sorted(found)
 
 
+class GuardUnavailable(Unavailable):
+    """The Guard cannot answer and the policy fails closed: 503 with Retry-After, never a silent pass."""
+
+    code = "guard_unavailable"
+
+
+# The requests whose checks passed without the Guard model (its policy fails open): the edge sets a fresh list per
+# request and answers `X-Atelier-Safety: degraded` when it is not empty.
+UNGUARDED: contextvars.ContextVar[list | None] = contextvars.ContextVar("atelier_unguarded", default=None)
+
+
+SafetyFilter = Literal["any", "unflagged", "flagged"]
+
+
+def shown(row: dict, want: str) -> bool:
+    """Whether a gallery row passes a listing's or a search's `safety` filter: `unflagged` leaves out the images
+    the Guard flagged (an image never checked is unflagged), `flagged` keeps only those, `any` keeps all."""
+    if want == "any":
+        return True
+    flagged = bool(((row.get("meta") or {}).get("safety") or {}).get("flagged"))
+    return flagged if want == "flagged" else not flagged
+
+
+def unguarded() -> bool:
+    """Whether this request had a check let through without the Guard model (answers say `degraded: true`)."""
+    return bool(UNGUARDED.get())
+
+
 @dataclass
-class Guard:
-    """What the service checks prompts with (today the operator's term list; the Guard model comes next).
-    `on_refusal(stage, category)` is told of each refusal (the ingress's metrics; never the user)."""
+class Screened:
+    """What a check found: the Guard's verdict as it is stored with a row (`record`), and whether the Guard model
+    was skipped because it was down and the policy fails open (`degraded`)."""
 
-    terms: TermList
-    on_refusal: Callable[[str, str], None] | None = None
+    verdict: dict | None = None
+    degraded: bool = False
 
-    async def check(self, text: str, *, stage: str, field: str | None = None) -> None:
-        """Refuse (`ContentPolicy`) a text with a listed term: a caller's prompt (`prompt`), or what a model wrote
-        before it is used, saved or sent (`enhanced`, `description`, `post_text`, `answer`)."""
+
+class ContentGuard:
+    """What the service checks prompts, model-written texts and images with: the operator's term list first (no
+    model runs for a listed term), then the Guard model's verdict under the policy (deployments.policy.Safety) and
+    the user's plan's tolerance. `on_refusal(stage, category)` is told of each refusal and `on_degraded(stage)` of
+    each check made without the Guard (the ingress's metrics; never the user)."""
+
+    def __init__(self, terms: TermList, models=None, *, policy: Safety | None = None,
+                 tolerance_of: Callable[[str], Awaitable[float]] | None = None):
+        self.terms, self.models = terms, models
+        self.policy = policy or Safety()
+        self.tolerance_of = tolerance_of
+        self.on_refusal: Callable[[str, str], None] | None = None
+        self.on_degraded: Callable[[str], None] | None = None
+
+    @property
+    def has_model(self) -> bool:
+        return self.models is not None and "guard" in self.models.roles and self.policy.guard
+
+    @property
+    def required(self) -> bool:
+        """Whether the service cannot answer guarded routes without the Guard (fail closed)."""
+        return self.has_model and self.policy.on_guard_down == "closed"
+
+    async def check(self, text: str, *, stage: str, field: str | None = None, user: str | None = None) -> Screened:
+        """Refuse (`ContentPolicy`) a text with a listed term or one the Guard's scores block: a caller's prompt
+        (`prompt`), or what a model wrote before it is used, saved or sent (`enhanced`, `description`, `post_text`,
+        `answer`). Returns the verdict, with the categories the policy flags."""
         categories = await self.terms.categories(text)
-        if not categories:
-            return
-        if self.on_refusal is not None:
-            for category in categories:
-                try:
-                    self.on_refusal(stage, category)
-                except Exception:  # noqa: BLE001 - metrics never fail a request
-                    pass
+        if categories:
+            self._refuse(stage, categories, field)
+        return await self._judge("check_text", text, stage=stage, field=field, user=user, refuse=True)
+
+    async def check_growing(self, text: str, checked: int, *, stage: str, final: bool = False) -> int:
+        """A streamed answer so far, before its newest piece is sent: the term list on all of it (a listed term
+        may span pieces), the Guard once it has grown `stream_every_chars` past what it last checked (`checked`,
+        in characters) and when it ends (`final`). Returns what the Guard has now checked. So at most that many
+        characters reach the client before the Guard has read them; a refusal ends the stream."""
+        categories = await self.terms.categories(text)
+        if categories:
+            self._refuse(stage, categories, None)
+        if final or len(text) - checked >= self.policy.stream_every_chars:
+            await self._judge("check_text", text, stage=stage, field=None, user=None, refuse=True)
+            return len(text)
+        return checked
+
+    async def check_image(self, image, *, stage: str, user: str | None = None, refuse: bool = True) -> Screened:
+        """The Guard's verdict on a PIL image: a generated picture (`refuse`: a blocked one is never stored or
+        returned) or a user's upload (not refused: its verdict is stored and it is flagged)."""
+        return await self._judge("check_image", image, stage=stage, field=None, user=user, refuse=refuse)
+
+    async def moderate(self, op: str, item) -> dict:
+        """The Guard's plain verdict (`/v1/moderations`), with no term list and no policy: down is 503."""
+        verdict = await self._ask(op, item, stage="moderation", fail_open=False)
+        return verdict
+
+    async def _judge(self, op: str, item, *, stage: str, field: str | None, user: str | None,
+                     refuse: bool) -> Screened:
+        if not self.has_model:
+            return Screened()
+        verdict = await self._ask(op, item, stage=stage, fail_open=self.policy.on_guard_down == "open")
+        if verdict is None:
+            return Screened(degraded=True)
+        user = user if user is not None else acting_user.get()
+        tolerance = await self.tolerance_of(user) if (self.tolerance_of is not None and user is not None) else 0.0
+        blocked, flagged = self.policy.judge(verdict["scores"], tolerance)
+        if blocked and refuse:
+            self._refuse(stage, blocked, field)
+        return Screened(verdict={"model": verdict["model"], "label": verdict["label"], "scores": verdict["scores"],
+                                 "flagged": sorted(blocked + flagged)})
+
+    async def _ask(self, op: str, item, *, stage: str, fail_open: bool) -> dict | None:
+        """The Guard's verdict as a dict; None when it is down and the policy fails open (counted, and marked on
+        the answer); GuardUnavailable (503) when it is down and the policy fails closed."""
+        try:
+            verdict = await asyncio.wait_for(self.models.call("guard", op, item), self.policy.guard_timeout_s)
+            return verdict.as_dict() if hasattr(verdict, "as_dict") else dict(verdict)
+        except (AtelierError, ModelError) as exc:
+            if getattr(exc, "status", 500) < 500:
+                raise
+            reason = exc
+        except asyncio.TimeoutError as exc:  # past the Guard's own deadline
+            reason = exc
+        if fail_open:
+            log.warning("the Guard could not check a %s (%s: %s); let through unchecked: the policy fails open",
+                        stage, type(reason).__name__, reason)
+            self._tell(self.on_degraded, stage)
+            marks = UNGUARDED.get()
+            if marks is not None:
+                marks.append(stage)
+            return None
+        raise GuardUnavailable("the content-safety check is unavailable, so this request cannot be answered now; "
+                               "retry shortly", retry_after=2.0) from None
+
+    def _refuse(self, stage: str, categories: list[str], field: str | None):
+        for category in categories:
+            self._tell(self.on_refusal, stage, category)
         what = _WHAT.get(stage, stage)
         fix = "rephrase it" if stage == "prompt" else "nothing was saved or sent; ask differently"
         raise ContentPolicy(f"{what} is refused by this service's content policy ({', '.join(categories)}); {fix}",
                             categories=categories, stage=stage, field=field)
 
+    @staticmethod
+    def _tell(hook, *args) -> None:
+        if hook is not None:
+            try:
+                hook(*args)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                pass
+
 
 _WHAT = {"prompt": "the prompt", "enhanced": "the enhanced prompt", "description": "the model's description",
-         "post_text": "the model's post text", "answer": "the model's answer"}
+         "post_text": "the model's post text", "answer": "the model's answer", "image": "the generated image"}

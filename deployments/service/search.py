@@ -9,6 +9,7 @@ import numpy as np
 from .context import SearchAnswer, Verbs
 from .models import Vector
 from .photos import Photos
+from .safety import shown
 from .texts import Texts
 
 
@@ -43,17 +44,21 @@ class Search(Verbs):
         fused = np.asarray(direct.values, np.float32) + np.asarray(extra.values, np.float32)
         return Vector(direct.model, fused / max(float(np.linalg.norm(fused)), 1e-12)), q, english, False
 
-    async def text(self, user: str, q: str, k: int, request_id: str = "-") -> SearchAnswer:
-        """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts."""
+    async def text(self, user: str, q: str, k: int, request_id: str = "-", *, safety: str = "any",
+                   most: int = 100) -> SearchAnswer:
+        """Text search in Chinese or English: vector hits fused with full-text hits on the user's texts. With a
+        `safety` filter, up to `most` hits are ranked and the first k that pass are answered (fewer when the
+        best `most` hold fewer)."""
         async def run():
             vector, embedded, english, degraded = await self.query_vector(q, request_id, user=user)
-            hits = await (await self.library(vector)).search(user, vector.values, k, text=q)
+            hits = await (await self.library(vector)).search(user, vector.values, _depth(k, safety, most), text=q)
+            hits = [h for h in hits if shown(h, safety)][:k]
             return SearchAnswer(text=q, english=english, hits=hits, degraded=degraded, embedded=embedded)
 
         return await self.deadline(run(), self.policy.timeouts.search_s, "search")
 
     async def by_image(self, user: str, data: bytes, k: int, *, filename: str | None,
-                       content_type: str | None) -> SearchAnswer:
+                       content_type: str | None, safety: str = "any", most: int = 100) -> SearchAnswer:
         # Decoded at the side the image tower reads (a JPEG at a reduced scale), so a 12-megapixel query
         # photo is made small here, once, instead of travelling whole to the Embedder's replica.
         if self._side is None:
@@ -61,5 +66,10 @@ class Search(Verbs):
         image = await self.photos.decode_image(data, filename=filename, content_type=content_type,
                                                model_size=self._side)
         vector = await self.models.call("embedder", "image_vector", image)
-        hits = await (await self.library(vector)).search(user, vector.values, k)
-        return SearchAnswer(text=None, english=None, hits=hits)
+        hits = await (await self.library(vector)).search(user, vector.values, _depth(k, safety, most))
+        return SearchAnswer(text=None, english=None, hits=[h for h in hits if shown(h, safety)][:k])
+
+
+def _depth(k: int, safety: str, most: int) -> int:
+    """How many hits to rank for k answers: k, or with a safety filter four times as many (at most `most`)."""
+    return k if safety == "any" else max(k, min(4 * k, most))

@@ -26,11 +26,11 @@ WARM_LIBRARY_S = 60.0
 class Ingress:
     def __init__(self, embedder: DeploymentHandle, writer: DeploymentHandle, describer: DeploymentHandle,
                  painter: DeploymentHandle, args: dict, scale_to_zero: tuple[str, ...] = (),
-                 capacity: dict[str, int] | None = None):
+                 capacity: dict[str, int] | None = None, guard: DeploymentHandle | None = None):
         into_serve_log()
         config = IngressArgs.model_validate(args)
         storage = config.storage.settings()
-        models = ServeModels(embedder, writer, describer, painter, scale_to_zero=tuple(scale_to_zero))
+        models = ServeModels(embedder, writer, describer, painter, guard=guard, scale_to_zero=tuple(scale_to_zero))
         self.service = product_service(models, ingress=config.ingress,
                                        storage=storage, ingest=config.ingest, in_process=False, capacity=capacity)
         self.edge = edge_for(config.ingress, storage, config.ingest)

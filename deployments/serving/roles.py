@@ -21,7 +21,7 @@ from deployments.service.models import Charged, Meter
 from deployments.service.tasks import background
 from deployments.serving.logs import LOGGING, into_serve_log
 from models.base import CANCEL, ModelRole
-from models.configs import DescriberConfig, EmbedderConfig, PainterConfig, WriterConfig
+from models.configs import DescriberConfig, EmbedderConfig, GuardConfig, PainterConfig, WriterConfig
 from models.errors import ModelError
 
 
@@ -252,3 +252,12 @@ class PainterDeployment(RoleShell):
 
     def __init__(self, config: dict, model_class: Type | None = None):
         super().__init__(_model_class("Painter", model_class)(PainterConfig.model_validate(config)))
+
+
+@serve.deployment(name="Guard", logging_config=LOGGING)
+class GuardDeployment(RoleShell):
+    """Content safety (issue 30): a text guard's and an image classifier's verdicts, batched across concurrent
+    checks (one padded forward pass for many prompts)."""
+
+    def __init__(self, config: dict, model_class: Type | None = None):
+        super().__init__(_model_class("Guard", model_class)(GuardConfig.model_validate(config)))

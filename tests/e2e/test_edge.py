@@ -237,7 +237,7 @@ def test_model_names_never_show_local_paths(service, tiny_kit):
         models = c.get("/v1/models")
         r = c.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     assert {m["id"] for m in models.json()["data"]} == {f"atelier-{r}" for r in ("embedder", "writer", "describer",
-                                                                                "painter")}
+                                                                                "painter", "guard")}
     assert r.status_code == 404 and "'atelier-writer'" in r.json()["error"]["message"]
     for text in (models.text, r.text):
         assert str(tiny_kit) not in text and "checkpoints/tiny" not in text

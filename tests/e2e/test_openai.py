@@ -35,11 +35,11 @@ def _data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
-def test_models_lists_the_four_roles(client, model_ids, tiny_kit):
+def test_models_lists_the_roles(client, model_ids, tiny_kit):
     models = client.models.list().data
     assert {m.owned_by for m in models} == {"atelier"}
     # The checkpoints are local folders: users see the public names, never the paths.
-    assert model_ids == {role: f"atelier-{role}" for role in ("embedder", "writer", "describer", "painter")}
+    assert model_ids == {role: f"atelier-{role}" for role in ("embedder", "writer", "describer", "painter", "guard")}
     assert client.models.retrieve(model_ids["writer"]).id == model_ids["writer"]
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("gpt-4o")
@@ -242,3 +242,14 @@ def test_wrong_key_is_401(service, model_ids):
     with pytest.raises(openai.AuthenticationError) as err:
         bad.chat.completions.create(model=model_ids["writer"], messages=[{"role": "user", "content": "hi"}])
     assert err.value.code == "unauthorized"
+
+
+def test_moderations_through_serve(client, model_ids):
+    """The Guard deployment answers /v1/moderations through Serve, in OpenAI's shape (issue 30.5)."""
+    answer = client.moderations.create(input=["a quiet harbour at dawn", "窗台上的一只猫"])
+    assert answer.model == model_ids["guard"] and len(answer.results) == 2
+    for result in answer.results:
+        assert isinstance(result.flagged, bool) and 0.0 <= result.category_scores.violence <= 1.0
+        assert result.category_applied_input_types.violence == ["text"]
+    image = client.moderations.create(input=[{"type": "image_url", "image_url": {"url": _data_uri(_png())}}])
+    assert image.results[0].category_applied_input_types.sexual == ["image"]

@@ -49,6 +49,7 @@ def write_config(path: Path, kit: Path, data: Path, **ingest) -> Path:
     args = doc["applications"][0]["args"]
     for role in ("embedder", "writer", "describer", "painter"):
         args[role]["model"]["model"] = str(kit / role)
+    args["guard"]["model"].update(model=str(kit / "guard"), image_model=str(kit / "guard_image"))
     args["storage"] = {"lancedb_uri": str(data / "lancedb"), "blob_root": str(data / "blobs")}
     args["ingest"].update(ingest)
     path.write_text(yaml.safe_dump(doc))

@@ -26,11 +26,12 @@ def test_the_production_plan_fits_two_gpu_nodes_and_four_cpu_nodes():
 
 
 def test_one_gpu_names_what_does_not_fit():
-    # The Painter takes the one GPU whole: the other roles' shares find no device, even at their minimum.
+    # The Painter takes the one GPU whole: the other roles' shares (the Guard's too) find no device, even at
+    # their minimum.
     done = capacity("serve_config.yaml", "--nodes", "1x1gpu,1xcpu")
     assert done.returncode == 1
     failing = {line.split(": ")[2] for line in done.stdout.splitlines() if line.startswith("min: DOES NOT FIT")}
-    assert failing == {"Writer", "Describer", "Embedder"}
+    assert failing == {"Writer", "Describer", "Embedder", "Guard"}
     # Two GPUs hold the minimum; at the maximum two Painters take both and the shares are left over.
     done = capacity("serve_config.yaml", "--nodes", "1x2gpu+32cpu,2x16cpu")
     assert done.returncode == 1 and "min: fits" in done.stdout
