@@ -65,6 +65,14 @@ async def moderations(body: ModerationRequest, request: Request, user: str = Dep
         raise InvalidInput("input is empty; send a text, texts, or parts", field="input")
     if len(items) > MAX_INPUTS:
         raise InvalidInput(f"input has {len(items)} items; send at most {MAX_INPUTS}", field="input")
+    # Checked here against the limit the Guard's info tells: a caller's mistake costs no round trip and no
+    # replica logs it (issue 28).
+    most = (info.get("limits") or {}).get("max_text_chars")
+    for i, item in enumerate(items):
+        text = item if isinstance(item, str) else getattr(item, "text", None)
+        if most is not None and text is not None and len(text) > most:
+            raise InvalidInput(f"input[{i}] has {len(text)} characters; the limit is {most}",
+                               code="invalid_guard_input", field="input")
     tolerance = await svc.ctx.guard.tolerance_of(user) if svc.ctx.guard.tolerance_of is not None else 0.0
     if all(isinstance(item, str) for item in items):
         results = [_result(guard, [("text", await guard.moderate("check_text", text))], tolerance) for text in items]

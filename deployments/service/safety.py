@@ -219,7 +219,7 @@ class ContentGuard:
 
     async def moderate(self, op: str, item) -> dict:
         """The Guard's plain verdict (`/v1/moderations`), with no term list and no policy: down is 503."""
-        verdict = await self._ask(op, item, stage="moderation", fail_open=False)
+        verdict = await self._ask(op, item, stage="moderation", fail_open=False, cut=False)
         return verdict
 
     async def _judge(self, op: str, item, *, stage: str, field: str | None, user: str | None,
@@ -237,10 +237,15 @@ class ContentGuard:
         return Screened(verdict={"model": verdict["model"], "label": verdict["label"], "scores": verdict["scores"],
                                  "flagged": sorted(blocked + flagged)})
 
-    async def _ask(self, op: str, item, *, stage: str, fail_open: bool) -> dict | None:
+    async def _ask(self, op: str, item, *, stage: str, fail_open: bool, cut: bool = True) -> dict | None:
         """The Guard's verdict as a dict; None when it is down and the policy fails open (counted, and marked on
-        the answer); GuardUnavailable (503) when it is down and the policy fails closed."""
+        the answer); GuardUnavailable (503) when it is down and the policy fails closed. With `cut`, a text
+        longer than the Guard reads is checked by its end (what a reader acts on, and where a long preamble
+        would push a payload); a moderation's caller gets the Guard's 400 instead."""
         try:
+            if cut and op == "check_text":
+                limit = ((await self.models.info("guard")).get("limits") or {}).get("max_text_chars")
+                item = item[-limit:] if limit and len(item) > limit else item
             verdict = await asyncio.wait_for(self.models.call("guard", op, item), self.policy.guard_timeout_s)
             return verdict.as_dict() if hasattr(verdict, "as_dict") else dict(verdict)
         except (AtelierError, ModelError) as exc:

@@ -15,7 +15,8 @@ def test_health_and_readiness_need_no_key(service):
         assert c.get("/healthz").json() == {"status": "ok"}
         r = c.get("/readyz")
         assert r.status_code == 200
-        assert r.json()["models"] == {"embedder": True, "writer": True, "describer": True, "painter": True}
+        assert r.json()["models"] == {"embedder": True, "writer": True, "describer": True, "painter": True,
+                                      "guard": True}
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}])

@@ -255,7 +255,8 @@ class MultiNode:
         app = config["applications"][0]
         args = app["args"]
         args["environment"] = "local"
-        for role in ("embedder", "writer", "describer", "painter"):
+        args["guard"]["model"].update(image_model=str(self.kit / "guard_image"))
+        for role in ("embedder", "writer", "describer", "painter", "guard"):
             args[role]["model"]["model"] = str(self.kit / role)
             spec = args[role]["deployment"]
             spec["ray_actor_options"]["num_cpus"] = 0.05

@@ -24,7 +24,7 @@ from tests.support.sample_photos import jpeg
 def test_placement_follows_the_resource_plan(multinode):
     """The GPU-share roles run on the node that declares GPUs, the ingress replicas off it (its
     label_selector), spread over the head and the CPU worker; the capacity command agrees."""
-    for role in ("Embedder", "Writer", "Describer", "Painter"):
+    for role in ("Embedder", "Writer", "Describer", "Painter", "Guard"):
         replicas = multinode.replicas(role)
         assert replicas and {r["node"] for r in replicas} == {"gpu"}, (role, replicas)
         assert all(r["required_resources"].get("GPU", 0) > 0 for r in replicas), replicas
@@ -172,7 +172,7 @@ class Traffic:
 
 def models_on(multinode, node: str) -> bool:
     return all({r["node"] for r in multinode.replicas(role)} == {node}
-               for role in ("Embedder", "Writer", "Describer", "Painter"))
+               for role in ("Embedder", "Writer", "Describer", "Painter", "Guard"))
 
 
 def trip_zip(distinct: int, repeats: int) -> bytes:

@@ -86,7 +86,7 @@ def test_ray_tools_work_from_a_second_shell(operator):
     apps = yaml.safe_load(status.stdout)["applications"]
     assert apps["atelier"]["status"] == "RUNNING"
     assert {name: d["status"] for name, d in apps["atelier"]["deployments"].items()} == {
-        name: "HEALTHY" for name in ("Embedder", "Writer", "Describer", "Painter", "Ingress")}
+        name: "HEALTHY" for name in ("Embedder", "Writer", "Describer", "Painter", "Guard", "Ingress")}
     assert operator.cli("ray", "status", f"--address=127.0.0.1:{operator.gcs}").returncode == 0
     # The dashboard's REST API answers with the token, and only with it.
     assert "atelier" in operator.applications()

@@ -168,6 +168,9 @@ def test_moderations_with_the_official_client(guarded):
     assert result.category_applied_input_types.violence == ["image", "text"]
     refused = client.post("/v1/moderations", headers=headers["uma"], json={"input": "x", "model": "gpt-4o"})
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    too_long = client.post("/v1/moderations", headers=headers["uma"], json={"input": ["ok", "x" * 8001]})
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_guard_input", too_long.text
+    assert "input[1]" in too_long.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")
