@@ -19,7 +19,7 @@ from storage.settings import StorageArgs
 
 from models.configs import DescriberConfig, EmbedderConfig, GuardConfig, PainterConfig, WriterConfig
 
-from .policy import Safety
+from models.policy import Safety
 
 __all__ = ["LIVE_SETTINGS", "AppArgs", "BatchOptions", "DeploymentOptions", "IngestSpec", "IngressArgs", "IngressSpec",
            "IngressTuning", "ZipLimits"]
@@ -311,7 +311,7 @@ class AppArgs(_Strict):
     @model_validator(mode="after")
     def _ingest_follows_the_app(self) -> "AppArgs":
         # Ingested vectors must land in the table search reads: same model id, ingestion's own threads.
-        self.ingest = self.ingest.following(self.embedder.model)
+        self.ingest = self.ingest.following(self.embedder.model, self.guard.model if self.guard is not None else None)
         return self
 
     def ingress_args(self) -> dict:

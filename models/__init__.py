@@ -9,7 +9,7 @@ from importlib import import_module
 _WHERE = {
     "ModelConfig": "configs", "EmbedderConfig": "configs", "WriterConfig": "configs", "PainterConfig": "configs",
     "DescriberConfig": "configs", "GuardConfig": "configs", "GUARD_CATEGORIES": "configs",
-    "GuardInputError": "errors", "Guard": "guard", "Verdict": "guard", "CATEGORIES": "guard",
+    "GuardInputError": "errors", "Guard": "guard", "ImageGuard": "guard", "Verdict": "guard", "CATEGORIES": "guard",
     "DescriberInputError": "errors", "EmbedderInputError": "errors", "ModelError": "errors",
     "ModelInputError": "errors", "ModelNotFound": "errors", "ModelUnavailable": "errors",
     "PainterInputError": "errors", "WriterInputError": "errors", "MARKER": "configs",

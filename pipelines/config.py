@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.configs import EmbedderConfig, crops_centre, vector_shape
+from models.configs import EmbedderConfig, GuardConfig, crops_centre, vector_shape
 from storage.settings import StorageArgs, StorageSettings
 
 
@@ -89,16 +89,30 @@ class IngestSpec(_Strict):
         None, description="The embedding model of the jobs; left empty, the app's `embedder.model` (same table)."
     )
 
-    def following(self, app_embedder: EmbedderConfig) -> "IngestSpec":
-        """Ingested vectors must land in the table search reads: the app's model, ingestion's own threads."""
-        if self.embedder is not None:
-            return self
-        return self.model_copy(update={"embedder": app_embedder.model_copy(update={"num_threads": self.embed_threads})})
+    guard: GuardConfig | None = Field(
+        None, description="The Guard whose image classifier checks each new photo in the embedding actors (its "
+        "verdict is stored with the row, as an upload's is); left empty, the app's `guard.model`. No image "
+        "model: the rows carry no verdict.")
+
+    def following(self, app_embedder: EmbedderConfig, app_guard: GuardConfig | None = None) -> "IngestSpec":
+        """Ingested vectors must land in the table search reads: the app's model, ingestion's own threads; and
+        the photos are checked by the app's Guard's image classifier, as uploads are."""
+        update = {}
+        if self.embedder is None:
+            update["embedder"] = app_embedder.model_copy(update={"num_threads": self.embed_threads})
+        if self.guard is None and app_guard is not None and app_guard.image_model is not None:
+            update["guard"] = app_guard.model_copy(update={"num_threads": self.embed_threads})
+        return self.model_copy(update=update) if update else self
 
 
 class _EmbedderSection(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
     model: EmbedderConfig = Field(default_factory=EmbedderConfig)
+
+
+class _GuardSection(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model: GuardConfig = Field(default_factory=GuardConfig)
 
 
 class PipelineSections(BaseModel):
@@ -111,6 +125,9 @@ class PipelineSections(BaseModel):
     storage: StorageArgs = Field(default_factory=StorageArgs)
     ingest: IngestSpec = Field(default_factory=IngestSpec)
     embedder: _EmbedderSection = Field(default_factory=_EmbedderSection)
+    guard: _GuardSection | None = Field(default_factory=_GuardSection)
+    # The content policy in the Ingress's live settings (its user_config `safety`), which flags ingested photos.
+    safety: dict[str, Any] | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> "PipelineSections":
@@ -120,13 +137,15 @@ class PipelineSections(BaseModel):
         apps = (doc or {}).get("applications") or []
         if not apps:
             raise SystemExit(f"{path} has no `applications`: point --config at a serve_config file")
-        return cls.model_validate(apps[0].get("args", {}))
+        ingress = next((d for d in apps[0].get("deployments") or [] if d.get("name") == "Ingress"), {})
+        return cls.model_validate({**apps[0].get("args", {}),
+                                   "safety": (ingress.get("user_config") or {}).get("safety")})
 
     def settings(self) -> StorageSettings:
         return self.storage.settings()
 
     def job_ingest(self) -> IngestSpec:
-        return self.ingest.following(self.embedder.model)
+        return self.ingest.following(self.embedder.model, self.guard.model if self.guard is not None else None)
 
 
 def embedder_shape(config: EmbedderConfig) -> tuple[int, int]:

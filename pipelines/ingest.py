@@ -44,7 +44,7 @@ def spec_from_config(config: Path, user: str, sources: list[str], *, job_id: str
     urls = [as_url(s) for s in sources]
     basis = "cli\x00" + "\x00".join(urls)
     return JobSpec(job_id=job_id or job_id_for(user, basis), user_id=user, sources=urls,
-                   storage=settings.model_dump(), ingest=sections.job_ingest(),
+                   storage=settings.model_dump(), ingest=sections.job_ingest(), safety=sections.safety,
                    fingerprint=hashlib.sha256(basis.encode()).hexdigest())
 
 

@@ -5,6 +5,7 @@ the job ledger told (pipelines.attempt).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import datetime, timezone
@@ -98,7 +99,8 @@ class IngestRun:
         gpu = {"num_gpus": ingest.embed_num_gpus} if ingest.embed_num_gpus else {}
         ds = ds.map_batches(
             EmbedImages, batch_size=ingest.batch_size, batch_format="pyarrow",
-            fn_constructor_kwargs={"embedder": ingest.embedder.model_dump(), "side": side},
+            fn_constructor_kwargs={"embedder": ingest.embedder.model_dump(), "side": side,
+                                   "guard": ingest.guard.model_dump() if ingest.guard is not None else None},
             compute=ActorPoolStrategy(size=ingest.embed_actors), num_cpus=ingest.embed_num_cpus, **gpu,
         )
         batches = ds.iter_batches(batch_size=ingest.write_batch_size, batch_format="pyarrow", prefetch_batches=1)
@@ -128,13 +130,27 @@ class IngestRun:
             errors += write_errors
         self.job.add(done=done, skipped=skipped, errors=errors)
 
+    def _safety(self, verdict: str | None) -> dict:
+        """`{"safety": ...}` for a row's meta from its Guard verdict, flagged by the job's content policy as an
+        upload's is (never refused: the photos are the user's); nothing for a photo checked by no Guard."""
+        if not verdict:
+            return {}
+        from models.policy import Safety
+
+        v = json.loads(verdict)
+        policy = Safety.model_validate(self.spec.safety or {})
+        blocked, flagged = policy.judge(v["scores"])
+        return {"safety": {"model": v["model"], "label": v["label"], "scores": v["scores"],
+                           "flagged": sorted(blocked + flagged)}}
+
     def _upsert(self, writer, new: list[dict], embed_model: str) -> tuple[list[bool], list[dict]]:
         """(created flag per row that was written, error entries for rows that could not be)."""
         now = datetime.now(timezone.utc)
         rows = [new_row(user_id=self.spec.user_id, content_hash=r["content_hash"], image_uri=r["image_uri"],
                         display_uri=r["display_uri"], width=r["width"], height=r["height"], source="ingest",
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
-                        meta={"ingest_job": self.spec.job_id, "name": r["name"]}, created_at=now) for r in new]
+                        meta={"ingest_job": self.spec.job_id, "name": r["name"],
+                              **self._safety(r.get("safety"))}, created_at=now) for r in new]
         try:
             result = writer_call(writer.upsert, self._table, rows)
             # A row is this job's when the writer created it now, or when it holds this job's own row for that

@@ -40,6 +40,9 @@ class JobSpec(BaseModel):
         None, description="Where the API key table is, for a job started through the API: the job stops once its "
         "user has no key left there (every key revoked). None for an operator's job, which no key started.")
     keys_table: str = Field("api_keys", description="The key table's name at keys_uri.")
+    safety: dict[str, Any] | None = Field(
+        None, description="The content policy (models.policy.Safety) the photos' verdicts are flagged by, as "
+        "the Ingress had it when the job was made; none: its defaults.")
 
 
 class JobError(BaseModel):

@@ -129,7 +129,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
 class EmbedImages:
     """A batch's new images -> unit vectors (float32 bytes); other rows pass through untouched."""
 
-    def __init__(self, embedder: dict, side: int):
+    def __init__(self, embedder: dict, side: int, guard: dict | None = None):
         # torch loads here, in the embedding actors only: the read tasks, the driver and the CLI import
         # this module and never run the model.
         from models.embedder import Embedder
@@ -137,6 +137,28 @@ class EmbedImages:
         self.model = Embedder(EmbedderConfig.model_validate(embedder))
         self.model.load()
         self.side = side
+        # The Guard's image classifier (issue 30), when the job has one: each new photo's verdict goes with its row.
+        self.guard = None
+        if guard is not None:
+            from models.configs import GuardConfig
+            from models.guard import ImageGuard
+
+            self.guard = ImageGuard(GuardConfig.model_validate(guard))
+            self.guard.load()
+
+    def _verdicts(self, pixels: list[bytes]) -> list[str]:
+        """Each photo's verdict as JSON ('' when the job has no Guard, or its classifier failed on the photo: the
+        row is then stored unchecked, as an upload is when the Guard is down and the policy fails open)."""
+        if self.guard is None or not pixels:
+            return [""] * len(pixels)
+        images = [Image.frombytes("RGB", (self.side, self.side), p) for p in pixels]
+        try:
+            verdicts = self.guard.check_images(images)
+        except Exception:  # noqa: BLE001 - the photos are the user's: stored either way, the verdict is extra
+            log.warning("the Guard's image check failed on a batch of %d photos; stored unchecked", len(images),
+                        exc_info=True)
+            return [""] * len(pixels)
+        return [json.dumps(v.as_dict()) for v in verdicts]
 
     def _embed(self, pixels: list[bytes]) -> np.ndarray:
         images = [Image.frombytes("RGB", (self.side, self.side), p) for p in pixels]
@@ -164,7 +186,11 @@ class EmbedImages:
             for i, vector in zip(todo, found):
                 if vector is not None:
                     vectors[i] = np.asarray(vector, dtype=np.float32).tobytes()
-        batch = batch.drop_columns(["pixels"])
+        safety = [""] * len(outcome)
+        checked = [i for i in todo if outcome[i] == NEW]
+        for i, verdict in zip(checked, self._verdicts([pixels[i] for i in checked])):
+            safety[i] = verdict
+        batch = batch.drop_columns(["pixels"]).append_column("safety", pa.array(safety, pa.string()))
         for name, values in (("outcome", outcome), ("code", code), ("message", message)):
             batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, pa.string()))
         return batch.append_column("vector", pa.array(vectors, pa.binary()))

@@ -86,6 +86,7 @@ class IngestDesk:
     def __init__(self, spec: IngestSpec, storage: StorageSettings, keys: tuple[str, str] | None = None):
         self.spec, self.storage = spec, storage
         self.keys = keys  # (uri, table) of the API key table: a job stops once its user has no key there
+        self.safety: dict | None = None  # the content policy a job's photos are flagged by (ProductService.tune)
         self._ledger = None
         self._keep = None  # the service's keep_ingested, for small jobs run here (attach())
         self._room = None  # the service's storage check (attach())
@@ -198,7 +199,7 @@ class IngestDesk:
     def _job_spec(self, user: str, job_id: str, staged: _Staged, *, files, sources, prefix) -> JobSpec:
         return JobSpec(job_id=job_id, user_id=user, sources=sources, files=files,
                        storage=absolute_storage(self.storage).model_dump(), ingest=self.spec,
-                       staged_prefix=prefix, fingerprint=staged.fingerprint,
+                       staged_prefix=prefix, fingerprint=staged.fingerprint, safety=self.safety,
                        **({"keys_uri": _absolute(self.keys[0]), "keys_table": self.keys[1]} if self.keys else {}))
 
     async def status(self, user: str, job_id: str) -> dict:

@@ -60,6 +60,8 @@ class ProductService:
         if (terms.path, terms.reload_s) != (tuning.safety.terms_file, tuning.safety.reload_s):
             self.ctx.guard.terms = TermList(tuning.safety.terms_file, reload_s=tuning.safety.reload_s)
         self.ctx.guard.policy = tuning.safety
+        if self.ingest is not None:  # bulk jobs flag their photos by the policy of when they were made
+            self.ingest.safety = tuning.safety.model_dump()
 
     async def _tolerance(self, user: str) -> float:
         return 0.0 if self.limits is None else (await self.limits.plan(user))[1].safety_tolerance

@@ -28,7 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Literal
 
-from deployments.policy import Safety
+from models.policy import Safety
 from models.errors import ModelError
 from storage.errors import AtelierError, Unavailable
 
@@ -169,7 +169,7 @@ class Screened:
 
 class ContentGuard:
     """What the service checks prompts, model-written texts and images with: the operator's term list first (no
-    model runs for a listed term), then the Guard model's verdict under the policy (deployments.policy.Safety) and
+    model runs for a listed term), then the Guard model's verdict under the policy (models.policy.Safety) and
     the user's plan's tolerance. `on_refusal(stage, category)` is told of each refusal and `on_degraded(stage)` of
     each check made without the Guard (the ingress's metrics; never the user)."""
 
