@@ -21,8 +21,9 @@ from deployments.service.limits import PlanLimits
 from deployments.service.models import LocalModels, ServeModels
 from deployments.settings import ServiceSettings
 from pipelines.config import IngestSpec
+from pipelines.spec import absolute_storage
 from storage.library import Library
-from storage.settings import StorageSettings
+from storage.settings import SECRET_FIELDS, StorageSettings
 
 
 def edge_for(ingress: IngressSpec, storage: StorageSettings, ingest: IngestSpec | None,
@@ -56,7 +57,10 @@ def product_service(models: ServeModels | LocalModels, *, ingress: IngressSpec, 
     `tuning` is the live settings to start with (the ingress's reconfigure() applies later ones); `capacity`
     the calls each role takes at once (`deployments.app.capacity`: the plans' fair share)."""
     tuning = tuning or IngressTuning()
-    stats, idempotency = state.in_process() if in_process else state.shared()
+    # Idempotency records written through beside the gallery (issue 31): a retry after a restart of the ledger,
+    # the head or the whole service gets the first answer.
+    durable = absolute_storage(storage).model_dump(mode="json", exclude=set(SECRET_FIELDS))  # secrets: from env
+    stats, idempotency = state.in_process(durable) if in_process else state.shared(durable)
 
     async def open_library(dim: int, embed_model: str) -> Library:
         # Opening warms the gallery (indexes, jieba's dictionary): off the event loop.

@@ -124,7 +124,10 @@ async def generate_image(request: Request, body: GenerateRequest,
             "random_weights": bool(p["random_weights"] or (body.enhance and await svc.generation.writer_random())),
         }
 
-    return await svc.idempotent(user, idempotency_key, body.model_dump_json(), work)
+    answer = await svc.idempotent(user, idempotency_key, body.model_dump_json(), work)
+    if answer.get("img_id"):  # a replayed answer's link to the kept image is signed again: it may be a day old
+        answer = {**answer, "image_url": image_url(request, user, answer["img_id"])}
+    return answer
 
 
 # -- gallery ----------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from storage.placement import detached, on_head_node
 # Versioned like the gallery writer: the actor is detached and outlives a redeploy, and its
 # `record` now takes the caller's user id first (v2 kept one service-wide view, v1 took ok: bool).
 STATS_ACTOR = "atelier_stats_v3"
-IDEMPOTENCY_ACTOR = "atelier_idempotency"
+# v2: records written through to disk (storage.ledgers), so the actor takes the storage settings.
+IDEMPOTENCY_ACTOR = "atelier_idempotency_v2"
 
 
 class _OpStats:
@@ -74,14 +75,41 @@ class StatsLedger:
 
 
 class IdempotencyLedger:
-    """(user, Idempotency-Key) -> the first answer, for a day; a retry in flight is told to wait."""
+    """(user, Idempotency-Key) -> the first answer, for a day; a retry in flight is told to wait.
 
-    def __init__(self, ttl_s: float = 86_400, size: int = 100_000):
+    With `storage` (StorageSettings values) every finished answer is also written to disk beside the gallery
+    (storage.ledgers.IdempotencyStore) and a key this process does not hold is looked up there: a retry after
+    a restart of this actor, of the head node or of the whole cluster gets the first answer, not a second
+    image. What is held in memory is a cache of it (bounded: `size` records)."""
+
+    EXPIRE_EVERY = 500  # finished answers between two sweeps of the expired records on disk
+
+    def __init__(self, ttl_s: float = 86_400, size: int = 10_000, storage: dict | None = None):
+        self.ttl_s = ttl_s
         self._done: TTLCache = TTLCache(maxsize=size, ttl=ttl_s)
         self._running: dict[tuple[str, str], float] = {}
+        self._storage = storage
+        self._store = None
+        self._writes = 0
+
+    @property
+    def store(self):
+        if self._store is None and self._storage is not None:
+            from storage.blobs import open_blob_store
+            from storage.ledgers import IdempotencyStore
+            from storage.settings import StorageSettings
+
+            settings = StorageSettings.model_validate(self._storage)
+            self._store = IdempotencyStore(settings.lancedb_uri, open_blob_store(settings),
+                                           storage_options=settings.lancedb_storage_options)
+        return self._store
 
     def begin(self, user_id: str, key: str, fingerprint: str) -> dict:
         k = (user_id, key)
+        if k not in self._done and self.store is not None:
+            found = self.store.get(user_id, key)
+            if found is not None:
+                self._done[k] = found
         if k in self._done:
             fp, answer = self._done[k]
             return {"state": "done" if fp == fingerprint else "conflict", "answer": answer}
@@ -93,12 +121,20 @@ class IdempotencyLedger:
 
     def finish(self, user_id: str, key: str, fingerprint: str, answer: dict | None) -> None:
         self._running.pop((user_id, key), None)
-        if answer is not None:
-            self._done[(user_id, key)] = (fingerprint, answer)
+        if answer is None:
+            return
+        self._done[(user_id, key)] = (fingerprint, answer)
+        if self.store is not None:
+            self.store.put(user_id, key, fingerprint, answer, self.ttl_s)
+            self._writes += 1
+            if self._writes % self.EXPIRE_EVERY == 0:
+                self.store.expire()
 
     def forget_user(self, user_id: str) -> None:
         for k in [k for k in self._done.keys() if k[0] == user_id]:
             self._done.pop(k, None)
+        if self.store is not None:
+            self.store.forget_user(user_id)
 
 
 class StatsCalls(Calls):
@@ -109,19 +145,20 @@ class StatsCalls(Calls):
             pass
 
 
-def named(cls, name: str):
-    """The cluster's one instance of a state actor, created by whoever asks first."""
+def named(cls, name: str, **kwargs):
+    """The cluster's one instance of a state actor, created by whoever asks first (with `kwargs`)."""
     import ray
 
-    return detached(ray.remote(num_cpus=0.01, max_restarts=-1)(cls), name, **on_head_node()).remote()
+    return detached(ray.remote(num_cpus=0.01, max_restarts=-1)(cls), name, **on_head_node()).remote(**kwargs)
 
 
-def shared() -> tuple[StatsCalls, Calls]:
-    """(stats, idempotency) as the cluster's named actors."""
+def shared(storage: dict | None = None) -> tuple[StatsCalls, Calls]:
+    """(stats, idempotency) as the cluster's named actors; idempotency records on disk at `storage`."""
     return (StatsCalls(named(StatsLedger, STATS_ACTOR), what="stats ledger"),
-            Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR), what="idempotency ledger"))
+            Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR, storage=storage), what="idempotency ledger"))
 
 
-def in_process() -> tuple[StatsCalls, Calls]:
-    """(stats, idempotency) held by this process alone (the in-process test tier)."""
-    return StatsCalls(StatsLedger()), Calls(IdempotencyLedger())
+def in_process(storage: dict | None = None) -> tuple[StatsCalls, Calls]:
+    """(stats, idempotency) held by this process alone (the in-process test tier); idempotency records on disk
+    at `storage` when given."""
+    return StatsCalls(StatsLedger()), Calls(IdempotencyLedger(storage=storage))
