@@ -82,18 +82,22 @@ class ModelRole:
             if self.config.num_threads:
                 torch.set_num_threads(self.config.num_threads)
             self._device, self._dtype = _resolve_device(self.config)
-            source = self._locate()
-            try:
-                self._load(source)
-            except ModelNotFound:
-                raise
-            except (OSError, ValueError) as exc:
-                raise ModelNotFound(
-                    f"{self.role}: could not load {self.config.model!r} ({exc}); {BUILD_HINT} "
-                    f"and point the {self.role}'s `model` at checkpoints/tiny/{self.role}"
-                ) from exc
-            self._random_weights = self._detect_random_weights(source)
+            self._load_checkpoints()
             self._loaded = True
+
+    def _load_checkpoints(self) -> None:
+        """Locate and load the role's checkpoint (a role that loads only part of itself overrides this)."""
+        source = self._locate()
+        try:
+            self._load(source)
+        except ModelNotFound:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ModelNotFound(
+                f"{self.role}: could not load {self.config.model!r} ({exc}); {BUILD_HINT} "
+                f"and point the {self.role}'s `model` at checkpoints/tiny/{self.role}"
+            ) from exc
+        self._random_weights = self._detect_random_weights(source)
 
     def warmup(self) -> None:
         """One small real call, so the first user request does not pay for lazy initialisation."""

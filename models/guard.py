@@ -20,7 +20,7 @@ from typing import ClassVar, Literal, Sequence
 import torch
 from PIL import Image
 
-from .base import ModelRole, _resolve_device, operation, public_name
+from .base import ModelRole, operation, public_name
 from .configs import GUARD_CATEGORIES, GuardConfig
 from .errors import GuardInputError, ModelNotFound, ModelUnavailable
 
@@ -271,19 +271,10 @@ class ImageGuard(Guard):
     """The Guard's image half alone: bulk ingestion's embedding actors check each new photo with it as they embed
     it, with no text model loaded (the prompt checks are the Guard deployment's)."""
 
-    def load(self) -> None:
-        if self._loaded:
-            return
-        with self._lock:
-            if self._loaded:
-                return
-            if self.config.image_model is None:
-                raise ModelUnavailable("this guard checks no images: its image_model is null")
-            if self.config.num_threads:
-                torch.set_num_threads(self.config.num_threads)
-            self._device, self._dtype = _resolve_device(self.config)
-            self._load_image_model()
-            self._loaded = True
+    def _load_checkpoints(self) -> None:
+        if self.config.image_model is None:
+            raise ModelUnavailable("this guard checks no images: its image_model is null")
+        self._load_image_model()
 
     def _warmup(self) -> None:
         self.check_image(Image.new("RGB", (64, 64), (127, 127, 127)))

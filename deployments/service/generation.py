@@ -54,7 +54,7 @@ class Generation(Verbs):
         async def run():
             used, degraded = prompt, False
             if enhance:
-                used, degraded = await self.texts.enhance(prompt, request_id, user=user,
+                used, degraded = await self.texts.enhance(prompt, request_id, user=user, checked=True,
                                                           instead="painting the original text")
             seeds = [None if seed is None else (seed + i) % 2**63 for i in range(n)]
             painted = await all_or_none(self.models.call("painter", "generate", used, size=size, steps=steps, seed=s)
@@ -80,7 +80,7 @@ class Generation(Verbs):
                                                    meta={"prompt_original": g.original, "prompt_used": g.used,
                                                          "seed": p["seed"], "size": p["size"],
                                                          "model": p["model_id"], "steps": p["steps"]},
-                                                   safety=g.safety)
+                                                   safety=g.safety, checked=True)
         return row
 
     async def writer_random(self) -> bool:

@@ -12,7 +12,7 @@ from PIL import Image
 from storage.gallery.filters import encode_cursor
 
 from .context import Verbs
-from .safety import shown
+from .safety import GuardUnavailable, Screened, shown
 
 
 class Photos(Verbs):
@@ -65,17 +65,23 @@ class Photos(Verbs):
         return await (await self.library()).update(user, img_id, caption=caption)
 
     async def embed_and_store(self, user: str, image, *, source: str, caption: str | None = None,
-                               meta: dict | None = None, safety: dict | None = None) -> tuple[dict, bool]:
+                               meta: dict | None = None, safety: dict | None = None,
+                               checked: bool = False) -> tuple[dict, bool]:
         """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
         image enters a gallery from the service (upload, generation, a small ingestion job) ends here.
 
         The row keeps the Guard's verdict on the image (`meta.safety`; issue 30): `safety` when the caller
         checked it already (a generated picture, checked before it may be kept), else asked here, beside the
-        Embedder. A user's own photo is never refused by it: it is flagged, and stays theirs."""
+        Embedder (`checked`: the caller asked already, and `safety` is what it found, None if the Guard was not
+        asked or was down). A user's own photo is never refused by it: it is flagged, and stays theirs. A file
+        of an ingestion job is stored unchecked while the Guard is down, as a bulk job stores it."""
         embedding = self.models.call("embedder", "image_vector", image.model_image)
-        if safety is None:
-            vector, screened = await asyncio.gather(
-                embedding, self.ctx.guard.check_image(image.model_image, stage=source, user=user, refuse=False))
+        if not checked:
+            vector, screened = await asyncio.gather(embedding, self._screen(user, image, source),
+                                                    return_exceptions=True)
+            for outcome in (vector, screened):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             safety = screened.verdict
         else:
             vector = await embedding
@@ -83,6 +89,14 @@ class Photos(Verbs):
             meta = {**(meta or {}), "safety": safety}
         return await (await self.library(vector)).store(user, image, source=source, vector=vector.values,
                                                         caption=caption, meta=meta)
+
+    async def _screen(self, user: str, image, source: str) -> Screened:
+        try:
+            return await self.ctx.guard.check_image(image.model_image, stage=source, user=user, refuse=False)
+        except GuardUnavailable:
+            if source != "ingest":
+                raise
+            return Screened(degraded=True)
 
     async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str, seen: set[str]) -> str:
         """One file of a small ingestion job: skipped by its hash before any decode when the user (or this

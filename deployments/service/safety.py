@@ -30,7 +30,7 @@ from typing import Awaitable, Callable, Literal
 
 from models.policy import Safety
 from models.errors import ModelError
-from storage.errors import AtelierError, Unavailable
+from storage.errors import AtelierError, InvalidInput, Unavailable
 
 from .windows import acting_user
 
@@ -214,13 +214,24 @@ class ContentGuard:
 
     async def check_image(self, image, *, stage: str, user: str | None = None, refuse: bool = True) -> Screened:
         """The Guard's verdict on a PIL image: a generated picture (`refuse`: a blocked one is never stored or
-        returned) or a user's upload (not refused: its verdict is stored and it is flagged)."""
+        returned) or a user's upload (not refused: its verdict is stored and it is flagged). A Guard configured
+        without an image model (`image_model: null`) checks no images: nothing to judge, not a Guard down."""
+        if not self.has_model or not await self._checks_images():
+            return Screened()
         return await self._judge("check_image", image, stage=stage, field=None, user=user, refuse=refuse)
 
     async def moderate(self, op: str, item) -> dict:
         """The Guard's plain verdict (`/v1/moderations`), with no term list and no policy: down is 503."""
+        if op == "check_image" and not await self._checks_images():
+            raise InvalidInput("this service's Guard checks no images; send text only", field="input")
         verdict = await self._ask(op, item, stage="moderation", fail_open=False, cut=False)
         return verdict
+
+    async def _checks_images(self) -> bool:
+        try:
+            return bool((await self.models.info("guard")).get("image_check", True))
+        except Exception:  # noqa: BLE001 - a Guard that cannot tell is asked, and judged down or not there
+            return True
 
     async def _judge(self, op: str, item, *, stage: str, field: str | None, user: str | None,
                      refuse: bool) -> Screened:
@@ -253,6 +264,9 @@ class ContentGuard:
                 raise
             reason = exc
         except asyncio.TimeoutError as exc:  # past the Guard's own deadline
+            reason = exc
+        except Exception as exc:  # noqa: BLE001 - a replica that crashed mid-call (out of memory...): the Guard is down
+            log.warning("the Guard failed on a %s check", stage, exc_info=True)
             reason = exc
         if fail_open:
             log.warning("the Guard could not check a %s (%s: %s); let through unchecked: the policy fails open",

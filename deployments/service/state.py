@@ -7,6 +7,7 @@ them directly (`in_process()`). Either way the service calls them through `stora
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 
@@ -14,7 +15,10 @@ import numpy as np
 from cachetools import LRUCache, TTLCache
 
 from storage.calls import Calls
+from storage.errors import Unavailable
 from storage.placement import detached, on_head_node
+
+log = logging.getLogger("atelier.state")
 
 # Versioned like the gallery writer: the actor is detached and outlives a redeploy, and its
 # `record` now takes the caller's user id first (v2 kept one service-wide view, v1 took ok: bool).
@@ -88,6 +92,8 @@ class IdempotencyLedger:
         self.ttl_s = ttl_s
         self._done: TTLCache = TTLCache(maxsize=size, ttl=ttl_s)
         self._running: dict[tuple[str, str], float] = {}
+        # Users deleted in the last 10 minutes (a request of theirs still running then keeps nothing).
+        self._forgotten: TTLCache = TTLCache(maxsize=10_000, ttl=600)
         self._storage = storage
         self._store = None
         self._writes = 0
@@ -107,7 +113,12 @@ class IdempotencyLedger:
     def begin(self, user_id: str, key: str, fingerprint: str) -> dict:
         k = (user_id, key)
         if k not in self._done and self.store is not None:
-            found = self.store.get(user_id, key)
+            try:
+                found = self.store.get(user_id, key)
+            except Exception as exc:  # noqa: BLE001 - without the record, running it again could paint twice
+                log.warning("the idempotency records cannot be read (%s: %s)", type(exc).__name__, exc)
+                raise Unavailable("this request's Idempotency-Key cannot be checked right now; retry shortly",
+                                  retry_after=2) from None
             if found is not None:
                 self._done[k] = found
         if k in self._done:
@@ -121,18 +132,24 @@ class IdempotencyLedger:
 
     def finish(self, user_id: str, key: str, fingerprint: str, answer: dict | None) -> None:
         self._running.pop((user_id, key), None)
-        if answer is None:
+        # A user deleted while this ran (forget_user): nothing of theirs is kept.
+        if answer is None or user_id in self._forgotten:
             return
         self._done[(user_id, key)] = (fingerprint, answer)
         if self.store is not None:
-            self.store.put(user_id, key, fingerprint, answer, self.ttl_s)
-            self._writes += 1
-            if self._writes % self.EXPIRE_EVERY == 0:
-                self.store.expire()
+            try:
+                self.store.put(user_id, key, fingerprint, answer, self.ttl_s)
+                self._writes += 1
+                if self._writes % self.EXPIRE_EVERY == 0:
+                    self.store.expire()
+            except Exception as exc:  # noqa: BLE001 - the answer stands; it is kept in memory only
+                log.warning("an idempotency record could not be written (%s: %s); kept in memory only",
+                            type(exc).__name__, exc)
 
     def forget_user(self, user_id: str) -> None:
         for k in [k for k in self._done.keys() if k[0] == user_id]:
             self._done.pop(k, None)
+        self._forgotten[user_id] = True
         if self.store is not None:
             self.store.forget_user(user_id)
 

@@ -56,11 +56,13 @@ class Texts(Verbs):
             return f"no answer within the Writer's {self.policy.timeouts.writer_s:g} s (timeouts.writer_s)"
         return brief(exc)
 
-    async def enhance(self, text: str, request_id: str = "-", *, user: str,
+    async def enhance(self, text: str, request_id: str = "-", *, user: str, checked: bool = False,
                       instead: str = "answering with the original text") -> tuple[str, bool]:
         """A richer English prompt: (prompt, degraded). A failing Writer degrades to the original text;
-        `instead` says in the log line what the caller does with it."""
-        await self.ctx.guard.check(text, stage="prompt", field="text")  # before the Writer runs
+        `instead` says in the log line what the caller does with it. `checked`: the caller had the content
+        policy check the text already (a generation does, before anything runs)."""
+        if not checked:
+            await self.ctx.guard.check(text, stage="prompt", field="text")  # before the Writer runs
         try:
             used = await self.ctx.cached("enhance", text, lambda: self.models.call("writer", "enhance_prompt", text),
                                       user=user, timeout=self.policy.timeouts.writer_s)

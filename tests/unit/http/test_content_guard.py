@@ -207,3 +207,26 @@ def test_a_guard_that_is_down_fails_closed_then_open_when_the_policy_says(down):
     assert opened.headers["x-atelier-safety"] == "degraded" and writer.work_done > before
     assert client.get("/readyz").status_code == 200
     assert client.post("/v1/moderations", headers=headers, json={"input": "hello"}).status_code == 503
+
+
+def test_a_guard_without_an_image_model_checks_texts_only(tiny_models, tiny_kit, tmp_path):
+    """`image_model: null` is a Guard that checks no images, not a Guard that is down: pictures and uploads are
+    kept unchecked (no 503), and a moderation with an image is the caller's 400."""
+    from fastapi.testclient import TestClient
+
+    from models import Guard, GuardConfig
+
+    guard = Guard(GuardConfig(model=str(tiny_kit / "guard"), image_model=None, num_threads=1))
+    guard.warmup()
+    app, settings = _app(tiny_models, guard, tmp_path, {"safety": POLICY})
+    headers = _keys(settings, "xia")["xia"]
+    with TestClient(app) as client:
+        body = {"text": "a lighthouse at dusk", "size": "64x64", "steps": 1, "enhance": False, "save_to_gallery": True}
+        painted = client.post("/api/generate/image", headers=headers, json=body)
+        assert painted.status_code == 200 and painted.json()["safety"] is None, painted.text
+        assert client.get(f"/api/images/{painted.json()['img_id']}", headers=headers).json()["safety"] is None
+        data_uri = "data:image/png;base64," + base64.b64encode(_png()).decode()
+        image = client.post("/v1/moderations", headers=headers,
+                            json={"input": [{"type": "image_url", "image_url": {"url": data_uri}}]})
+        assert image.status_code == 400 and image.json()["error"]["param"] == "input", image.text
+        assert client.post("/v1/moderations", headers=headers, json={"input": "a harbour"}).status_code == 200
