@@ -69,6 +69,13 @@ class Safety(_Strict):
     def rule(self, category: str) -> Rule:
         return self.categories.get(category, self.default)
 
+    def record(self, verdict: dict, tolerance: float = 0.0) -> tuple[list[str], dict]:
+        """(the categories this policy blocks, the Guard's verdict as a gallery row keeps it: its model, label and
+        scores, and `flagged`, every category the policy blocks or flags)."""
+        blocked, flagged = self.judge(verdict["scores"], tolerance)
+        return blocked, {"model": verdict["model"], "label": verdict["label"], "scores": verdict["scores"],
+                         "flagged": sorted(blocked + flagged)}
+
     def judge(self, scores: dict[str, float], tolerance: float = 0.0) -> tuple[list[str], list[str]]:
         """(blocked, flagged) categories of a verdict's scores under this policy and a plan's tolerance (0: as
         configured; 1: nothing applies). A threshold t becomes t + (1 - t) * tolerance."""

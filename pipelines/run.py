@@ -40,6 +40,7 @@ class IngestRun:
         self.job = JobAttempt(spec, self.settings)
         self._nodes: set[str] = set()
         self.lost_nodes: set[str] = set()  # nodes alive when the run began and gone since
+        self._policy = None  # the job's content policy (models.policy.Safety), read on its first photo
 
     def run(self) -> dict | None:
         if not self.job.begin(on_beat=self._watch_nodes):
@@ -133,17 +134,13 @@ class IngestRun:
     def _safety(self, verdict: str | None) -> dict:
         """`{"safety": ...}` for a row's meta from its Guard verdict, flagged by the job's content policy as an
         upload's is (never refused: the photos are the user's); nothing for a photo checked by no Guard."""
-        if not verdict:
-            return {}
-        from models.policy import Safety
+        if self._policy is None:  # read once per job, not per row
+            from models.policy import Safety
 
-        policy = Safety.model_validate(self.spec.safety or {})
-        if not policy.guard:  # the operator turned the Guard's checks off: the term list alone, as uploads
+            self._policy = Safety.model_validate(self.spec.safety or {})
+        if not verdict or not self._policy.guard:  # the operator turned the Guard's checks off: as uploads
             return {}
-        v = json.loads(verdict)
-        blocked, flagged = policy.judge(v["scores"])
-        return {"safety": {"model": v["model"], "label": v["label"], "scores": v["scores"],
-                           "flagged": sorted(blocked + flagged)}}
+        return {"safety": self._policy.record(json.loads(verdict))[1]}
 
     def _upsert(self, writer, new: list[dict], embed_model: str) -> tuple[list[bool], list[dict]]:
         """(created flag per row that was written, error entries for rows that could not be)."""

@@ -73,7 +73,7 @@ async def moderations(body: ModerationRequest, request: Request, user: str = Dep
         if most is not None and text is not None and len(text) > most:
             raise InvalidInput(f"input[{i}] has {len(text)} characters; the limit is {most}",
                                code="invalid_guard_input", field="input")
-    tolerance = await svc.ctx.guard.tolerance_of(user) if svc.ctx.guard.tolerance_of is not None else 0.0
+    tolerance = await guard.tolerance(user)
     if all(isinstance(item, str) for item in items):
         results = [_result(guard, [("text", await guard.moderate("check_text", text))], tolerance) for text in items]
     else:

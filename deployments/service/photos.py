@@ -70,10 +70,9 @@ class Photos(Verbs):
         """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
         image enters a gallery from the service (upload, generation, a small ingestion job) ends here.
 
-        The row keeps the Guard's verdict on the image (`meta.safety`; issue 30): `safety` when the caller
-        checked it already (a generated picture, checked before it may be kept), else asked here, beside the
-        Embedder (`checked`: the caller asked already, and `safety` is what it found, None if the Guard was not
-        asked or was down). A user's own photo is never refused by it: it is flagged, and stays theirs. A file
+        The row keeps the Guard's verdict on the image (`meta.safety`; issue 30), asked here beside the Embedder
+        unless the caller asked already (`checked`, as a generation does before it may keep a picture: `safety`
+        is then what it found, None if the Guard was not asked or was down). A user's own photo is never refused by it: it is flagged, and stays theirs. A file
         of an ingestion job is stored unchecked while the Guard is down, as a bulk job stores it."""
         embedding = self.models.call("embedder", "image_vector", image.model_image)
         if not checked:

@@ -160,7 +160,7 @@ def unguarded() -> bool:
 
 @dataclass
 class Screened:
-    """What a check found: the Guard's verdict as it is stored with a row (`record`), and whether the Guard model
+    """What a check found: the Guard's verdict as it is stored with a row (`verdict`), and whether the Guard model
     was skipped because it was down and the policy fails open (`degraded`)."""
 
     verdict: dict | None = None
@@ -194,9 +194,7 @@ class ContentGuard:
         """Refuse (`ContentPolicy`) a text with a listed term or one the Guard's scores block: a caller's prompt
         (`prompt`), or what a model wrote before it is used, saved or sent (`enhanced`, `description`, `post_text`,
         `answer`). Returns the verdict, with the categories the policy flags."""
-        categories = await self.terms.categories(text)
-        if categories:
-            self._refuse(stage, categories, field)
+        await self._check_terms(text, stage, field)
         return await self._judge("check_text", text, stage=stage, field=field, user=user, refuse=True)
 
     async def check_growing(self, text: str, checked: int, *, stage: str, final: bool = False) -> int:
@@ -204,9 +202,7 @@ class ContentGuard:
         may span pieces), the Guard once it has grown `stream_every_chars` past what it last checked (`checked`,
         in characters) and when it ends (`final`). Returns what the Guard has now checked. So at most that many
         characters reach the client before the Guard has read them; a refusal ends the stream."""
-        categories = await self.terms.categories(text)
-        if categories:
-            self._refuse(stage, categories, None)
+        await self._check_terms(text, stage, None)
         if final or len(text) - checked >= self.policy.stream_every_chars:
             await self._judge("check_text", text, stage=stage, field=None, user=None, refuse=True)
             return len(text)
@@ -224,8 +220,16 @@ class ContentGuard:
         """The Guard's plain verdict (`/v1/moderations`), with no term list and no policy: down is 503."""
         if op == "check_image" and not await self._checks_images():
             raise InvalidInput("this service's Guard checks no images; send text only", field="input")
-        verdict = await self._ask(op, item, stage="moderation", fail_open=False, cut=False)
-        return verdict
+        return await self._ask(op, item, stage="moderation", fail_open=False, cut=False)
+
+    async def tolerance(self, user: str | None) -> float:
+        """The looseness of `user`'s plan (Plan.safety_tolerance); 0 outside a user's request or without plans."""
+        return await self.tolerance_of(user) if (self.tolerance_of is not None and user is not None) else 0.0
+
+    async def _check_terms(self, text: str, stage: str, field: str | None) -> None:
+        categories = await self.terms.categories(text)
+        if categories:
+            self._refuse(stage, categories, field)
 
     async def _checks_images(self) -> bool:
         try:
@@ -240,13 +244,11 @@ class ContentGuard:
         verdict = await self._ask(op, item, stage=stage, fail_open=self.policy.on_guard_down == "open")
         if verdict is None:
             return Screened(degraded=True)
-        user = user if user is not None else acting_user.get()
-        tolerance = await self.tolerance_of(user) if (self.tolerance_of is not None and user is not None) else 0.0
-        blocked, flagged = self.policy.judge(verdict["scores"], tolerance)
+        blocked, record = self.policy.record(verdict, await self.tolerance(user if user is not None
+                                                                          else acting_user.get()))
         if blocked and refuse:
             self._refuse(stage, blocked, field)
-        return Screened(verdict={"model": verdict["model"], "label": verdict["label"], "scores": verdict["scores"],
-                                 "flagged": sorted(blocked + flagged)})
+        return Screened(verdict=record)
 
     async def _ask(self, op: str, item, *, stage: str, fail_open: bool, cut: bool = True) -> dict | None:
         """The Guard's verdict as a dict; None when it is down and the policy fails open (counted, and marked on
