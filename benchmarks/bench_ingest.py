@@ -108,7 +108,7 @@ def part_pipeline(kit: Path, files: list[Path], work: Path, tuning: dict) -> dic
     spec = JobSpec(job_id="0" * 32, user_id="bench", files=[{"name": f.name, "url": f.as_uri()} for f in files],
                    storage={"lancedb_uri": str(work / "lancedb"), "blob_root": str(work / "blobs")},
                    ingest=ingest, fingerprint="bench")
-    ray.get(ledger().open.remote(spec.model_dump(), True))
+    ray.get(ledger(spec.storage).open.remote(spec.model_dump(), True))
     commits: list[tuple[float, int]] = []  # (when, rows) of each batch the driver wrote
     write = IngestRun._write
 

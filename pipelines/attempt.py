@@ -32,7 +32,7 @@ class JobAttempt:
     def __init__(self, spec: JobSpec, settings: StorageSettings):
         self.spec = spec
         self.settings = settings  # where the staged upload is removed
-        self.ledger = ledger()
+        self.ledger = ledger(settings.model_dump())
         self.number: int | None = 0
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.errors: list[dict] = []  # all of the attempt's error entries (a restored record gets them)

@@ -66,6 +66,9 @@ class IngestSpec(_Strict):
     queue_timeout_s: float = Field(
         300.0, gt=0, description="A job whose driver has not started after this long is marked failed."
     )
+    retention_s: float = Field(
+        30 * 86_400.0, gt=0, description="A finished job's record and errors are removed from the job ledger, in "
+        "memory and on disk, this long after it ended (its photos stay: they are the user's gallery).")
     submitter: Literal["actor", "jobs"] = Field(
         "actor",
         description="How the API starts a job: 'actor' runs the driver in a detached actor (no dashboard needed); "

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Serve config whose `storage`, `embedder` and `ingest` sections apply "
                              "(default: $ATELIER_SERVE_CONFIG or serve_config.yaml)")
     parser.add_argument("--job", help="run the job the API created with this id (its spec is in the job ledger)")
+    parser.add_argument("--ledger", help="with --job: the LanceDB location of the gallery whose job ledger holds "
+                                         "the job (default: the storage of --config)")
     parser.add_argument("--job-id", help="id of the job (default: made from the user and the sources, so a "
                                          "rerun of the same command resumes the same job)")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
@@ -80,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     # on, Ray Data polls a Prometheus on localhost:9090 every 10 s for as long as the driver lives.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address=address or "local", namespace=NAMESPACE, **local)
-    jobs = ledger()
     if args.job:
+        uri = args.ledger or absolute_storage(PipelineSections.from_file(args.config).settings()).lancedb_uri
+        jobs = ledger({"lancedb_uri": uri})
         raw = ray.get(jobs.spec.remote(args.job))
         if raw is None:
             print(f"no job {args.job} in the job ledger", file=sys.stderr)
             return 2
         spec = JobSpec.model_validate(raw)
     else:
+        jobs = ledger(spec.storage)
         opened = ray.get(jobs.open.remote(spec.model_dump(), True))
         if opened["action"] == "conflict":
             print(f"job {spec.job_id} exists for other sources or another user; pass another --job-id",

@@ -60,7 +60,10 @@ class JobStatus(BaseModel):
     done: int = 0
     skipped_duplicates: int = 0
     failed: int = 0
-    errors: list[JobError] = Field(default_factory=list)
+    errors: list[JobError] = Field(default_factory=list, description=(
+        "The first 100 error entries of the job's current attempt (file names cut to 256 characters); "
+        "`errors_total` counts them all, GET /api/init/upload/{job_id}/errors pages through every one."))
+    errors_total: int = Field(0, description="Error entries of the job's current attempt, shown or not.")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

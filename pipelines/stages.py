@@ -63,7 +63,7 @@ class _TaskTools:
         self.settings = settings
         self.intake = ImageIntake(settings)
         self.blobs = open_blob_store(settings)
-        self.ledger = ledger()
+        self.ledger = ledger(json.loads(storage_json))
 
 
 @functools.lru_cache(maxsize=4)

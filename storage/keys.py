@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -90,6 +90,23 @@ class SmallTable:
     def dataset(self):
         """The table as a Lance dataset, for readers' cheap `latest_version` checks."""
         return self.table().to_lance()
+
+    def vacuum(self) -> None:
+        """Deleted rows physically gone: fragments rewritten without them, older versions removed (a privacy
+        purge reaches every version; a table written often keeps few). The latest version is then written once
+        more as it is (a restore of itself), so that no kept version is the delete: a delete's transaction
+        record holds its predicate (a user's id). For the ledgers' tables, each written by one actor."""
+        table = self.table()
+        self._retrying()(lambda: table.to_lance().optimize.compact_files(materialize_deletions=True,
+                                                                          materialize_deletions_threshold=0.0))
+
+        def again() -> None:
+            table.checkout_latest()
+            table.to_lance().restore()
+
+        self._retrying()(again)
+        table.checkout_latest()
+        table.cleanup_old_versions(older_than=timedelta(0))
 
 
 class KeyStore(SmallTable):

@@ -123,6 +123,12 @@ class Cluster:
     def key(self) -> str:
         return (self.tmp / "local_demo_key").read_text().strip()
 
+    def ledger(self):
+        """The service's job ledger (the one of its gallery), as the ingress finds it."""
+        from pipelines.jobs import ledger
+
+        return ledger({"lancedb_uri": str((self.tmp / "lancedb").resolve())})
+
 
 @pytest.fixture(scope="session")
 def ray_cluster(tiny_kit, tmp_path_factory) -> Cluster:

@@ -1,4 +1,4 @@
-"""Bulk ingestion endpoints of API.md: /api/init/upload (start, list, status, SSE events, cancel).
+"""Bulk ingestion endpoints of API.md: /api/init/upload (start, list, status, errors, SSE events, cancel).
 
 Thin routes over the ProductService's ingest desk (`deployments.service.ingest`).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
@@ -62,6 +62,15 @@ async def list_uploads(user: str = Depends(caller), svc: ProductService = Depend
 @router.get("/api/init/upload/{job_id}")
 async def upload_status(job_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
     return await _desk(svc).status(user, job_id)
+
+
+@router.get("/api/init/upload/{job_id}/errors")
+async def upload_errors(job_id: str, offset: int = Query(0, ge=0, le=1_000_000),
+                        limit: int = Query(100, ge=1, le=1000), user: str = Depends(caller),
+                        svc: ProductService = Depends(service)):
+    """Every error entry of the job's current attempt, `limit` at a time from `offset` (a status shows the
+    first 100 and `errors_total`): {items: [{name, code, message}], total, next_offset (null at the end)}."""
+    return await _desk(svc).errors(user, job_id, offset, limit)
 
 
 @router.get("/api/init/upload/{job_id}/events")

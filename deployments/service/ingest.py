@@ -22,6 +22,7 @@ from typing import AsyncIterator, BinaryIO
 
 from models.errors import ModelError
 from pipelines.config import IngestSpec
+from pipelines.job_records import NAME_CHARS, cut
 from pipelines.sources import check_zip
 from pipelines.spec import JobSpec, absolute_storage, job_id_for
 from storage.blobs import open_blob_store, user_prefix
@@ -41,6 +42,7 @@ MULTIPART_SLACK = 1024 * 1024  # part headers and boundaries on top of the files
 PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
 ACTIVE = ("queued", "running")
 SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
+RESUME_POLL_S = 3.0  # how often a replica asks the job ledger for jobs to resume
 
 
 def upload_body_limit(spec: IngestSpec) -> int:
@@ -91,6 +93,7 @@ class IngestDesk:
         self._keep = None  # the service's keep_ingested, for small jobs run here (attach())
         self._room = None  # the service's storage check (attach())
         self._tasks: set[asyncio.Task] = set()
+        self._resuming = False
 
     def attach(self, keep, room=None) -> None:
         """`keep(user, name, data, job_id, seen) -> "done" | "skipped_duplicates"` stores one file of a small job;
@@ -137,11 +140,39 @@ class IngestDesk:
         finally:
             await asyncio.to_thread(job.finish, state, message)
 
+    def start_resuming(self) -> None:
+        """Start (once, on this replica's event loop) the loop that resubmits the jobs a restarted job ledger
+        found without their driver (the head node lost): any replica may take one, each is handed out once."""
+        if not self._resuming:
+            self._resuming = True
+            background(self._resume_forever(), self._tasks)
+
+    async def _resume_forever(self) -> None:
+        from pipelines.spec import JobSpec
+        from pipelines.submit import submit  # Ray: see the top
+
+        while True:
+            await asyncio.sleep(RESUME_POLL_S)
+            try:
+                taken = await asyncio.wait_for(self.ledger().take_resumes.remote(), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - the ledger restarting: asked again at the next round
+                log.debug("no resumable jobs asked (%s: %s)", type(exc).__name__, exc)
+                continue
+            for spec, submission in taken:
+                job_id = spec["job_id"]
+                try:
+                    await asyncio.to_thread(submit, JobSpec.model_validate(spec), submission)
+                    log.info("ingestion job %s resumed (submission %d)", job_id, submission)
+                except Exception as exc:  # noqa: BLE001 - the job fails with its reason; the user may upload again
+                    log.warning("ingestion job %s could not be resumed: %s", job_id, exc)
+                    await self.ledger().fail.remote(job_id, f"the job could not be resumed ({type(exc).__name__}); "
+                                                            "upload again to resume")
+
     def ledger(self):
         if self._ledger is None:
             from pipelines.jobs import ledger  # Ray: see the top
 
-            self._ledger = ledger()
+            self._ledger = ledger(absolute_storage(self.storage).model_dump())
         return self._ledger
 
     async def start(self, user: str, uploads: list[UploadPart], idempotency_key: str | None) -> tuple[dict, bool]:
@@ -207,6 +238,12 @@ class IngestDesk:
         if status is None:
             raise NotFound("no such ingestion job", code="job_not_found")
         return public(status)
+
+    async def errors(self, user: str, job_id: str, offset: int, limit: int) -> dict:
+        page = await self.ledger().errors.remote(job_id, user, offset, limit) if _JOB_ID.match(job_id) else None
+        if page is None:
+            raise NotFound("no such ingestion job", code="job_not_found")
+        return page
 
     async def list(self, user: str) -> list[dict]:
         """The user's jobs, newest first, without their error lists."""
@@ -278,7 +315,8 @@ def _read_upload(uploads: list[UploadPart], ingest: IngestSpec) -> _Staged:
         if total > ingest.max_upload_bytes:
             raise PayloadTooLarge(f"the upload is over the limit of {ingest.max_upload_bytes} bytes: split it",
                                   code="upload_too_large", field="files")
-        parts.append((upload.filename or f"file-{i + 1}", data))
+        # The name as the job keeps it (its spec, its error entries): cut to the ledger's bound.
+        parts.append((cut(upload.filename, NAME_CHARS) if upload.filename else f"file-{i + 1}", data))
     if len(parts) == 1 and parts[0][1][:4] in _ZIP_MAGIC:
         data = parts[0][1]
         try:

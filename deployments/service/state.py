@@ -22,7 +22,7 @@ log = logging.getLogger("atelier.state")
 
 # Versioned like the gallery writer: the actor is detached and outlives a redeploy, and its
 # `record` now takes the caller's user id first (v2 kept one service-wide view, v1 took ok: bool).
-STATS_ACTOR = "atelier_stats_v3"
+STATS_ACTOR = "atelier_stats_v4"  # v4: written through to disk (storage.ledgers), takes the storage settings
 # v2: records written through to disk (storage.ledgers), so the actor takes the storage settings.
 IDEMPOTENCY_ACTOR = "atelier_idempotency_v2"
 
@@ -43,6 +43,19 @@ class _OpStats:
         self.durations.append(seconds)
         self.min, self.max = min(self.min, seconds), max(self.max, seconds)
 
+    def state(self) -> dict:
+        return {"count": self.count, "errors": self.errors, "client_closed": self.client_closed, "sum": self.sum,
+                "min": self.min if self.count else None, "max": self.max, "durations": list(self.durations)}
+
+    @classmethod
+    def of(cls, state: dict, window: int) -> "_OpStats":
+        ops = cls(window)
+        ops.durations.extend(state["durations"])
+        ops.count, ops.errors, ops.client_closed = state["count"], state["errors"], state["client_closed"]
+        ops.sum, ops.max = state["sum"], state["max"]
+        ops.min = state["min"] if state["min"] is not None else float("inf")
+        return ops
+
     def summary(self) -> dict:
         window = np.fromiter(self.durations, dtype=float)
         return {"count": self.count, "errors": self.errors, "client_closed": self.client_closed,
@@ -55,27 +68,74 @@ class StatsLedger:
     of their recent calls), for the `/api/stats` of that user alone: one user's activity is nobody else's
     business. `client_closed` counts the 499s, clients that hung up before their answer. The service-wide
     view is the operator's, in the Prometheus metrics (`atelier_http_requests`, `atelier_http_latency_s`).
-    The `users` most recently active are kept (bounded memory); one evicted starts again from zero."""
+    The `users` most recently active are kept in memory (bounded).
 
-    def __init__(self, window: int = 200, users: int = 1000):
+    With `storage` (StorageSettings values) each user's stats are also on disk beside the gallery
+    (storage.ledgers.StatsStore): the users whose stats changed are written at the first call `flush_s` or more
+    after the last write (by the caller's thread: no thread of its own), and a user's stats are read back at
+    their first call after a restart (or an eviction): counts survive a restart of this actor, of the head and
+    of the whole cluster, less the calls of the last `flush_s`."""
+
+    def __init__(self, window: int = 200, users: int = 1000, storage: dict | None = None, flush_s: float = 2.0):
         self._window = window
         self._users: LRUCache = LRUCache(maxsize=users)
+        self._dirty: set[str] = set()
+        self._flush_s, self._flushed = flush_s, time.monotonic()
+        self._store = None
+        if storage is not None:
+            from storage.ledgers import StatsStore
+            from storage.settings import StorageSettings
+
+            settings = StorageSettings(**storage)  # secrets (S3 keys) from the environment
+            self._store = StatsStore(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
 
     def record(self, user_id: str, op: str, seconds: float, status: int) -> None:
         """One finished call of `user_id`'s."""
-        ops = self._users.get(user_id)
-        if ops is None:
-            ops = self._users[user_id] = {}
+        ops = self._ops(user_id)
         if op not in ops:
             ops[op] = _OpStats(self._window)
         ops[op].add(seconds, status)
+        self._dirty.add(user_id)
+        self._flush_if_due()
 
     def summary(self, user_id: str) -> dict[str, dict]:
-        ops = self._users.get(user_id) or {}
+        ops = self._ops(user_id)
+        self._flush_if_due()
         return {op: ops[op].summary() for op in sorted(ops)}
 
     def forget_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
+        self._dirty.discard(user_id)
+        if self._store is not None:
+            self._store.forget_user(user_id)
+
+    def flush(self) -> None:
+        """Write the stats of the users whose calls changed them since the last write."""
+        users = {u: {op: s.state() for op, s in self._users[u].items()} for u in self._dirty if u in self._users}
+        self._dirty.clear()
+        self._flushed = time.monotonic()
+        try:
+            self._store.put_many(users)
+        except Exception as exc:  # noqa: BLE001 - written again at the next flush
+            self._dirty.update(users)
+            log.warning("the stats could not be written (%s: %s); retried", type(exc).__name__, exc)
+
+    def _flush_if_due(self) -> None:
+        if self._store is not None and self._dirty and time.monotonic() - self._flushed >= self._flush_s:
+            self.flush()
+
+    def _ops(self, user_id: str) -> dict:
+        ops = self._users.get(user_id)
+        if ops is not None:
+            return ops
+        stored = None
+        if self._store is not None:
+            try:
+                stored = self._store.get(user_id)
+            except Exception as exc:  # noqa: BLE001 - stats never fail a call: this user starts from zero
+                log.warning("the stats could not be read (%s: %s)", type(exc).__name__, exc)
+        ops = self._users[user_id] = {op: _OpStats.of(s, self._window) for op, s in (stored or {}).items()}
+        return ops
 
 
 class IdempotencyLedger:
@@ -171,11 +231,11 @@ def named(cls, name: str, **kwargs):
 
 def shared(storage: dict | None = None) -> tuple[StatsCalls, Calls]:
     """(stats, idempotency) as the cluster's named actors; idempotency records on disk at `storage`."""
-    return (StatsCalls(named(StatsLedger, STATS_ACTOR), what="stats ledger"),
+    return (StatsCalls(named(StatsLedger, STATS_ACTOR, storage=storage), what="stats ledger"),
             Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR, storage=storage), what="idempotency ledger"))
 
 
 def in_process(storage: dict | None = None) -> tuple[StatsCalls, Calls]:
     """(stats, idempotency) held by this process alone (the in-process test tier); idempotency records on disk
     at `storage` when given."""
-    return StatsCalls(StatsLedger()), Calls(IdempotencyLedger(storage=storage))
+    return StatsCalls(StatsLedger(storage=storage)), Calls(IdempotencyLedger(storage=storage))

@@ -61,6 +61,9 @@ class Ingress:
             logging.getLogger("atelier.ingress").warning("the gallery was not opened at start (%s: %s); the first "
                                                          "request opens it", type(exc).__name__, exc)
 
+        if self.service.ingest is not None:
+            self.service.ingest.start_resuming()  # jobs a restarted job ledger found without a driver
+
         # Who answered: Serve's replica id and the Ray node it runs on (what `ray list nodes` shows).
         served_by = {"X-Atelier-Replica": serve.get_replica_context().replica_id.unique_id,
                      "X-Atelier-Node": ray.get_runtime_context().get_node_id()}

@@ -248,7 +248,7 @@ def test_a_small_job_answers_at_once_and_reports_every_file(service, tiny_kit):
     assert again.status_code == 200 and again.json()["job_id"] == job_id
 
 
-def test_an_open_progress_stream_ends_with_an_error_once_its_key_is_revoked(service):
+def test_an_open_progress_stream_ends_with_an_error_once_its_key_is_revoked(service, ray_cluster):
     """Issue 28 C. The job is opened in the ledger by hand and no driver runs it, so it stays queued and its
     stream has nothing else to end it: the stream sends the job's first progress event, the key is revoked
     (the keys CLI's table write), and the stream's next and last event is an `error` saying so."""
@@ -259,13 +259,13 @@ def test_an_open_progress_stream_ends_with_an_error_once_its_key_is_revoked(serv
 
     from deployments.http.auth import key_store
     from pipelines.config import IngestSpec
-    from pipelines.jobs import ledger
     from pipelines.spec import JobSpec
 
     store = key_store()
     _, key = store.add("rhea")
     job_id = uuid.uuid4().hex
-    ray.get(ledger().open.remote(JobSpec(job_id=job_id, user_id="rhea", ingest=IngestSpec()).model_dump()))
+    jobs = ray_cluster.ledger()
+    ray.get(jobs.open.remote(JobSpec(job_id=job_id, user_id="rhea", ingest=IngestSpec()).model_dump()))
     events, event, data = [], "message", []
     try:
         with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
@@ -283,7 +283,7 @@ def test_an_open_progress_stream_ends_with_an_error_once_its_key_is_revoked(serv
                             store.revoke("rhea")
             assert c.get(f"/api/init/upload/{job_id}").status_code == 401
     finally:
-        ray.get(ledger().cancel.remote(job_id, "rhea"))
+        ray.get(jobs.cancel.remote(job_id, "rhea"))
     assert [e for e, _ in events] == ["progress", "error"], events
     assert events[0][1]["state"] == "queued"
     assert events[1][1]["error"]["code"] == "key_revoked", events

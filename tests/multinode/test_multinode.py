@@ -105,7 +105,7 @@ def test_the_named_ledgers_the_service_depends_on_live_on_the_head(multinode):
     """The stats and idempotency ledgers and the job ledger: a worker node may go at any time, the head
     does not without the cluster. The gallery writer is not pinned there (storage/placement.py says why)."""
     from deployments.service.state import IDEMPOTENCY_ACTOR, STATS_ACTOR
-    from pipelines.jobs import LEDGER_ACTOR
+    from pipelines.jobs import ledger_name
 
     store = multinode.key_store()
     _, key = store.add("trent")
@@ -115,7 +115,7 @@ def test_the_named_ledgers_the_service_depends_on_live_on_the_head(multinode):
     store.revoke("trent")
     names = multinode.alive_nodes()
     actors = {a["name"]: names.get(a["node_id"]) for a in multinode.state("actors", state="ALIVE") if a.get("name")}
-    wanted = {STATS_ACTOR, IDEMPOTENCY_ACTOR, LEDGER_ACTOR}
+    wanted = {STATS_ACTOR, IDEMPOTENCY_ACTOR, ledger_name({"lancedb_uri": multinode.lancedb})}
     assert wanted <= set(actors), sorted(actors)
     assert {actors[name] for name in wanted} == {"head"}, {n: actors[n] for n in wanted}
     # The gallery writer where serve_config.yaml's storage.writer_label_selector puts it: a CPU worker.

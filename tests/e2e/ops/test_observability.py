@@ -175,19 +175,20 @@ def _ingest(service, tiny_kit, tmp: Path) -> None:
     assert status["state"] == "succeeded" and status["failed"] == 1, status
 
     spec, _ = job_on_an_unopenable_gallery(tmp, tiny_kit, "obs-user", 2, 92_000)
-    assert ray.get(ledger().open.remote(spec.model_dump(), True))["action"] != "conflict"
+    jobs = ledger(spec.storage)  # that gallery's ledger: its counters' zeros exported and scraped before the job
+    ray.get(jobs.list.remote("nobody"))
+    time.sleep(4)
+    assert ray.get(jobs.open.remote(spec.model_dump(), True))["action"] != "conflict"
     assert run_job(JobSpec.model_validate(spec.model_dump()), console=False)["state"] == "failed"
 
 
-def test_prometheus_sees_every_panel_after_traffic(prometheus, service, tiny_kit, tmp_path):
+def test_prometheus_sees_every_panel_after_traffic(prometheus, service, ray_cluster, tiny_kit, tmp_path):
     import ray
-
-    from pipelines.jobs import ledger
 
     start = time.time()
     # The job ledger (a long-lived actor) starts its counters at zero; Prometheus must have seen the
     # zero before the first increment for rate() to count it, as it has in a running service.
-    ray.get(ledger().list.remote("nobody"))
+    ray.get(ray_cluster.ledger().list.remote("nobody"))
     deadline = time.monotonic() + 60
     while not prometheus.range('ray_atelier_ingest_jobs_ended_total{state="failed"}', start):
         assert time.monotonic() < deadline, ("the ledger's counters never reached Prometheus", prometheus.targets(),

@@ -25,10 +25,10 @@ def spec(job_id: str, user: str, **ingest):
     return JobSpec(job_id=job_id, user_id=user, ingest=IngestSpec(**ingest), fingerprint="test").model_dump()
 
 
-def test_the_ledger_fails_a_silent_driver_and_fences_its_attempt(ray_cluster):
+def test_the_ledger_fails_a_silent_driver_and_fences_its_attempt(ray_cluster, tmp_path):
     from pipelines.jobs import ledger
 
-    jobs = ledger()
+    jobs = ledger({"lancedb_uri": str(tmp_path / "db")})
     job_id = uuid.uuid4().hex
     assert ray.get(jobs.open.remote(spec(job_id, "ledger-user", stale_after_s=1.0)))["action"] == "created"
     assert ray.get(jobs.status.remote(job_id, "someone-else")) is None
@@ -77,8 +77,8 @@ def test_crash_at_half_then_rerun_holds_exactly_the_distinct_set(ray_cluster, ti
     config = write_config(tmp_path / "config.yaml", tiny_kit, data_dir, heartbeat_s=0.5, stale_after_s=3,
                           read_batch_size=8, write_batch_size=16)
     args = ["--address", gcs_address, "--config", str(config), "--user", "carol", str(folder)]
-    job_id = spec_from_config(config, "carol", [str(folder)]).job_id
-    jobs = ledger()
+    job = spec_from_config(config, "carol", [str(folder)])
+    job_id, jobs = job.job_id, ledger(job.storage)
 
     driver = run_cli(args)
     try:
@@ -162,7 +162,7 @@ def test_a_gallery_that_cannot_be_opened_fails_the_job_with_its_reason(ray_clust
 
     job, data_dir = job_on_an_unopenable_gallery(tmp_path, tiny_kit, "erin", 4, 90_000,
                                                  read_batch_size=2, write_batch_size=2)
-    assert ray.get(ledger().open.remote(job.model_dump(), True))["action"] != "conflict"
+    assert ray.get(ledger(job.storage).open.remote(job.model_dump(), True))["action"] != "conflict"
 
     status = run_job(JobSpec.model_validate(job.model_dump()), console=False)
     assert status["state"] == "failed", status
@@ -186,7 +186,7 @@ def test_the_jobs_of_a_user_whose_keys_are_all_revoked_are_cancelled(ray_cluster
     keys.add("remy")
     keys.add("remy")
     settings = StorageSettings(lancedb_uri=str(tmp_path / "db"), blob_root=str(tmp_path / "blobs"))
-    jobs = ledger()
+    jobs = ledger(settings.model_dump())
 
     def job(**extra) -> JobSpec:
         spec = JobSpec(**{**spec_fields(uuid.uuid4().hex, "remy", heartbeat_s=0.2), **extra})

@@ -28,7 +28,7 @@ def test_an_ingest_job_stores_each_photos_verdict_flagged_by_the_jobs_policy(ray
     spec = spec.model_copy(update={
         "ingest": spec.ingest.model_copy(update={"guard": guard}),
         "safety": {"default": {"action": "allow"}, "categories": {"violent": {"action": "flag", "threshold": 0.99}}}})
-    assert ray.get(ledger().open.remote(spec.model_dump(), True))["action"] != "conflict"
+    assert ray.get(ledger(spec.storage).open.remote(spec.model_dump(), True))["action"] != "conflict"
     status = run_job(JobSpec.model_validate(spec.model_dump()), console=False)
     assert status["state"] == "succeeded" and status["done"] == 6, status
 

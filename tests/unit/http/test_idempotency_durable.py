@@ -1,10 +1,13 @@
-"""Idempotency records outlive the service (issue 31.1): a generation retried with the same Idempotency-Key after
-a restart is answered from disk -- the same picture, no second image in the gallery, no Painter call -- and a
-user's deletion removes their records from every version of the table, and their images.
+"""Idempotency records and stats outlive the service (issue 31.1): a generation retried with the same Idempotency-Key
+after a restart is answered from disk -- the same picture, no second image in the gallery, no Painter call --, a
+user's /api/stats counts are there after it, and a user's deletion removes their records and stats from every version
+of the tables, and their images.
 
 A restart here is a second in-process app over the same data folder: new ledgers, nothing kept in memory."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -92,9 +95,30 @@ def test_deleting_a_user_removes_their_records_from_every_version_and_their_imag
                           json={**BODY, "seed": 20 + i, "save_to_gallery": False}).status_code == 200
     blobs = data / "blobs" / idempotency_prefix("ola")
     assert len(list(blobs.rglob("*.png"))) == 3
+    time.sleep(2.1)  # the next call writes the stats (every 2 s at most)
+    assert first.get("/api/stats", headers=headers).status_code == 200
+    stats = data / "lancedb" / "atelier_stats.lance"
+    assert lance.dataset(str(stats)).count_rows("user_id = 'ola'") == 1
     assert first.delete("/api/me", headers=headers).status_code in (200, 204)
-    uri = str(data / "lancedb" / "atelier_idempotency.lance")
-    for version in lance.dataset(uri).versions():
-        old = lance.dataset(uri, version=version["version"])
-        assert old.count_rows("user_id = 'ola'") == 0, version
+    for uri in (str(data / "lancedb" / "atelier_idempotency.lance"), str(stats)):
+        for version in lance.dataset(uri).versions():
+            old = lance.dataset(uri, version=version["version"])
+            assert old.count_rows("user_id = 'ola'") == 0, (uri, version)
     assert not list(blobs.rglob("*.png"))
+
+
+def test_a_users_stats_outlive_a_restart(restartable):
+    from storage.ledgers import StatsStore
+
+    start, first, headers, data = restartable
+    for q in ("harbour", "海边", "lighthouse"):
+        assert first.get("/api/search", params={"q": q}, headers=headers).status_code == 200
+    assert first.get("/api/search", params={"q": ""}, headers=headers).status_code == 400
+    before = first.get("/api/stats", headers=headers).json()["operations"]
+    assert before["GET /api/search"]["count"] == 4 and before["GET /api/search"]["errors"] == 0
+    time.sleep(2.1)  # the next call writes what changed (every 2 s at most): every call before it
+    assert first.get("/api/stats", headers=headers).status_code == 200
+    assert StatsStore(str(data / "lancedb")).get("ola")["GET /api/search"]["count"] == 4
+    after = start().get("/api/stats", headers=headers).json()["operations"]
+    assert after["GET /api/search"] == before["GET /api/search"]
+    assert after["GET /api/stats"]["count"] >= 1
