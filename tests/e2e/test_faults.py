@@ -49,7 +49,8 @@ def faults(service, tiny_kit, tmp_path_factory):
     args = local_args(
         tiny_kit, tmp_path_factory.mktemp("faults"),
         **{"painter.deployment.max_ongoing_requests": 1, "painter.deployment.max_queued_requests": 1,
-           "embedder.deployment.num_replicas": 2},
+           "embedder.deployment.num_replicas": 2,
+           "guard": None},  # no Guard replica: what this app tests is the other roles' faults
     )
     serve.run(compose(args, {"writer": UnavailableWriter, "describer": BrokenDescriber}), name="faults", route_prefix="/faults", blocking=False)
     with service.client() as c:

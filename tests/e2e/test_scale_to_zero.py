@@ -49,7 +49,8 @@ def coldstart(service, tiny_kit, tmp_path_factory):
            # an 11 s look-back window (just over the replicas' 10 s metrics interval) instead of 30 s, sooner.
            "painter.deployment.autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
                                               "target_ongoing_requests": 1, "upscale_delay_s": 0,
-                                              "downscale_to_zero_delay_s": IDLE_S, "look_back_period_s": 11}},
+                                              "downscale_to_zero_delay_s": IDLE_S, "look_back_period_s": 11},
+           "guard": None},  # no Guard replica: what this app tests is the Painter's scaling
     )
     serve.run(compose(args), name=APP, route_prefix=f"/{APP}", blocking=False)
     try:

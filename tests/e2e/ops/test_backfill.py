@@ -130,11 +130,16 @@ def test_a_live_model_switch_moves_every_image_while_search_answers(operator, ti
                 return lambda app: app["args"]["embedder"]["model"].update(model=model)
 
             rollout = [time.monotonic()]
+            replicas = operator.replica_ids()
             flipped = operator.cli("serve", "deploy", str(operator.write_config(to(new))),
                                    f"--address={operator.dashboard}")
             assert flipped.returncode == 0, flipped.stderr
-            operator.wait_running(lambda: _embedder_dim(operator.base, auth) == new_dim)
+            operator.wait_running(lambda: _embedder_dim(operator.base, auth) == new_dim and
+                                  operator.replica_ids()["Ingress"].isdisjoint(replicas["Ingress"]))
             rollout.append(time.monotonic())
+            now = operator.replica_ids()
+            for name, before in replicas.items():  # an args edit is a new code version: every replica replaced
+                assert before.isdisjoint(now[name]), name
             assert c.post("/api/images", files={"file": ("p14.jpg", jpeg(9114), "image/jpeg")}).status_code == 201
             caught_up = backfill(operator, "--from", old, "--to", new)  # what old replicas stored during the rollout
             assert caught_up["missing"] == 0 and caught_up["duplicated"] == 0, caught_up
