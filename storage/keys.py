@@ -91,11 +91,12 @@ class SmallTable:
         """The table as a Lance dataset, for readers' cheap `latest_version` checks."""
         return self.table().to_lance()
 
-    def vacuum(self) -> None:
+    def vacuum(self, purge: bool = False) -> None:
         """Deleted rows physically gone: fragments rewritten without them, older versions removed (a privacy
-        purge reaches every version; a table written often keeps few). The latest version is then written once
-        more as it is (a restore of itself), so that no kept version is the delete: a delete's transaction
-        record holds its predicate (a user's id). For the ledgers' tables, each written by one actor."""
+        purge reaches every version; a table written often keeps few). With `purge` the latest version is then
+        written once more as it is (a restore of itself), so that no kept version is the delete: a delete's
+        transaction record holds its predicate (a user's id). For the ledgers' tables, each written by one actor
+        (a restore over a version another writer just committed would drop that commit)."""
         table = self.table()
         self._retrying()(lambda: table.to_lance().optimize.compact_files(materialize_deletions=True,
                                                                           materialize_deletions_threshold=0.0))
@@ -104,7 +105,8 @@ class SmallTable:
             table.checkout_latest()
             table.to_lance().restore()
 
-        self._retrying()(again)
+        if purge:
+            self._retrying()(again)
         table.checkout_latest()
         table.cleanup_old_versions(older_than=timedelta(0))
 

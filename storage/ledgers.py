@@ -82,7 +82,7 @@ class IdempotencyStore(SmallTable):
     def forget_user(self, user_id: str) -> None:
         """Every record of the user gone from disk, every version of the table included, and their images."""
         self._retrying()(lambda: self.table().delete(f"user_id = {sql_str(check_user_id(user_id))}"))
-        self.vacuum()
+        self.vacuum(purge=True)
         self.blobs.delete_prefix(idempotency_prefix(user_id))
 
     def expire(self) -> int:
@@ -201,8 +201,8 @@ class JobStore(SmallTable):
         where = f"user_id = {sql_str(check_user_id(user_id))}"
         self._retrying()(lambda: self.table().delete(where))
         self._retrying()(lambda: self.errors.table().delete(where))
-        self.vacuum()
-        self.errors.vacuum()
+        self.vacuum(purge=True)
+        self.errors.vacuum(purge=True)
 
     def _tidy(self) -> None:
         self._writes += 1
@@ -246,4 +246,4 @@ class StatsStore(SmallTable):
 
     def forget_user(self, user_id: str) -> None:
         self._retrying()(lambda: self.table().delete(f"user_id = {sql_str(check_user_id(user_id))}"))
-        self.vacuum()
+        self.vacuum(purge=True)

@@ -26,6 +26,7 @@ from pipelines.job_records import NAME_CHARS, cut
 from pipelines.sources import check_zip
 from pipelines.spec import JobSpec, absolute_storage, job_id_for
 from storage.blobs import open_blob_store, user_prefix
+from storage.calls import Calls
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from storage.settings import StorageSettings
 
@@ -43,6 +44,8 @@ PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "fa
 ACTIVE = ("queued", "running")
 SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
 RESUME_POLL_S = 3.0  # how often a replica asks the job ledger for jobs to resume
+LEDGER_S = 10.0  # a job ledger call's deadline
+PURGE_S = 120.0  # a user's jobs removed from the ledger's tables, every version
 
 
 def upload_body_limit(spec: IngestSpec) -> int:
@@ -154,7 +157,7 @@ class IngestDesk:
         while True:
             await asyncio.sleep(RESUME_POLL_S)
             try:
-                taken = await asyncio.wait_for(self.ledger().take_resumes.remote(), timeout=30)
+                taken = await self.ledger().within(30).take_resumes()
             except Exception as exc:  # noqa: BLE001 - the ledger restarting: asked again at the next round
                 log.debug("no resumable jobs asked (%s: %s)", type(exc).__name__, exc)
                 continue
@@ -165,14 +168,17 @@ class IngestDesk:
                     log.info("ingestion job %s resumed (submission %d)", job_id, submission)
                 except Exception as exc:  # noqa: BLE001 - the job fails with its reason; the user may upload again
                     log.warning("ingestion job %s could not be resumed: %s", job_id, exc)
-                    await self.ledger().fail.remote(job_id, f"the job could not be resumed ({type(exc).__name__}); "
+                    await self.ledger().fail(job_id, f"the job could not be resumed ({type(exc).__name__}); "
                                                             "upload again to resume")
 
     def ledger(self):
         if self._ledger is None:
             from pipelines.jobs import ledger  # Ray: see the top
 
-            self._ledger = ledger(absolute_storage(self.storage).model_dump())
+            # Asked with a deadline: on a head node that is gone the ledger answers nothing until the head is
+            # back, and a caller is told to retry (503) instead of waiting out the route's deadline.
+            self._ledger = Calls(ledger(absolute_storage(self.storage).model_dump()), what="job ledger",
+                                 timeout_s=LEDGER_S)
         return self._ledger
 
     async def start(self, user: str, uploads: list[UploadPart], idempotency_key: str | None) -> tuple[dict, bool]:
@@ -185,14 +191,14 @@ class IngestDesk:
         basis = f"key:{idempotency_key}" if idempotency_key else staged.fingerprint
         job_id = job_id_for(user, basis)
         ledger = self.ledger()
-        known = await ledger.status.remote(job_id, user)
+        known = await ledger.status(job_id, user)
         if known is None or known["state"] in ("failed", "cancelled"):
             if self._room is not None:  # the whole upload must fit the plan's storage: nothing staged otherwise
                 await self._room(user, *await asyncio.to_thread(staged.contents))
             spec = await asyncio.to_thread(self._stage, user, job_id, staged)
         else:  # the same upload again: nothing to stage, the ledger answers with the job it has
             spec = self._job_spec(user, job_id, staged, files=[], sources=[], prefix=None)
-        opened = await ledger.open.remote(spec.model_dump(), False)
+        opened = await ledger.open(spec.model_dump(), False)
         if opened["action"] == "conflict":
             raise InvalidInput("this Idempotency-Key was used for another upload; use a new key",
                                code="idempotency_conflict", field="Idempotency-Key")
@@ -205,7 +211,7 @@ class IngestDesk:
                 await asyncio.to_thread(submit, spec, opened["submission"])
             except Exception as exc:  # noqa: BLE001 - the job is marked failed, the client may retry
                 log.warning("ingestion job %s could not be submitted: %s", job_id, exc)
-                await ledger.fail.remote(job_id, f"the job could not be started ({type(exc).__name__})")
+                await ledger.fail(job_id, f"the job could not be started ({type(exc).__name__})")
                 raise Unavailable("the ingestion job could not be started; retry shortly",
                                   code="ingest_unavailable") from None
         status = opened["status"]
@@ -234,24 +240,24 @@ class IngestDesk:
                        **({"keys_uri": _absolute(self.keys[0]), "keys_table": self.keys[1]} if self.keys else {}))
 
     async def status(self, user: str, job_id: str) -> dict:
-        status = await self.ledger().status.remote(job_id, user) if _JOB_ID.match(job_id) else None
+        status = await self.ledger().status(job_id, user) if _JOB_ID.match(job_id) else None
         if status is None:
             raise NotFound("no such ingestion job", code="job_not_found")
         return public(status)
 
     async def errors(self, user: str, job_id: str, offset: int, limit: int) -> dict:
-        page = await self.ledger().errors.remote(job_id, user, offset, limit) if _JOB_ID.match(job_id) else None
+        page = await self.ledger().errors(job_id, user, offset, limit) if _JOB_ID.match(job_id) else None
         if page is None:
             raise NotFound("no such ingestion job", code="job_not_found")
         return page
 
     async def list(self, user: str) -> list[dict]:
         """The user's jobs, newest first, without their error lists."""
-        return [public({k: j[k] for k in PROGRESS_FIELDS}) for j in await self.ledger().list.remote(user)]
+        return [public({k: j[k] for k in PROGRESS_FIELDS}) for j in await self.ledger().list(user)]
 
     async def cancel(self, user: str, job_id: str) -> dict:
         """A queued job at once, a running one after its current commit (what was written stays)."""
-        status = await self.ledger().cancel.remote(job_id, user) if _JOB_ID.match(job_id) else None
+        status = await self.ledger().cancel(job_id, user) if _JOB_ID.match(job_id) else None
         if status is None:
             raise NotFound("no such ingestion job", code="job_not_found")
         return public(status)
@@ -269,7 +275,7 @@ class IngestDesk:
         async def stream():
             seen = 0 if after is None else after + 1
             while True:
-                got = await ledger.progress.remote(job_id, user, seen)
+                got = await ledger.progress(job_id, user, seen)
                 if got is None:  # deleted meanwhile (DELETE /api/me)
                     yield {"event": "done", "data": json.dumps({"job_id": job_id, "state": "deleted"})}
                     return
@@ -292,15 +298,15 @@ class IngestDesk:
         Called before the gallery rows are deleted, so no job writes a row after that.
         """
         ledger = self.ledger()
-        active = [j["job_id"] for j in await ledger.list.remote(user) if j["state"] in ACTIVE]
+        active = [j["job_id"] for j in await ledger.list(user) if j["state"] in ACTIVE]
         for job_id in active:
-            await ledger.cancel.remote(job_id, user)
+            await ledger.cancel(job_id, user)
         # A driver stops after its current commit; a silent one is declared over after stale_after_s.
         deadline = time.monotonic() + self.spec.stale_after_s + 1
         while active and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            active = [j["job_id"] for j in await ledger.list.remote(user) if j["state"] in ACTIVE]
-        await ledger.forget_user.remote(user)
+            active = [j["job_id"] for j in await ledger.list(user) if j["state"] in ACTIVE]
+        await ledger.within(PURGE_S).forget_user(user)
 
 
 def _read_upload(uploads: list[UploadPart], ingest: IngestSpec) -> _Staged:

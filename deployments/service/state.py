@@ -7,6 +7,7 @@ them directly (`in_process()`). Either way the service calls them through `stora
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -25,6 +26,8 @@ log = logging.getLogger("atelier.state")
 STATS_ACTOR = "atelier_stats_v4"  # v4: written through to disk (storage.ledgers), takes the storage settings
 # v2: records written through to disk (storage.ledgers), so the actor takes the storage settings.
 IDEMPOTENCY_ACTOR = "atelier_idempotency_v2"
+LEDGER_S = 5.0  # a ledger call's deadline: past it, the ledger is taken as unreachable (its head node gone)
+PURGE_S = 120.0  # a user's deletion from a ledger's tables, every version, on an object store
 
 
 class _OpStats:
@@ -221,6 +224,57 @@ class StatsCalls(Calls):
         except Exception:  # noqa: BLE001 - the ledger restarting must not break serving
             pass
 
+    async def forget_user(self, user_id: str) -> None:
+        await self.within(PURGE_S).forget_user(user_id)
+
+
+class IdempotencyClient:
+    """The ingress's side of the idempotency ledger. The ledger (an actor on the head) is asked with a deadline;
+    when it cannot answer (the head is gone, or restarting), the records on disk are read and written from here:
+    a retry during the outage gets its first answer if it is on disk (else a 503 with Retry-After: whether it
+    still runs elsewhere cannot be known), and an answer finished during the outage is written to disk, so a
+    retry after it never paints a second image."""
+
+    def __init__(self, ledger: Calls, storage: dict | None = None, ttl_s: float = 86_400):
+        self.ledger, self.ttl_s = ledger, ttl_s
+        self._disk = IdempotencyLedger(ttl_s=ttl_s, storage=storage) if storage is not None else None
+
+    async def begin(self, user_id: str, key: str, fingerprint: str) -> dict:
+        try:
+            return await self.ledger.begin(user_id, key, fingerprint)
+        except Unavailable:
+            if self._disk is None or self._disk.store is None:
+                raise
+        found = await asyncio.to_thread(self._read, user_id, key)
+        if found is None:
+            raise Unavailable("this request's Idempotency-Key cannot be checked right now; retry shortly",
+                              retry_after=2)
+        return {"state": "done" if found[0] == fingerprint else "conflict", "answer": found[1]}
+
+    async def finish(self, user_id: str, key: str, fingerprint: str, answer: dict | None) -> None:
+        try:
+            await self.ledger.finish(user_id, key, fingerprint, answer)
+            return
+        except Unavailable:
+            if answer is None or self._disk is None or self._disk.store is None:
+                return
+        log.warning("the idempotency ledger did not answer; the answer is written to disk from this replica")
+        try:
+            await asyncio.to_thread(self._disk.store.put, user_id, key, fingerprint, answer, self.ttl_s)
+        except Exception as exc:  # noqa: BLE001 - the answer stands; only its replay is lost
+            log.warning("an idempotency record could not be written (%s: %s)", type(exc).__name__, exc)
+
+    async def forget_user(self, user_id: str) -> None:
+        await self.ledger.within(PURGE_S).forget_user(user_id)
+
+    def _read(self, user_id: str, key: str):
+        try:
+            return self._disk.store.get(user_id, key)
+        except Exception as exc:  # noqa: BLE001 - unknown: the caller must retry
+            log.warning("the idempotency records cannot be read (%s: %s)", type(exc).__name__, exc)
+            raise Unavailable("this request's Idempotency-Key cannot be checked right now; retry shortly",
+                              retry_after=2) from None
+
 
 def named(cls, name: str, **kwargs):
     """The cluster's one instance of a state actor, created by whoever asks first (with `kwargs`)."""
@@ -229,10 +283,13 @@ def named(cls, name: str, **kwargs):
     return detached(ray.remote(num_cpus=0.01, max_restarts=-1)(cls), name, **on_head_node()).remote(**kwargs)
 
 
-def shared(storage: dict | None = None) -> tuple[StatsCalls, Calls]:
-    """(stats, idempotency) as the cluster's named actors; idempotency records on disk at `storage`."""
-    return (StatsCalls(named(StatsLedger, STATS_ACTOR, storage=storage), what="stats ledger"),
-            Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR, storage=storage), what="idempotency ledger"))
+def shared(storage: dict | None = None) -> tuple[StatsCalls, IdempotencyClient]:
+    """(stats, idempotency) as the cluster's named actors, asked with a deadline; their records on disk at
+    `storage`, which this replica reads and writes itself when the idempotency ledger does not answer."""
+    idempotency = Calls(named(IdempotencyLedger, IDEMPOTENCY_ACTOR, storage=storage), what="idempotency ledger",
+                        timeout_s=LEDGER_S)
+    return (StatsCalls(named(StatsLedger, STATS_ACTOR, storage=storage), what="stats ledger", timeout_s=LEDGER_S),
+            IdempotencyClient(idempotency, storage))
 
 
 def in_process(storage: dict | None = None) -> tuple[StatsCalls, Calls]:

@@ -8,6 +8,11 @@ fall back to the CPU where torch sees no CUDA); `cpu` declares none. The service
 `serve deploy` of a production-shaped config: serve_config.yaml's GPU shares, the tiny kit's models,
 small CPU fractions. Tests work it as an operator would, from outside: HTTP, the Ray CLI and the
 dashboard's state API (no driver joins this cluster: the suite's driver belongs to the other one).
+
+The GCS is fault tolerant, as the KubeRay manifest runs it (`gcsFaultToleranceOptions`): the head keeps the
+cluster's tables in a Redis of its own (`RAY_REDIS_ADDRESS`, a second `redis-server` beside the cache's), so a
+head killed whole and started again (`restart_head`) finds every node, actor and application again, and the
+workers wait for it (`RAY_gcs_rpc_server_reconnect_timeout_s`) instead of exiting.
 """
 
 from __future__ import annotations
@@ -88,11 +93,12 @@ class MultiNode:
         # Ray's session folder of its own (short: Unix socket paths in it are capped at 107 bytes): not
         # /tmp/ray, where the suite's cluster keeps the Prometheus discovery file the README points at.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="atelier-mn-", dir="/tmp"))
+        self.ray_tmps = [self.ray_tmp]
         self.procs: list[Process] = []
         self.nodes: dict[str, Process] = {}
         self.pools: dict[str, str] = {}
         self.gcs, self.dashboard_port, self.http = free_port(), free_port(), free_port()
-        self.s3_port, self.redis_port = free_port(), free_port()
+        self.s3_port, self.redis_port, self.gcs_redis_port = free_port(), free_port(), free_port()
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.base = f"http://127.0.0.1:{self.http}"
         self.s3 = f"http://127.0.0.1:{self.s3_port}"
@@ -112,6 +118,10 @@ class MultiNode:
             "PYTHONPATH": str(ROOT), "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
             # A lost node is declared dead after ~3 s of missed health checks (Ray's default is ~30 s).
             "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+            # While the head is gone, the workers (raylets, Serve's replicas and proxies) wait for its GCS this
+            # long before giving up, and Serve's and the GCS client's calls give up on it within seconds.
+            "RAY_gcs_rpc_server_reconnect_timeout_s": "180", "RAY_SERVE_KV_TIMEOUT_S": "5",
+            "RAY_gcs_server_request_timeout_seconds": "5",
             # State on S3: credentials and the endpoint from the environment, as in the KubeRay manifest.
             "ATELIER_S3_ACCESS_KEY_ID": "atelier-test", "ATELIER_S3_SECRET_ACCESS_KEY": "atelier-test-secret",
             "ATELIER_LANCEDB_STORAGE_OPTIONS": json.dumps(self.storage_options),
@@ -125,9 +135,11 @@ class MultiNode:
                                   self.env, self.tmp / "moto.log"))
         redis = shutil.which("redis-server")
         assert redis, "redis-server: `make deps` installs it"
-        self.procs.append(Process([redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], self.env, self.tmp / "redis.log"))
-        wait_for(lambda: self._listening(self.s3_port) and self._listening(self.redis_port), 60, "moto and redis")
+        for port, log in ((self.redis_port, "redis.log"), (self.gcs_redis_port, "redis-gcs.log")):
+            self.procs.append(Process([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], self.env, self.tmp / log))
+        wait_for(lambda: all(self._listening(p) for p in (self.s3_port, self.redis_port, self.gcs_redis_port)), 60,
+                 "moto and both redis servers")
         import boto3
 
         boto3.client("s3", endpoint_url=self.s3, aws_access_key_id="atelier-test",
@@ -173,8 +185,23 @@ class MultiNode:
         else:
             gpus = 2 if pool == "gpu" else 0
             argv = ["ray", "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", f"--num-gpus={gpus}", *common]
-        node = Process([str(BIN / argv[0]), *argv[1:]], self.env, self.tmp / f"node-{name}.log")
-        self.nodes[name] = node
+        env = self.env
+        if name == "head":  # GCS fault tolerance: the cluster's tables in Redis, under this cluster's namespace
+            env = {**env, "RAY_REDIS_ADDRESS": f"127.0.0.1:{self.gcs_redis_port}",
+                   "RAY_external_storage_namespace": f"atelier-{self.token[:12]}"}
+        log = self.tmp / f"node-{name}-{sum(1 for p in self.tmp.glob(f'node-{name}-*.log')) + 1}.log"
+        self.nodes[name] = Process([str(BIN / argv[0]), *argv[1:]], env, log)
+
+    def restart_head(self) -> None:
+        """A new head after the old one was lost: the same GCS port, node address, token and Redis (what a
+        restarted head pod keeps), so the workers reconnect and the GCS reloads its tables; a fresh temp folder,
+        as a new pod has (in the old one, `ray start` would take the workers' processes, which name the GCS's
+        address on this one machine, for a GCS still running there)."""
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="atelier-mn-", dir="/tmp"))
+        self.ray_tmps.append(self.ray_tmp)
+        self.start_node("head")
+        wait_for(self._dashboard_up, 180, "the restarted head's dashboard")
+        wait_for(lambda: sorted(self.alive_nodes().values()).count("head") == 1, 180, "one head alive")
 
     def replace_node(self, lost: str) -> str:
         """What KubeRay does for a lost worker pod: a new node of the same group (pool), under a new name
@@ -207,7 +234,8 @@ class MultiNode:
             list(pool.map(lambda node: node.kill(), self.nodes.values()))
         for proc in self.procs:
             proc.kill()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        for folder in self.ray_tmps:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- the operator's view ---------------------------------------------------------------------
     def api(self, path: str):
@@ -272,7 +300,7 @@ class MultiNode:
                            "writer_label_selector": args["storage"]["writer_label_selector"]}
         args["ingest"].update(max_cpus=0.4, max_gpus=0.2, read_tasks=2, read_num_cpus=0.05, embed_actors=2,
                               embed_num_cpus=0.05, embed_num_gpus=0.05, batch_size=8, write_batch_size=16,
-                              display_max_side=128)
+                              display_max_side=128, heartbeat_s=1.0, stale_after_s=10)
         # Deadlines a busy two-core box cannot reach (three nodes, moto, a bulk job): these tests look for
         # 500s and hangs (the clients give up at 60 s), and a search slowed past 15 s by the box alone is a
         # 504 they would read as a fault (one did, under the whole suite).
@@ -297,8 +325,9 @@ class MultiNode:
         return PlanStore(self.lancedb, storage_options=self.storage_options)
 
 
-# Module-scoped: the cluster goes as soon as its tests are done, not at the end of the whole run.
-@pytest.fixture(scope="module")
+# Package-scoped: one cluster for test_multinode.py and then test_outage.py (which loses its head last); it goes
+# as soon as their tests are done, not at the end of the whole run.
+@pytest.fixture(scope="package")
 def multinode(tiny_kit, tmp_path_factory) -> MultiNode:
     cluster = MultiNode(tmp_path_factory.mktemp("multinode"), tiny_kit)
     try:

@@ -156,6 +156,9 @@ def test_what_an_operator_relies_on():
                for name, g in groups.items() if name != "gpu")
     # The dashboard and Jobs API stay inside: a ClusterIP head service, no Ingress for it.
     assert groups["head"]["serviceType"] == "ClusterIP" and groups["head"].get("enableIngress") is False
+    # GCS fault tolerance, its Redis password from the Secret (KubeRay refuses RAY_REDIS_ADDRESS beside it).
+    ft = cluster["gcsFaultToleranceOptions"]
+    assert ft["redisAddress"] and ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"] == "atelier-secrets"
     for name, group in groups.items():
         container = group["template"]["spec"]["containers"][0]
         env = {e["name"]: e for e in container["env"]}
@@ -166,6 +169,7 @@ def test_what_an_operator_relies_on():
                        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert "value" not in env[secret] and env[secret]["valueFrom"]["secretKeyRef"]["name"] == "atelier-secrets"
         assert env["ATELIER_KEYS_URI"]["value"].startswith("s3://")
+        assert not {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD"} & set(env), name
         assert group["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "atelier"
 
 

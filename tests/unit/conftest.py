@@ -1,4 +1,4 @@
-"""Storage fixtures: a real S3-compatible server (moto's standalone server) on loopback."""
+"""The unit tier's shared fixtures: a real S3-compatible server (moto's standalone server) on loopback."""
 
 from __future__ import annotations
 
