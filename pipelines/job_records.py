@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
+from storage.errors import Unavailable
 from storage.settings import SECRET_FIELDS
 
 log = logging.getLogger("atelier.ingest")
@@ -25,6 +26,9 @@ MAX_PROGRESS_EVENTS = 2_000  # in memory per job; a longer log keeps its last en
 KEPT_EVENTS = 50  # of the log, on disk
 SAVE_EVERY_S = 5.0  # a running job's progress on disk at most this stale (a change of state is saved at once)
 _MEMORY_ONLY = ("beat", "log", "dirty", "saved_at")
+# Never on disk: the S3 keys, and LanceDB's storage options (they may hold credentials); a job read back takes both
+# from the environment of the node that runs it.
+_UNSTORED = (*SECRET_FIELDS, "lancedb_storage_options")
 
 
 def cut(text: str, limit: int) -> str:
@@ -41,7 +45,7 @@ def stored(rec: dict) -> dict:
     """The record as it is written: no secrets in its spec, the log's tail only, nothing that lives in memory."""
     out = {k: v for k, v in rec.items() if k not in _MEMORY_ONLY}
     spec = dict(rec["spec"])
-    spec["storage"] = {k: v for k, v in (spec.get("storage") or {}).items() if k not in SECRET_FIELDS}
+    spec["storage"] = {k: v for k, v in (spec.get("storage") or {}).items() if k not in _UNSTORED}
     out["spec"] = spec
     out["log_tail"] = rec.get("log", [])[-KEPT_EVENTS:]
     return out
@@ -99,17 +103,26 @@ class JobDisk:
     def error_page(self, rec: dict, offset: int, limit: int) -> list[dict]:
         """Entries `offset`..`offset + limit` of the job's current attempt: from disk; without a store (or past
         what it holds) what the record keeps."""
-        if self.store is not None:
+        if self.store is None:
+            return rec["errors"][offset: offset + limit]
+        try:
             return self.store.error_page(rec["job_id"], offset, limit)
-        return rec["errors"][offset: offset + limit]
+        except Exception as exc:  # noqa: BLE001 - the table unreadable for now: the caller may retry
+            log.warning("job ledger: could not read errors (%s: %s)", type(exc).__name__, exc)
+            raise Unavailable("the job's error entries cannot be read right now; retry shortly", retry_after=2) from None
 
     def delete(self, job_ids: list[str]) -> None:
         if self.store is not None and job_ids:
             self._try("delete jobs", self.store.delete, job_ids)
 
     def forget_user(self, user_id: str) -> None:
-        if self.store is not None:
-            self.store.forget_user(user_id)  # raises: DELETE /api/me must not answer 204 with the records kept
+        if self.store is None:
+            return
+        try:
+            self.store.forget_user(user_id)
+        except Exception as exc:  # noqa: BLE001 - DELETE /api/me must not answer 204 with the records kept
+            log.warning("job ledger: could not remove a user's records (%s: %s)", type(exc).__name__, exc)
+            raise Unavailable("the user's job records could not be removed yet; retry shortly", retry_after=5) from None
 
     @staticmethod
     def _try(what: str, fn, *args) -> bool:

@@ -168,8 +168,11 @@ class IngestDesk:
                     log.info("ingestion job %s resumed (submission %d)", job_id, submission)
                 except Exception as exc:  # noqa: BLE001 - the job fails with its reason; the user may upload again
                     log.warning("ingestion job %s could not be resumed: %s", job_id, exc)
-                    await self.ledger().fail(job_id, f"the job could not be resumed ({type(exc).__name__}); "
-                                                            "upload again to resume")
+                    try:
+                        await self.ledger().fail(job_id, f"the job could not be resumed ({type(exc).__name__}); "
+                                                                "upload again to resume")
+                    except Exception:  # noqa: BLE001 - unanswered: the job fails at its queue timeout instead
+                        log.warning("ingestion job %s: its failure could not be recorded", job_id)
 
     def ledger(self):
         if self._ledger is None:
@@ -206,7 +209,11 @@ class IngestDesk:
             # A few files: stored here through the running Embedder, as single uploads are, instead
             # of a Ray Data pipeline that first starts a driver, tasks and a model of its own.
             background(self._run_small(spec, staged.files), self._tasks)
-        elif opened["action"] in ("created", "restarted"):
+        elif opened["action"] in ("created", "restarted") or (
+                opened["action"] == "exists" and opened["status"]["state"] == "queued" and not self._fast(staged)):
+            # (A job found queued: its first request may have lost its answer before the submission. The
+            # submission id is the same, so a driver that exists already is not started twice; one that runs
+            # already holds the job and the other's `begin` is refused.)
             try:
                 await asyncio.to_thread(submit, spec, opened["submission"])
             except Exception as exc:  # noqa: BLE001 - the job is marked failed, the client may retry

@@ -26,6 +26,7 @@ log = logging.getLogger("atelier.state")
 STATS_ACTOR = "atelier_stats_v4"  # v4: written through to disk (storage.ledgers), takes the storage settings
 # v2: records written through to disk (storage.ledgers), so the actor takes the storage settings.
 IDEMPOTENCY_ACTOR = "atelier_idempotency_v2"
+RUNNING_S = 180.0  # a retry within this of the first call is told the first still runs (the longest route: 110 s)
 LEDGER_S = 5.0  # a ledger call's deadline: past it, the ledger is taken as unreachable (its head node gone)
 PURGE_S = 120.0  # a user's deletion from a ledger's tables, every version, on an object store
 
@@ -83,6 +84,8 @@ class StatsLedger:
         self._window = window
         self._users: LRUCache = LRUCache(maxsize=users)
         self._dirty: set[str] = set()
+        # Users deleted in the last 10 minutes: the deleting call's own record (and any still in flight) is dropped.
+        self._forgotten: TTLCache = TTLCache(maxsize=10_000, ttl=600)
         self._flush_s, self._flushed = flush_s, time.monotonic()
         self._store = None
         if storage is not None:
@@ -94,6 +97,8 @@ class StatsLedger:
 
     def record(self, user_id: str, op: str, seconds: float, status: int) -> None:
         """One finished call of `user_id`'s."""
+        if user_id in self._forgotten:
+            return
         ops = self._ops(user_id)
         if op not in ops:
             ops[op] = _OpStats(self._window)
@@ -109,8 +114,13 @@ class StatsLedger:
     def forget_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
         self._dirty.discard(user_id)
+        self._forgotten[user_id] = True
         if self._store is not None:
-            self._store.forget_user(user_id)
+            try:
+                self._store.forget_user(user_id)
+            except Exception as exc:  # noqa: BLE001 - DELETE /api/me must not answer 204 with the stats kept
+                log.warning("the stats of a deleted user could not be removed (%s: %s)", type(exc).__name__, exc)
+                raise Unavailable("the user's stats could not be removed yet; retry shortly", retry_after=5) from None
 
     def flush(self) -> None:
         """Write the stats of the users whose calls changed them since the last write."""
@@ -188,7 +198,7 @@ class IdempotencyLedger:
             fp, answer = self._done[k]
             return {"state": "done" if fp == fingerprint else "conflict", "answer": answer}
         started = self._running.get(k)
-        if started is not None and time.monotonic() - started < 600:
+        if started is not None and time.monotonic() - started < RUNNING_S:
             return {"state": "running"}
         self._running[k] = time.monotonic()
         return {"state": "new"}
@@ -196,7 +206,13 @@ class IdempotencyLedger:
     def finish(self, user_id: str, key: str, fingerprint: str, answer: dict | None) -> None:
         self._running.pop((user_id, key), None)
         # A user deleted while this ran (forget_user): nothing of theirs is kept.
-        if answer is None or user_id in self._forgotten:
+        if user_id in self._forgotten:
+            # A request of a deleted user that finished after the deletion: nothing of theirs is kept. Its replica
+            # may have written the record itself when this call was late (IdempotencyClient): removed again.
+            if answer is not None and self.store is not None:
+                self.store.forget_user(user_id)
+            return
+        if answer is None:
             return
         self._done[(user_id, key)] = (fingerprint, answer)
         if self.store is not None:
@@ -214,7 +230,12 @@ class IdempotencyLedger:
             self._done.pop(k, None)
         self._forgotten[user_id] = True
         if self.store is not None:
-            self.store.forget_user(user_id)
+            try:
+                self.store.forget_user(user_id)
+            except Exception as exc:  # noqa: BLE001 - DELETE /api/me must not answer 204 with the records kept
+                log.warning("a deleted user's idempotency records could not be removed (%s: %s)",
+                            type(exc).__name__, exc)
+                raise Unavailable("the user's records could not be removed yet; retry shortly", retry_after=5) from None
 
 
 class StatsCalls(Calls):
