@@ -41,10 +41,8 @@ deps:
 		|| { echo "could not install$$missing: install it with your package manager, then run make test again"; exit 1; }; \
 	fi
 
-# Two processes (pytest-xdist): the tiers on the shared cluster (e2e, integration) in one, unit and multinode in
-# the other (tests/conftest.py groups them), so the second cluster's minutes overlap the first's.
 test: $(STAMP) deps
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest
 
 # The inner loop: tests/unit/ only (no Ray, no server process; the in-process HTTP tier included), a few minutes.
 test-fast: $(STAMP)

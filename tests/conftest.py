@@ -47,16 +47,8 @@ def _free_port() -> int:
         ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral = 32768
-    # Under pytest-xdist each process draws from its own half, so two never hand out the same port.
-    low, high = 20000, ephemeral - 1
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if worker.startswith("gw") and worker[2:].isdigit():
-        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-        span = (high - low) // max(count, 1)
-        low = low + int(worker[2:]) * span
-        high = low + span - 1
     while True:
-        port = random.randint(low, high)
+        port = random.randint(20000, ephemeral - 1)
         if port in _GIVEN:
             continue
         with socket.socket() as s:
@@ -252,9 +244,6 @@ def pytest_collection_modifyitems(config, items):
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/, its tier")
         item.add_marker(tier)
-        # `make test` runs two processes (pytest-xdist, --dist loadgroup): every test on the session's cluster in
-        # one, in order; the unit tier and the multinode tier's own cluster in the other.
-        item.add_marker(pytest.mark.xdist_group("cluster" if tier in ("e2e", "integration") else "solo"))
 
 
 def pytest_collection_finish(session):
