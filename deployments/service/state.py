@@ -84,8 +84,6 @@ class StatsLedger:
         self._window = window
         self._users: LRUCache = LRUCache(maxsize=users)
         self._dirty: set[str] = set()
-        # Users deleted in the last 10 minutes: the deleting call's own record (and any still in flight) is dropped.
-        self._forgotten: TTLCache = TTLCache(maxsize=10_000, ttl=600)
         self._flush_s, self._flushed = flush_s, time.monotonic()
         self._store = None
         if storage is not None:
@@ -96,9 +94,7 @@ class StatsLedger:
             self._store = StatsStore(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
 
     def record(self, user_id: str, op: str, seconds: float, status: int) -> None:
-        """One finished call of `user_id`'s."""
-        if user_id in self._forgotten:
-            return
+        """One finished call of `user_id`'s (a user who deleted their data and goes on calling starts from zero)."""
         ops = self._ops(user_id)
         if op not in ops:
             ops[op] = _OpStats(self._window)
@@ -114,7 +110,6 @@ class StatsLedger:
     def forget_user(self, user_id: str) -> None:
         self._users.pop(user_id, None)
         self._dirty.discard(user_id)
-        self._forgotten[user_id] = True
         if self._store is not None:
             try:
                 self._store.forget_user(user_id)
@@ -204,11 +199,11 @@ class IdempotencyLedger:
         return {"state": "new"}
 
     def finish(self, user_id: str, key: str, fingerprint: str, answer: dict | None) -> None:
-        self._running.pop((user_id, key), None)
-        # A user deleted while this ran (forget_user): nothing of theirs is kept.
-        if user_id in self._forgotten:
-            # A request of a deleted user that finished after the deletion: nothing of theirs is kept. Its replica
-            # may have written the record itself when this call was late (IdempotencyClient): removed again.
+        started = self._running.pop((user_id, key), None)
+        deleted = self._forgotten.get(user_id)
+        if deleted is not None and (started is None or started <= deleted):
+            # A request that ran across its user's deletion (forget_user): nothing of it is kept. Its replica may
+            # have written the record itself when this call was late (IdempotencyClient): removed again.
             if answer is not None and self.store is not None:
                 self.store.forget_user(user_id)
             return
@@ -228,7 +223,7 @@ class IdempotencyLedger:
     def forget_user(self, user_id: str) -> None:
         for k in [k for k in self._done.keys() if k[0] == user_id]:
             self._done.pop(k, None)
-        self._forgotten[user_id] = True
+        self._forgotten[user_id] = time.monotonic()
         if self.store is not None:
             try:
                 self.store.forget_user(user_id)
