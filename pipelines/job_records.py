@@ -69,10 +69,8 @@ class JobDisk:
         self.store = None
         if storage:
             from storage.ledgers import JobStore
-            from storage.settings import StorageSettings
 
-            settings = StorageSettings(**storage)  # secrets (S3 keys) from the environment
-            self.store = JobStore(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
+            self.store = JobStore.at(storage)
 
     def load(self) -> list[dict]:
         if self.store is None:

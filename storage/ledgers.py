@@ -39,6 +39,14 @@ SCHEMA = pa.schema([
 _INLINE_PNG = "data:image/png;base64,"
 
 
+def _settings(storage: dict):
+    """StorageSettings from a ledger's storage values; the secrets (S3 keys) they leave out come from the
+    environment of the process that opens the store."""
+    from storage.settings import StorageSettings
+
+    return StorageSettings(**storage)
+
+
 def record_id(user_id: str, key: str) -> str:
     return hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()[:32]
 
@@ -58,6 +66,14 @@ class IdempotencyStore(SmallTable):
                  storage_options: dict[str, str] | None = None):
         super().__init__(uri, table=table, storage_options=storage_options)
         self.blobs = blobs
+
+    @classmethod
+    def at(cls, storage: dict) -> "IdempotencyStore":
+        """The store of the gallery at `storage` (StorageSettings values), its images in that gallery's blobs."""
+        from storage.blobs import open_blob_store
+
+        settings = _settings(storage)
+        return cls(settings.lancedb_uri, open_blob_store(settings), storage_options=settings.lancedb_storage_options)
 
     def get(self, user_id: str, key: str) -> tuple[str, dict] | None:
         """The stored (fingerprint, answer), or None when there is none or it expired."""
@@ -148,6 +164,12 @@ class JobStore(SmallTable):
         self.errors = _Errors(uri, table=f"{table}_errors", storage_options=storage_options)
         self._writes = 0
 
+    @classmethod
+    def at(cls, storage: dict) -> "JobStore":
+        """The job records of the gallery at `storage` (StorageSettings values)."""
+        settings = _settings(storage)
+        return cls(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
+
     def load(self) -> list[dict]:
         """Every stored job's record."""
         table = self.table()
@@ -226,6 +248,12 @@ class StatsStore(SmallTable):
     def __init__(self, uri: str, *, table: str = "atelier_stats", storage_options: dict[str, str] | None = None):
         super().__init__(uri, table=table, storage_options=storage_options)
         self._writes = 0
+
+    @classmethod
+    def at(cls, storage: dict) -> "StatsStore":
+        """The per-user stats of the gallery at `storage` (StorageSettings values)."""
+        settings = _settings(storage)
+        return cls(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
 
     def get(self, user_id: str) -> dict | None:
         table = self.table()

@@ -88,10 +88,8 @@ class StatsLedger:
         self._store = None
         if storage is not None:
             from storage.ledgers import StatsStore
-            from storage.settings import StorageSettings
 
-            settings = StorageSettings(**storage)  # secrets (S3 keys) from the environment
-            self._store = StatsStore(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
+            self._store = StatsStore.at(storage)
 
     def record(self, user_id: str, op: str, seconds: float, status: int) -> None:
         """One finished call of `user_id`'s (a user who deleted their data and goes on calling starts from zero)."""
@@ -169,13 +167,9 @@ class IdempotencyLedger:
     @property
     def store(self):
         if self._store is None and self._storage is not None:
-            from storage.blobs import open_blob_store
             from storage.ledgers import IdempotencyStore
-            from storage.settings import StorageSettings
 
-            settings = StorageSettings.model_validate(self._storage)
-            self._store = IdempotencyStore(settings.lancedb_uri, open_blob_store(settings),
-                                           storage_options=settings.lancedb_storage_options)
+            self._store = IdempotencyStore.at(self._storage)
         return self._store
 
     def begin(self, user_id: str, key: str, fingerprint: str) -> dict:
@@ -253,13 +247,22 @@ class IdempotencyClient:
 
     def __init__(self, ledger: Calls, storage: dict | None = None, ttl_s: float = 86_400):
         self.ledger, self.ttl_s = ledger, ttl_s
-        self._disk = IdempotencyLedger(ttl_s=ttl_s, storage=storage) if storage is not None else None
+        self._storage = storage
+        self._store = None  # opened at the first outage
+
+    @property
+    def store(self):
+        if self._store is None and self._storage is not None:
+            from storage.ledgers import IdempotencyStore
+
+            self._store = IdempotencyStore.at(self._storage)
+        return self._store
 
     async def begin(self, user_id: str, key: str, fingerprint: str) -> dict:
         try:
             return await self.ledger.begin(user_id, key, fingerprint)
         except Unavailable:
-            if self._disk is None or self._disk.store is None:
+            if self.store is None:
                 raise
         found = await asyncio.to_thread(self._read, user_id, key)
         if found is None:
@@ -272,11 +275,11 @@ class IdempotencyClient:
             await self.ledger.finish(user_id, key, fingerprint, answer)
             return
         except Unavailable:
-            if answer is None or self._disk is None or self._disk.store is None:
+            if answer is None or self.store is None:
                 return
         log.warning("the idempotency ledger did not answer; the answer is written to disk from this replica")
         try:
-            await asyncio.to_thread(self._disk.store.put, user_id, key, fingerprint, answer, self.ttl_s)
+            await asyncio.to_thread(self.store.put, user_id, key, fingerprint, answer, self.ttl_s)
         except Exception as exc:  # noqa: BLE001 - the answer stands; only its replay is lost
             log.warning("an idempotency record could not be written (%s: %s)", type(exc).__name__, exc)
 
@@ -285,7 +288,7 @@ class IdempotencyClient:
 
     def _read(self, user_id: str, key: str):
         try:
-            return self._disk.store.get(user_id, key)
+            return self.store.get(user_id, key)
         except Exception as exc:  # noqa: BLE001 - unknown: the caller must retry
             log.warning("the idempotency records cannot be read (%s: %s)", type(exc).__name__, exc)
             raise Unavailable("this request's Idempotency-Key cannot be checked right now; retry shortly",
