@@ -30,7 +30,6 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import yaml
 
 from benchmarks.checks import check, run
 from benchmarks.results_md import publish
@@ -76,14 +75,6 @@ class Searchers:
                 "rows": rows}
 
 
-def serve_healthy(cluster) -> bool:
-    out = cluster.cli("serve", "status", f"--address={cluster.dashboard}", timeout=60)
-    app = (yaml.safe_load(out.stdout) or {}).get("applications", {}).get("atelier", {}) if out.returncode == 0 else {}
-    deployments = app.get("deployments", {})
-    return app.get("status") == "RUNNING" and bool(deployments) and \
-        all(d.get("status") == "HEALTHY" for d in deployments.values())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_head_loss")
     parser.add_argument("--clients", type=int, default=8)
@@ -124,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             restart = time.monotonic()
             cluster.restart_head()
             head_back = time.monotonic()
-            wait_for(lambda: serve_healthy(cluster), 600, "every deployment healthy again", every=2)
+            wait_for(cluster.serve_healthy, 600, "every deployment healthy again", every=2)
             healthy = time.monotonic()
             wait_for(lambda: any(r[0] >= healthy and r[1] == 200 for r in searchers.results), 120,
                      "a search answered 200 after the recovery")

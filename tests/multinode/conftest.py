@@ -267,6 +267,14 @@ class MultiNode:
         return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
 
+    def serve_healthy(self) -> bool:
+        """`serve status` as an operator runs it: the application RUNNING and every deployment HEALTHY."""
+        out = self.cli("serve", "status", f"--address={self.dashboard}", timeout=60)
+        app = (yaml.safe_load(out.stdout) or {}).get("applications", {}).get(APP, {}) if out.returncode == 0 else {}
+        deployments = app.get("deployments", {})
+        return app.get("status") == "RUNNING" and bool(deployments) and \
+            all(d.get("status") == "HEALTHY" for d in deployments.values())
+
     def application(self) -> dict:
         return self.api("/api/serve/applications/")["applications"].get(APP, {})
 

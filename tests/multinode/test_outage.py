@@ -16,7 +16,6 @@ import threading
 import time
 
 import httpx
-import yaml
 
 from tests.multinode.conftest import wait_for
 from tests.multinode.test_multinode import Traffic, list_images, trip_zip
@@ -52,17 +51,6 @@ class Retries(threading.Thread):
                 time.sleep(1)
 
 
-def serve_healthy(multinode) -> bool:
-    """`serve status` as an operator runs it: the application RUNNING and every deployment HEALTHY."""
-    out = multinode.cli("serve", "status", f"--address={multinode.dashboard}", timeout=60)
-    if out.returncode != 0:
-        return False
-    app = (yaml.safe_load(out.stdout) or {}).get("applications", {}).get("atelier", {})
-    deployments = app.get("deployments", {})
-    return app.get("status") == "RUNNING" and bool(deployments) and \
-        all(d.get("status") == "HEALTHY" for d in deployments.values())
-
-
 def test_losing_the_head_under_load_loses_no_job_no_idempotent_answer_and_no_stats(multinode):
     store = multinode.key_store()
     _, key = store.add("hana")
@@ -93,7 +81,7 @@ def test_losing_the_head_under_load_loses_no_job_no_idempotent_answer_and_no_sta
         outage = time.monotonic()
         multinode.restart_head()
         head_back = time.monotonic()
-        wait_for(lambda: serve_healthy(multinode), 300, "every deployment healthy again (serve status)", every=3)
+        wait_for(multinode.serve_healthy, 300, "every deployment healthy again (serve status)", every=3)
         recovered = time.monotonic()
         wait_for(lambda: any(r[0] >= recovered and r[2] == 200 for r in traffic.results), 120,
                  "a search answered 200 after the recovery")
