@@ -30,6 +30,7 @@ from storage.calls import Calls
 from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from storage.settings import StorageSettings
 
+from .state import PURGE_S
 from .tasks import background
 
 # pipelines.jobs, .attempt and .submit import Ray: they are imported where a desk uses them, so the
@@ -45,7 +46,6 @@ ACTIVE = ("queued", "running")
 SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
 RESUME_POLL_S = 3.0  # how often a replica asks the job ledger for jobs to resume
 LEDGER_S = 10.0  # a job ledger call's deadline
-PURGE_S = 120.0  # a user's jobs removed from the ledger's tables, every version
 
 
 def upload_body_limit(spec: IngestSpec) -> int:
