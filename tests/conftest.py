@@ -244,6 +244,17 @@ def pytest_collection_modifyitems(config, items):
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/, its tier")
         item.add_marker(tier)
+    # A module that leaves the session's cluster changed for good says when it runs after every other test on
+    # that cluster (`LAST_ON_THE_CLUSTER = n`, in the order of n): a model switch that stays, a restart.
+    def last(item) -> int:
+        return getattr(getattr(item, "module", None), "LAST_ON_THE_CLUSTER", 0)
+
+    ending = sorted((i for i in items if last(i)), key=last)
+    if ending:
+        rest = [i for i in items if not last(i)]
+        users = [n for n, i in enumerate(rest) if "ray_cluster" in getattr(i, "fixturenames", ())]
+        at = users[-1] + 1 if users else len(rest)
+        items[:] = rest[:at] + ending + rest[at:]
 
 
 def pytest_collection_finish(session):

@@ -1,7 +1,7 @@
 """A live model switch on the suite's cluster, as an operator runs it: `python -m pipelines.backfill --to`
 another embedder of another dimension while users upload, delete and search; then the config flip rolled
-out with `serve deploy` and a catch-up run. Search answers throughout. The cluster then serves the other
-model until the test rolls the original config out again, so no other test depends on running before it."""
+out with `serve deploy` and a catch-up run. Search answers throughout. The cluster serves the other model from
+then on (the config file the suite started it with says so): only the restart test runs after it."""
 
 from __future__ import annotations
 
@@ -23,21 +23,14 @@ ROOT = Path(__file__).resolve().parents[3]
 USER = "fay"
 
 
-@pytest.fixture(scope="module")
-def operator(ray_cluster, tiny_kit):
-    operator = Operator(ray_cluster)
-    yield operator
-    # Whatever the test did, the suite's service serves the original embedder again (the config as the
-    # suite started it), so the order of the tests does not matter.
-    restored = operator.cli("serve", "deploy", str(operator.write_config(lambda app: None)),
-                            f"--address={operator.dashboard}")
-    assert restored.returncode == 0, restored.stderr
-    from models import EmbedderConfig
-    from pipelines.config import embedder_shape
+# After every other test on the suite's cluster (tests/conftest.py), then the restart's (test_restart.py): the
+# cluster serves the other model from here on, and the restart brings it up again on that config.
+LAST_ON_THE_CLUSTER = 1
 
-    old_dim = embedder_shape(EmbedderConfig(model=str(tiny_kit / "embedder")))[0]
-    key = (operator.tmp / "local_demo_key").read_text().strip()
-    operator.wait_running(lambda: _embedder_dim(operator.base, {"Authorization": f"Bearer {key}"}) == old_dim)
+
+@pytest.fixture(scope="module")
+def operator(ray_cluster):
+    return Operator(ray_cluster)
 
 
 class Searcher(threading.Thread):

@@ -1,13 +1,12 @@
 """The service as an operator runs it (issue 13): the suite's cluster is started by the README's command
 (`python -m deployments.local up`: `ray start` + `serve deploy`, token auth on); these tests work it
 from a "second shell" with only what the README says: Ray's CLI, the dashboard's REST API, `ray job
-submit`, the keys and ingest CLIs, Prometheus, live settings rolled out with `serve deploy`, and
-`make stop` (on a Ray head of its own)."""
+submit`, the keys and ingest CLIs, Prometheus and live settings rolled out with `serve deploy`. `make stop`
+and `make serve` again are test_restart.py's, last."""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -199,35 +198,3 @@ def test_live_settings_reconfigure_in_place(operator):
         operator.wait_running(lambda: c.get("/api/search", params={"q": f"harbour {next(asked)}", "k": 1})
                               .status_code == 200)
         assert operator.replica_ids() == replicas
-
-
-def test_stop_stops_this_cluster_only(operator):
-    """`make stop` (`python -m deployments.local stop`) ends the Ray cluster at its port and nothing else. Shown
-    on a Ray head of its own, started here as `up` starts one (token auth, a dashboard), so the suite's
-    cluster is never stopped by a test and no test has to run last: it keeps serving through the stop."""
-    import tempfile
-
-    ports = {name: _free_port() for name in ("gcs", "dashboard", "agent")}
-    # A session folder of its own, short (Unix socket paths in it are capped at 107 bytes), not /tmp/ray.
-    temp = tempfile.mkdtemp(prefix="atl-stop-", dir="/tmp")
-    started = operator.cli("ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
-                           "--num-cpus=0", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                           f"--dashboard-port={ports['dashboard']}",
-                           f"--dashboard-agent-listen-port={ports['agent']}", "--disable-usage-stats",
-                           f"--temp-dir={temp}")
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-    try:
-        socket.create_connection(("127.0.0.1", ports["gcs"]), timeout=10).close()  # it is up
-        stopped = subprocess.run([sys.executable, "-m", "deployments.local", "stop", "--port", str(ports["gcs"]),
-                                  "--dashboard-port", str(ports["dashboard"])], cwd=ROOT, env=operator.shell,
-                                 capture_output=True, text=True, timeout=300)
-        assert stopped.returncode == 0, stopped.stderr
-        for port in (ports["gcs"], ports["dashboard"]):  # nothing of it listens any more
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        from deployments.local import stop_cluster
-
-        stop_cluster(ports["gcs"])  # a no-op when the command under test did its work
-    # The suite's cluster is untouched: its service still answers.
-    assert httpx.get(operator.base + "/readyz", timeout=60).status_code == 200
