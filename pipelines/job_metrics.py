@@ -7,7 +7,7 @@ import time
 
 from ray.util import metrics
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "undone"})
 
 
 class LedgerMetrics:
@@ -62,7 +62,7 @@ class LedgerMetrics:
         if self._rows is None:
             return
         now = time.time()
-        counts = dict.fromkeys(("queued", "running", "succeeded", "failed", "cancelled"), 0)
+        counts = dict.fromkeys(("queued", "running", *sorted(TERMINAL)), 0)
         stale = 0
         for rec in list(self._jobs.values()):  # a snapshot: the actor's thread may change the dict
             counts[rec["state"]] = counts.get(rec["state"], 0) + 1

@@ -30,8 +30,8 @@ __all__ = ["COUNTERS", "LEDGER_ACTOR", "TERMINAL", "JobLedger", "LedgerMetrics",
 log = logging.getLogger("atelier.ingest")
 
 # Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log; v3: one
-# per gallery, its records on disk, errors bounded and paged).
-LEDGER_ACTOR = "atelier_ingest_jobs_v3"
+# per gallery, its records on disk, errors bounded and paged; v4: undone).
+LEDGER_ACTOR = "atelier_ingest_jobs_v4"
 PROGRESS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
 COUNTERS = ("total", "done", "skipped_duplicates", "failed")
 MAX_RESUMES = 3  # a job resumed this often after ledger restarts, and silent again, fails
@@ -203,7 +203,7 @@ class JobLedger(_Records):
     def open(self, spec: dict, rerun_finished: bool = False) -> dict:
         """Create the job, or find it: {"action": created|restarted|exists|conflict, "status", "submission"}.
 
-        A failed or cancelled job is restarted under the same id (files already stored are skipped);
+        A failed, cancelled or undone job is restarted under the same id (files already stored are skipped);
         a succeeded one only when `rerun_finished` (the command line: a folder may have new files).
         """
         job_id = spec["job_id"]
@@ -213,7 +213,7 @@ class JobLedger(_Records):
             self._settle(rec)
             if rec["user_id"] != spec["user_id"] or rec["spec"]["fingerprint"] != spec["fingerprint"]:
                 return {"action": "conflict", "status": self._public(rec), "submission": rec["submission"]}
-            restart = rec["state"] in ("failed", "cancelled") or (rerun_finished and rec["state"] == "succeeded")
+            restart = rec["state"] in ("failed", "cancelled", "undone") or (rerun_finished and rec["state"] == "succeeded")
             if not restart:
                 return {"action": "exists", "status": self._public(rec), "submission": rec["submission"]}
             self._drop_claims(job_id)
@@ -264,6 +264,18 @@ class JobLedger(_Records):
         elif rec["state"] == "running":
             rec["cancel"] = True
             self._disk.save(rec)
+        return self._public(rec)
+
+    def undone(self, job_id: str, user_id: str, removed: int) -> dict | None:
+        """The photos a finished job stored were deleted (DELETE /api/init/upload/{id}/rows): its record says so,
+        and the same upload again runs it anew. None when absent or another user's; an active job is left as
+        it is (its status says why: the caller refuses)."""
+        rec = self._mine(job_id, user_id)
+        if rec is None or rec["state"] not in TERMINAL:
+            return None if rec is None else self._public(rec)
+        rec.update(state="undone", message=f"undone: the {removed} photos this job had stored were deleted")
+        self._log(rec)
+        self._disk.save(rec)
         return self._public(rec)
 
     def fail(self, job_id: str, message: str) -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.config import IngestSpec
 from storage.settings import StorageSettings
 
-State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+State = Literal["queued", "running", "succeeded", "failed", "cancelled", "undone"]
 
 
 class NamedFile(BaseModel):

@@ -45,6 +45,13 @@ class NotFound(AtelierError):
     status = 404
 
 
+class Conflict(AtelierError):
+    """The request cannot apply to the resource in its present state (409): a job still running, say."""
+
+    code = "conflict"
+    status = 409
+
+
 class PayloadTooLarge(AtelierError):
     code = "too_large"
     status = 413

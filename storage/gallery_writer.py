@@ -22,7 +22,7 @@ from storage.settings import StorageSettings
 # outlives a redeploy, and a new caller must not get an old writer that lacks a method it calls.
 # During a rolling upgrade the old and new writers may both commit for a while; the table's
 # primary key still keeps them from storing one (user, content) twice.
-PROTOCOL = 4  # 4: one writer for every embedding model's table of a gallery; copy_rows (model backfills)
+PROTOCOL = 5  # 4: one writer for every embedding model's table of a gallery; copy_rows. 5: delete_import
 
 # Which of a gallery's tables a call is about: (embedding model id, vector dimension).
 Table = tuple[str, int]
@@ -81,6 +81,12 @@ class GalleryWrites:
         if row is not None:
             self.purger.schedule()
         return row
+
+    def delete_import(self, table: Table, user_id: str, job_id: str) -> list[dict]:
+        rows = self.gallery(table).delete_import(user_id, job_id)
+        if rows:
+            self.purger.schedule()
+        return rows
 
     def delete_user(self, table: Table, user_id: str) -> Any:
         count = self.gallery(table).delete_user(user_id)

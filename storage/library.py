@@ -126,6 +126,17 @@ class Library:
         if row is None:
             raise NotFound("no such image", code="image_not_found")
         # The row is gone first, so no reader can reach a blob that is about to vanish.
+        await self._drop_blobs(row)
+
+    async def delete_import(self, user_id: str, job_id: str) -> int:
+        """Every photo a bulk job stored for the user, rows first, then their blobs; how many went."""
+        rows = await self.writer.delete_import(user_id, job_id)
+        self.gallery.forget(user_id)
+        for row in rows:
+            await self._drop_blobs(row)
+        return len(rows)
+
+    async def _drop_blobs(self, row: dict) -> None:
         for key in {row.get("image_uri"), row.get("display_uri")} - {None, ""}:
             await asyncio.to_thread(self.blobs.delete, key)
 

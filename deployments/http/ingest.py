@@ -97,3 +97,12 @@ def _revoked_event() -> dict:
 async def cancel_upload(job_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
     """Cancel: a queued job at once, a running one after its current commit (what was written stays)."""
     return JSONResponse(await _desk(svc).cancel(user, job_id), status_code=202)
+
+
+@router.delete("/api/init/upload/{job_id}/rows")
+async def undo_upload(job_id: str, user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """Undo a finished job: every photo it stored is deleted (rows, vectors, blobs; the same final deletion as
+    DELETE /api/images/{img_id}), nothing else of the caller's, and the job becomes `undone` (the same upload
+    again runs it anew) -> {job_id, removed, status}. A queued or running job is 409 `job_active`."""
+    _desk(svc)
+    return await svc.undo_import(user, job_id)

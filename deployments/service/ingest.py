@@ -27,7 +27,7 @@ from pipelines.sources import check_zip
 from pipelines.spec import JobSpec, absolute_storage, job_id_for
 from storage.blobs import open_blob_store, user_prefix
 from storage.calls import Calls
-from storage.errors import AtelierError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from storage.errors import AtelierError, Conflict, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from storage.settings import StorageSettings
 
 from .state import PURGE_S
@@ -43,6 +43,7 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 MULTIPART_SLACK = 1024 * 1024  # part headers and boundaries on top of the files themselves
 PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
 ACTIVE = ("queued", "running")
+RESTARTABLE = ("failed", "cancelled", "undone")  # the same upload again runs these anew
 SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
 RESUME_POLL_S = 3.0  # how often a replica asks the job ledger for jobs to resume
 LEDGER_S = 10.0  # a job ledger call's deadline
@@ -195,7 +196,7 @@ class IngestDesk:
         job_id = job_id_for(user, basis)
         ledger = self.ledger()
         known = await ledger.status(job_id, user)
-        if known is None or known["state"] in ("failed", "cancelled"):
+        if known is None or known["state"] in RESTARTABLE:
             if self._room is not None:  # the whole upload must fit the plan's storage: nothing staged otherwise
                 await self._room(user, *await asyncio.to_thread(staged.contents))
             spec = await asyncio.to_thread(self._stage, user, job_id, staged)
@@ -269,6 +270,19 @@ class IngestDesk:
             raise NotFound("no such ingestion job", code="job_not_found")
         return public(status)
 
+    async def undo(self, user: str, job_id: str, delete_import) -> dict:
+        """Delete every photo a finished job stored (`delete_import(user, job_id)` -> how many, the library's)
+        and mark it `undone`. A queued or running job is refused: cancel it first, or wait for its end."""
+        status = await self.status(user, job_id)
+        if status["state"] in ACTIVE:
+            raise Conflict(f"the job is {status['state']}: cancel it (DELETE /api/init/upload/{job_id}) or wait "
+                           "for its end, then undo it", code="job_active")
+        removed = await delete_import(user, job_id)
+        status = await self.ledger().undone(job_id, user, removed)
+        if status is None:  # deleted meanwhile (DELETE /api/me)
+            raise NotFound("no such ingestion job", code="job_not_found")
+        return {"job_id": job_id, "removed": removed, "status": public(status)}
+
     async def events(self, user: str, job_id: str, disconnected, after: int | None = None) -> AsyncIterator[dict]:
         """One `progress` event per change of the job's counters or state (the ledger logs each one,
         so none is lost between two reads of the stream), then one `done` (SSE events as dicts).
@@ -290,7 +304,7 @@ class IngestDesk:
                 for i, entry in enumerate(got["events"]):
                     yield {"event": "progress", "id": str(first + i), "data": json.dumps(public(entry))}
                 seen = got["next"]
-                if got["status"]["state"] in ("succeeded", "failed", "cancelled"):
+                if got["status"]["state"] not in ACTIVE:
                     yield {"event": "done", "data": json.dumps(public(got["status"]))}
                     return
                 if await disconnected():

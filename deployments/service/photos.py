@@ -140,6 +140,12 @@ class Photos(Verbs):
         await (await self.library()).delete(user, img_id)
         self._stored.pop(user, None)  # counted again at the next upload
 
+    async def delete_import(self, user: str, job_id: str) -> int:
+        """Every photo the bulk job `job_id` stored for the user, deleted as finally as one image; how many."""
+        removed = await (await self.library()).delete_import(user, job_id)
+        self._stored.pop(user, None)
+        return removed
+
     async def image_file(self, user: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
         """The stored display copy of a user's image (with `original`, the stored original) and its media type."""
         return await (await self.library()).display(user, img_id, original=original)

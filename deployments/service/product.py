@@ -104,6 +104,12 @@ class ProductService:
         if self.limits is not None:
             await self.limits.forget_user(user)
 
+    async def undo_import(self, user: str, job_id: str) -> dict:
+        """Take a finished bulk job back: every photo it stored (rows, vectors, blobs), nothing else of the user's."""
+        if self.ingest is None:
+            raise Unavailable("bulk ingestion is not configured on this service", code="ingest_unavailable")
+        return await self.ingest.undo(user, job_id, self.photos.delete_import)
+
     async def usage(self, user: str) -> dict:
         """The caller's plan: each limit, what is used and left, and when it resets."""
         if self.limits is None:

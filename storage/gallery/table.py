@@ -53,6 +53,7 @@ from storage.vector_cache import TableVectors, VectorCache
 from storage.words import warm_up as load_words
 
 from .commits import commit, table_lock
+from .deletes import GalleryDeletes
 from .filters import decode_cursor, encode_cursor, in_list, invalid, row_out, sql_str, user_filter
 from .search import GallerySearch
 from .upkeep import GalleryUpkeep
@@ -67,7 +68,7 @@ def table_name(base: str, embed_model: str, dim: int) -> str:
     return f"{base}__{slug}_{digest}_{dim}"
 
 
-class Gallery:
+class Gallery(GalleryDeletes):
     """Rows, reads, writes and search of one embedding model's gallery table; `upkeep` keeps its indexes."""
 
     def __init__(self, db, table, settings: StorageSettings, dim: int, embed_model: str):
@@ -152,45 +153,6 @@ class Gallery:
             for table in self._model_tables():
                 self._write(lambda t=table: t.update(where=where, values=values))
         return {**row, **{name: getattr(checked, name) for name in given}}
-
-    def delete(self, user_id: str, img_id: str) -> dict | None:
-        """Delete one of a user's images from every model's table; returns its row (so its blobs can
-        go too), or None when the user has no such image in any of them (another user's id included)."""
-        with self._lock:
-            row = self._find_anywhere(user_id, img_id)
-            if row is None:
-                return None
-            key = dedup_key(row["user_id"], row["content_hash"])
-            where = f"{user_filter(user_id)} AND (img_id = {sql_str(img_id)} OR {PRIMARY_KEY} = {sql_str(key)})"
-            for table in self._model_tables():
-                self._write(lambda t=table: t.delete(where))
-            self._search.user_changed(user_id)
-        return row
-
-    def _find_anywhere(self, user_id: str, img_id: str) -> dict | None:
-        """The user's row of this image in this model's table, else in another model's (an image stored
-        through a replica of the other model while a model switch rolls out)."""
-        try:
-            return self.get(user_id, img_id)
-        except NotFound:
-            if not isinstance(img_id, str) or not HEX32.match(img_id):
-                return None
-        where = f"{user_filter(user_id)} AND img_id = {sql_str(img_id)}"
-        for table in self._model_tables()[1:]:
-            rows = table.search().where(where).select(READ_COLUMNS).limit(1).to_list()
-            if rows:
-                return row_out(rows[0])
-        return None
-
-    def delete_user(self, user_id: str) -> int:
-        """Every row of a user, in every model's table (`DELETE /api/me`); returns how many this table held."""
-        where = user_filter(user_id)
-        with self._lock:
-            count = self.table.count_rows(where)
-            for table in self._model_tables():
-                self._write(lambda t=table: t.delete(where))
-            self._search.user_changed(user_id)
-        return count
 
     def warm_up(self) -> None:
         """Load what the first search would otherwise pay for: jieba's dictionary and the stop

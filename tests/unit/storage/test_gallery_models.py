@@ -71,3 +71,31 @@ def test_a_table_asked_for_with_another_dimension_is_refused(writes):
     writes.gallery(OLD)
     with pytest.raises(InvalidInput, match="8-d"):
         writes.gallery((OLD[0], 12))
+
+
+def test_an_import_is_taken_back_from_every_models_table_and_nothing_else_goes(writes):
+    """Issue 32, undo an import: the rows a bulk job stored (its id in their meta), in both models' tables
+    (one stored only through a new model's replica during a switch); the user's own uploads, another job's rows
+    and another user's rows stay, and the purge that makes the delete final is scheduled."""
+    job, other_job = "a" * 32, "b" * 32
+
+    def imported(user: str, n: int, dim: int, job_id: str, **extra) -> dict:
+        return {**_row(user, n, dim), "source": "ingest", "meta": {"ingest_job": job_id, "name": f"{n}.jpg"}, **extra}
+
+    own = writes.upsert(OLD, [_row("dan", i, OLD[1]) for i in range(3)])["rows"]
+    mine = writes.upsert(OLD, [imported("dan", 10 + i, OLD[1], job) for i in range(4)])["rows"]
+    writes.copy_rows(OLD, NEW, [_as_new(r) for r in mine[:2]])  # the backfill copied two of them
+    only_new = writes.upsert(NEW, [imported("dan", 20, NEW[1], job, embed_model=NEW[0])])["rows"]
+    kept = writes.upsert(OLD, [imported("dan", 30, OLD[1], other_job), imported("eve", 40, OLD[1], job)])["rows"]
+    # A row whose meta merely mentions the id (a name) is not the job's.
+    named = writes.upsert(OLD, [imported("dan", 50, OLD[1], other_job, meta={"name": job})])["rows"]
+    gone = writes.delete_import(OLD, "dan", job)
+    assert {r["img_id"] for r in gone} == {r["img_id"] for r in mine + only_new}
+    assert {r["image_uri"] for r in gone} == {r["image_uri"] for r in mine + only_new}  # the blobs to delete
+    assert {r["img_id"] for r in writes.gallery(OLD).list("dan", limit=100)[0]} == \
+        {r["img_id"] for r in own + kept[:1] + named}
+    assert writes.gallery(NEW).count("dan") == 0
+    assert writes.gallery(OLD).count("eve") == 1
+    assert writes.purge_status()["pending"] >= 1
+    assert writes.delete_import(OLD, "dan", job) == []  # taken back already: nothing more goes
+    assert writes.delete_import(OLD, "dan", "not a job id") == []
