@@ -86,8 +86,13 @@ class Cluster:
         self.token_file = self.home / ".ray" / "auth_token"
         base_env.pop("RAY_AUTH_TOKEN", None)
         base_env.pop("RAY_AUTH_TOKEN_PATH", None)
+        # Shorter waits where a test waits on them: a head that never ends is answered 408 after 3 s (10 s in
+        # production), and replicas and handles push autoscaling metrics every 2 s (10 s), so a scale to zero
+        # is seen within a short look-back window.
         self.env = {**base_env, "HOME": str(self.home), "ATELIER_URL_SECRET_FILE": str(tmp / "url_secret"),
-                    "RAY_metrics_report_interval_ms": "1000"}
+                    "RAY_metrics_report_interval_ms": "1000", "ATELIER_HEADER_TIMEOUT_S": "3",
+                    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
+                    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2"}
         # A second shell has only the README's one line.
         self.shell = {**self.env, "RAY_AUTH_MODE": "token"}
         self.printed = ""

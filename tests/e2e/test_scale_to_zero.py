@@ -46,10 +46,11 @@ def coldstart(service, tiny_kit, tmp_path_factory):
            # No replica at the start (serve_config.yaml starts one; going 1 -> 0 first would add a look-back
            # window to the suite's time, and this test sees 1 -> 0 after the generation). With max_replicas 1
            # the only step down is 1 -> 0, after downscale_to_zero_delay_s of no requests, as in production;
-           # an 11 s look-back window (just over the replicas' 10 s metrics interval) instead of 30 s, sooner.
+           # a 3 s look-back window (just over the suite's 2 s autoscaling metrics interval, tests/conftest.py)
+           # instead of 30 s, sooner.
            "painter.deployment.autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
                                               "target_ongoing_requests": 1, "upscale_delay_s": 0,
-                                              "downscale_to_zero_delay_s": IDLE_S, "look_back_period_s": 11},
+                                              "downscale_to_zero_delay_s": IDLE_S, "look_back_period_s": 3},
            "guard": None},  # no Guard replica: what this app tests is the Painter's scaling
     )
     serve.run(compose(args), name=APP, route_prefix=f"/{APP}", blocking=False)

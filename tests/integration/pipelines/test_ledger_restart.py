@@ -37,7 +37,7 @@ def test_a_restarted_ledger_knows_every_job_bounds_their_errors_and_forgets_a_de
 
     storage = {"lancedb_uri": str(tmp_path / "db"), "blob_root": str(tmp_path / "blobs")}
     jobs = ledger(storage)
-    done, live = uuid.uuid4().hex, uuid.uuid4().hex
+    done, live, lost = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
     # A finished job whose 150 files failed, each under a 2,000-character name (a probe's zip had 9,999).
     assert ray.get(jobs.open.remote(spec(done, USER)))["action"] == "created"
     attempt = ray.get(jobs.begin.remote(done))
@@ -54,6 +54,12 @@ def test_a_restarted_ledger_knows_every_job_bounds_their_errors_and_forgets_a_de
     assert ray.get(jobs.open.remote(spec(live, USER, stale_after_s=60)))["action"] == "created"
     running = ray.get(jobs.begin.remote(live))
     assert ray.get(jobs.report.remote(live, running, {"total": 9, "done": 4}, [])) == "go"
+    # A running job whose driver is lost with the ledger (what losing the head node does to both): never heard
+    # from again, it is queued as a new submission for an ingress replica to start (test_outage.py does that).
+    lost_spec = {**spec(lost, USER, stale_after_s=1), "files": [{"name": "a.jpg", "url": "file:///nowhere/a.jpg"}]}
+    assert ray.get(jobs.open.remote(lost_spec))["action"] == "created"
+    lost_attempt = ray.get(jobs.begin.remote(lost))
+    assert ray.get(jobs.report.remote(lost, lost_attempt, {"total": 1}, [])) == "go"
 
     assert restarted(jobs, done) == ended  # the status, its first errors and their count, as before
     again = ray.get(jobs.progress.remote(done, USER, 0))
@@ -71,10 +77,17 @@ def test_a_restarted_ledger_knows_every_job_bounds_their_errors_and_forgets_a_de
     assert ray.get(jobs.report.remote(live, running, {"total": 9, "done": 6}, [])) == "go"
     status = ray.get(jobs.status.remote(live, USER))
     assert (status["state"], status["done"]) == ("running", 6)
-    assert [j["job_id"] for j in ray.get(jobs.list.remote(USER))] == [live, done]
+    time.sleep(1.2)  # past the lost job's stale_after_s since the restart
+    taken = ray.get(jobs.take_resumes.remote())
+    assert [(s["job_id"], submission) for s, submission in taken] == [(lost, 2)]
+    assert ray.get(jobs.take_resumes.remote()) == []  # handed out once
+    assert ray.get(jobs.status.remote(lost, USER))["state"] == "queued"
+    assert ray.get(jobs.begin.remote(lost)) != lost_attempt  # the resumed driver's attempt; the old one is fenced
+    assert ray.get(jobs.report.remote(lost, lost_attempt, {"total": 1}, [])) != "go"
+    assert [j["job_id"] for j in ray.get(jobs.list.remote(USER))] == [lost, live, done]
 
     # DELETE /api/me's part: every record and error entry of the user's gone from every file, every version.
     assert files_holding(tmp_path / "db", USER.encode())  # they were there
-    assert ray.get(jobs.forget_user.remote(USER)) == 2
+    assert ray.get(jobs.forget_user.remote(USER)) == 3
     assert files_holding(tmp_path / "db", USER.encode()) == []
     assert restarted(jobs, done) is None and ray.get(jobs.list.remote(USER)) == []
