@@ -148,7 +148,7 @@ class IngestRun:
         rows = [new_row(user_id=self.spec.user_id, content_hash=r["content_hash"], image_uri=r["image_uri"],
                         display_uri=r["display_uri"], width=r["width"], height=r["height"], source="ingest",
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
-                        meta={"ingest_job": self.spec.job_id, "name": r["name"],
+                        meta={"ingest_job": self.spec.job_id, "name": r["name"], "phash": r.get("phash") or "",
                               **self._safety(r.get("safety"))}, created_at=now) for r in new]
         try:
             result = writer_call(writer.upsert, self._table, rows)

@@ -27,6 +27,7 @@ from pipelines.writer import writer_call
 from storage.blobs import open_blob_store, store_image
 from storage.errors import AtelierError
 from storage.intake import ImageIntake
+from storage.duplicates import perceptual_hash
 from storage.settings import StorageSettings
 
 log = logging.getLogger("atelier.ingest")
@@ -35,7 +36,7 @@ NEW, KNOWN, DUPLICATE, ERROR = "new", "known", "duplicate", "error"
 ADMITTED = pa.schema([
     ("index", pa.int64()), ("name", pa.string()), ("content_hash", pa.string()), ("outcome", pa.string()),
     ("code", pa.string()), ("message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-    ("image_uri", pa.string()), ("display_uri", pa.string()), ("pixels", pa.binary()),
+    ("image_uri", pa.string()), ("display_uri", pa.string()), ("pixels", pa.binary()), ("phash", pa.string()),
 ])
 
 
@@ -85,7 +86,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
         for entry in batch.to_pylist():
             row = {"index": entry["index"], "name": entry["name"], "content_hash": "", "outcome": ERROR,
                    "code": entry["code"], "message": entry["message"], "width": 0, "height": 0,
-                   "image_uri": "", "display_uri": "", "pixels": b""}
+                   "image_uri": "", "display_uri": "", "pixels": b"", "phash": ""}
             out.append(row)
             if entry["code"]:
                 continue
@@ -116,7 +117,7 @@ def admit_batch(batch: pa.Table, *, job_id: str, attempt: int, user_id: str, sto
             keys = store_image(tools.blobs, user_id, image)
             row.update(outcome=NEW, code="", message="", width=image.width, height=image.height,
                        image_uri=keys.original, display_uri=keys.display,
-                       pixels=square_pixels(image.model_image, side, crop))
+                       pixels=square_pixels(image.model_image, side, crop), phash=perceptual_hash(image.model_image))
         except AtelierError as exc:
             row.update(code=exc.code, message=exc.message)
         except Exception as exc:  # noqa: BLE001 - e.g. a decoder bug on one file: that file's error

@@ -15,6 +15,7 @@ import numpy as np
 
 from storage.blobs import media_type, open_blob_store, store_image, user_prefix
 from storage.calls import Calls
+from storage.duplicates import near_duplicates, perceptual_hash, threshold
 from storage.errors import AtelierError, NotFound
 from storage.intake import DecodedImage, ImageIntake, IntakeResult
 from storage.rows import new_row
@@ -89,6 +90,15 @@ class Library:
     async def search(self, user_id: str, vector: np.ndarray, k: int, text: str | None = None) -> list[dict]:
         return await self._read(self.gallery.search, user_id, vector, k=k, text=text)
 
+    async def near_duplicates(self, user_id: str, image: DecodedImage, vector: np.ndarray) -> list[dict]:
+        """The user's photos a new one is the same picture or a near shot of (storage/duplicates.py); its hash
+        is kept on the image for the row."""
+        phash = await asyncio.to_thread(perceptual_hash, image.model_image)
+        hits = await self.search(user_id, vector, k=self.settings.near_duplicate_candidates)
+        return near_duplicates(phash, [h for h in hits if h["content_hash"] != image.content_hash],
+                               hash_bits=self.settings.duplicate_hash_bits,
+                               cosine=threshold(self.settings.near_shot_cosine, self.embed_model))
+
     async def display(self, user_id: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
         """The stored display copy of a user's image (or, with `original`, the bytes as they were stored:
         an upload as sent, a generation's PNG), and its media type."""
@@ -108,6 +118,9 @@ class Library:
         if existing is not None:
             return existing, False
         keys = await asyncio.to_thread(store_image, self.blobs, user_id, image)
+        # Every stored photo keeps its perceptual hash: later photos are told from it as the same picture.
+        meta = {**(meta or {}), "phash": (meta or {}).get("phash") or await asyncio.to_thread(
+            perceptual_hash, image.model_image)}
         row = new_row(user_id=user_id, content_hash=image.content_hash, image_uri=keys.original,
                       display_uri=keys.display, width=image.width, height=image.height, source=source,
                       vector=vector, embed_model=self.embed_model, caption=caption, description=description,

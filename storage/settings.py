@@ -111,6 +111,18 @@ class StorageSettings(BaseSettings):
         "{\"atelier/pool\": \"cpu\"}): on a cluster, keep its commits and compactions off the head and the "
         "GPU nodes. When its node goes, Ray restarts it on another node that matches. None: any node.",
     )
+    duplicate_hash_bits: int = Field(
+        4, ge=0, le=32,
+        description="A new photo whose perceptual hash is within this many bits (of 64) of a stored one's is the "
+        "same picture (re-encoded, resized, re-saved); measured: such copies 0-2 bits, other photos 20 or more.",
+    )
+    near_shot_cosine: dict[str, float] = Field(
+        default_factory=lambda: {"default": 0.95},
+        description="Embedding cosine at or above which a new photo is a near shot (a burst) of a stored one, by "
+        "embedding model id (each model's scale differs), `default` for the others.",
+    )
+    near_duplicate_candidates: int = Field(
+        8, ge=1, le=100, description="Nearest photos of the user's gallery a new photo is compared with.")
     version_retention_s: float = Field(
         3600.0,
         ge=0,

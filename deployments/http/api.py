@@ -133,14 +133,20 @@ async def generate_image(request: Request, body: GenerateRequest,
 # -- gallery ----------------------------------------------------------------------------------------
 @router.post("/api/images", status_code=201)
 async def upload_image(request: Request, file: UploadFile = File(...), caption: str | None = Form(None),
+                       on_duplicate: Literal["store", "skip"] = Form("store"),
                        user: str = Depends(caller), svc: ProductService = Depends(service)):
+    """One photo -> 201 and its record (200 and the stored one for the same bytes again). `near_duplicates`: the
+    caller's photos it is the same picture or a near shot of; with `on_duplicate=skip` such a photo is not kept
+    (200 and the closest one's record)."""
     if caption is not None and len(caption) > 2000:
         raise InvalidInput("caption has more than 2000 characters", field="caption")
-    row, created, caption_change = await svc.photos.keep_upload(user, await file.read(), filename=file.filename,
-                                                                content_type=file.content_type, caption=caption)
+    row, created, caption_change, near = await svc.photos.keep_upload(
+        user, await file.read(), filename=file.filename, content_type=file.content_type, caption=caption,
+        skip_near=on_duplicate == "skip")
     out = record_out(request, user, row)
     if caption_change is not None:  # the same bytes again, with a caption: what became of it (API.md)
         out["caption_change"] = caption_change
+    out["near_duplicates"] = near
     return JSONResponse(out, status_code=201 if created else 200)
 
 

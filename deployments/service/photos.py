@@ -17,21 +17,30 @@ from .safety import GuardUnavailable, Screened, shown
 
 class Photos(Verbs):
     async def keep_upload(self, user: str, data: bytes, *, filename: str | None, content_type: str | None,
-                          caption: str | None) -> tuple[dict, bool, str | None]:
-        """An uploaded photo checked, embedded and kept: (row, created, caption_change). The same bytes again
-        return the stored row; a caption sent with them replaces the stored one (`"updated"`), or was the
-        same already (`"unchanged"`); None when the photo is new or no caption was sent again."""
+                          caption: str | None, skip_near: bool = False) -> tuple[dict, bool, str | None, list[dict]]:
+        """An uploaded photo checked, embedded and kept: (row, created, caption_change, near_duplicates). The same
+        bytes again return the stored row; a caption sent with them replaces the stored one (`"updated"`), or was
+        the same already (`"unchanged"`); None when the photo is new or no caption was sent again. A new photo is
+        compared with the user's gallery (storage/duplicates.py); with `skip_near`, one that has a near-duplicate
+        is not kept: the closest one is answered, as for the same bytes."""
         lib = await self.library()
         image = await lib.admit(data, filename=filename, content_type=content_type)
         existing = await lib.find(user, image.content_hash)
         if existing is None:
             await self.room(user, 1, len(data))
-            return (*await self.embed_and_store(user, image, source="upload", caption=caption), None)
+            vector, safety = await self._embed_and_screen(user, image, "upload")
+            near = await (await self.library(vector)).near_duplicates(user, image, vector.values)
+            if near and skip_near:
+                self._stored.pop(user, None)  # the room taken above was not used
+                return await lib.get(user, near[0]["img_id"]), False, None, near
+            row, created = await self.embed_and_store(user, image, source="upload", caption=caption,
+                                                      safety=safety, checked=True, vector=vector)
+            return row, created, None, near
         if caption is None:
-            return existing, False, None
+            return existing, False, None, []
         if caption == (existing.get("caption") or ""):
-            return existing, False, "unchanged"
-        return await self.edit(user, existing["img_id"], caption=caption), False, "updated"
+            return existing, False, "unchanged", []
+        return await self.edit(user, existing["img_id"], caption=caption), False, "updated", []
 
     STORED_TTL_S = 30.0  # how long a count of what a user stores is reused (counting walks their blobs)
 
@@ -66,28 +75,32 @@ class Photos(Verbs):
 
     async def embed_and_store(self, user: str, image, *, source: str, caption: str | None = None,
                                meta: dict | None = None, safety: dict | None = None,
-                               checked: bool = False) -> tuple[dict, bool]:
+                               checked: bool = False, vector=None) -> tuple[dict, bool]:
         """An admitted image embedded by the Embedder and kept (blobs, then the row): every way an
         image enters a gallery from the service (upload, generation, a small ingestion job) ends here.
 
         The row keeps the Guard's verdict on the image (`meta.safety`; issue 30), asked here beside the Embedder
         unless the caller asked already (`checked`, as a generation does before it may keep a picture: `safety`
-        is then what it found, None if the Guard was not asked or was down). A user's own photo is never refused by it: it is flagged, and stays theirs. A file
-        of an ingestion job is stored unchecked while the Guard is down, as a bulk job stores it."""
-        embedding = self.models.call("embedder", "image_vector", image.model_image)
+        is then what it found, None if the Guard was not asked or was down; an upload passes its `vector` too).
+        A user's own photo is never refused by it: it is flagged, and stays theirs. A file of an ingestion job
+        is stored unchecked while the Guard is down, as a bulk job stores it."""
         if not checked:
-            vector, screened = await asyncio.gather(embedding, self._screen(user, image, source),
-                                                    return_exceptions=True)
-            for outcome in (vector, screened):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            safety = screened.verdict
-        else:
-            vector = await embedding
+            vector, safety = await self._embed_and_screen(user, image, source)
+        elif vector is None:
+            vector = await self.models.call("embedder", "image_vector", image.model_image)
         if safety is not None:
             meta = {**(meta or {}), "safety": safety}
         return await (await self.library(vector)).store(user, image, source=source, vector=vector.values,
                                                         caption=caption, meta=meta)
+
+    async def _embed_and_screen(self, user: str, image, source: str):
+        """(vector, the Guard's verdict or None): the Embedder and the Guard asked at once."""
+        vector, screened = await asyncio.gather(self.models.call("embedder", "image_vector", image.model_image),
+                                                self._screen(user, image, source), return_exceptions=True)
+        for outcome in (vector, screened):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return vector, screened.verdict
 
     async def _screen(self, user: str, image, source: str) -> Screened:
         try:

@@ -25,6 +25,30 @@ def jpeg(seed: int, size=(64, 48)) -> bytes:
     return buf.getvalue()
 
 
+def scene(seed: int, size=(320, 240)) -> Image.Image:
+    """A small still with structure (a dozen coloured shapes on a ground, light noise): unlike `jpeg`'s gradients,
+    two scenes differ in their perceptual hashes as two photos do."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = (x0, y0, x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2)))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def encoded(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

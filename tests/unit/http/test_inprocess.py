@@ -94,7 +94,7 @@ def test_both_surfaces_store_a_generated_image_the_same_way(surface):
     assert [r["caption"] for r in rows] == ["a red boat", "a red boat"]
     assert [r["meta"]["seed"] for r in rows] == [11, 12]
     assert rows[0]["meta"].keys() == rows[1]["meta"].keys() == {
-        "prompt_original", "prompt_used", "seed", "size", "model", "steps"}
+        "prompt_original", "prompt_used", "seed", "size", "model", "steps", "phash"}
     # The same prompt, size and seed on the other surface is the same picture: one row, not two.
     again = client.post("/v1/images/generations", headers=h,
                         json={"prompt": "a red boat", "size": "64x64", "seed": 11, "response_format": "url"})

@@ -1,0 +1,57 @@
+"""Near-duplicates, two kinds, each with its reason (issue 32).
+
+- **same picture**: a re-encoded, resized or re-saved copy. Told by a perceptual hash (pHash: the 8x8 lowest
+  frequencies of the 32x32 grey image's DCT, each above or below their median: 64 bits, kept in a row's
+  `meta.phash` as 16 hex digits) within `duplicate_hash_bits` bits of the new photo's.
+- **near shot**: a burst, the same scene a moment later. Told by the embedding: cosine similarity at or above
+  the embedding model's `near_shot_cosine` (each model's scale differs, so the threshold is per model).
+
+A new photo is compared with its nearest neighbours in the user's own gallery, as a search finds them (the
+replica's vector cache or the table's index): never a scan of the whole gallery. A same-picture copy is
+always among them, its embedding being all but the photo's own.
+
+Written with numpy over Pillow rather than the `imagehash` package: that one requires scipy and PyWavelets in
+every replica for a 32-point DCT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+HASH_SIDE = 32  # the grey image's side before the DCT
+_K = np.arange(HASH_SIDE)
+_DCT = np.cos(np.pi * (2 * _K[None, :] + 1) * _K[:, None] / (2 * HASH_SIDE))  # DCT-II basis, rows = frequencies
+SAME_PICTURE, NEAR_SHOT = "same_picture", "near_shot"
+
+
+def perceptual_hash(image: Image.Image) -> str:
+    """The image's pHash, 16 hex digits."""
+    grey = np.asarray(image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = (_DCT @ grey @ _DCT.T)[:8, :8].flatten()
+    bits = low > np.median(low[1:])  # the DC term (overall brightness) is left out of the median
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def hamming(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def threshold(by_model: dict[str, float], model: str) -> float:
+    """The near-shot cosine of an embedding model: its own, else the `default` entry."""
+    return by_model.get(model, by_model.get("default", 1.0))
+
+
+def near_duplicates(phash: str, hits: list[dict], *, hash_bits: int, cosine: float) -> list[dict]:
+    """Which of a search's hits (rows with `score`, the cosine similarity, and `meta.phash`) are near-duplicates
+    of a photo with this hash: [{img_id, kind, distance}], same pictures first, each closest first. `distance`
+    is in bits for a same picture (of 64), 1 - cosine for a near shot."""
+    found = []
+    for hit in hits:
+        other = (hit.get("meta") or {}).get("phash")
+        bits = hamming(phash, other) if isinstance(other, str) and len(other) == 16 else None
+        if bits is not None and bits <= hash_bits:
+            found.append({"img_id": hit["img_id"], "kind": SAME_PICTURE, "distance": bits})
+        elif hit.get("score", 0.0) >= cosine:
+            found.append({"img_id": hit["img_id"], "kind": NEAR_SHOT, "distance": round(1.0 - float(hit["score"]), 6)})
+    return sorted(found, key=lambda f: (f["kind"] != SAME_PICTURE, f["distance"]))

@@ -1,0 +1,89 @@
+"""Issue 32, near-duplicates on upload, over the in-process HTTP surface (tiny models, real LanceDB): a
+re-encoded and resized copy is the *same picture* (perceptual hash), a burst shot of the same scene (a small
+crop and a brightness change) a *near shot* (embedding cosine, at the tiny embedder's own threshold), a
+different photo neither; `on_duplicate=skip` keeps none of them, and another user's photos are never compared."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import ImageEnhance
+
+from tests.support.sample_photos import encoded, scene
+
+TINY_NEAR_SHOT = 0.9  # the tiny random-weight embedder's scale for scene 4: its bursts 0.91-0.99, other scenes <= 0.55
+SCENE, OTHER = 4, 101
+
+
+def burst(seed: int, crop: float = 0.06, light: float = 1.15):
+    base = scene(seed)
+    w, h = base.size
+    dx, dy = int(w * crop), int(h * crop)
+    return ImageEnhance.Brightness(base.crop((dx, dy, w - dx, h - dy)).resize((w, h))).enhance(light)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models, tmp_path_factory):
+    """The in-process surface with the near-shot threshold set for the tiny embedder only (others: 0.999)."""
+    from fastapi.testclient import TestClient
+
+    from deployments.assemble import in_process_app
+    from deployments.config import IngressSpec
+    from deployments.http.auth import key_store
+    from deployments.service.models import LocalModels
+    from deployments.settings import ServiceSettings
+    from storage.settings import StorageSettings
+
+    tiny = tiny_models["embedder"].image_vector(scene(0)).model  # the embedding model id rows carry
+    data = tmp_path_factory.mktemp("near")
+    settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
+    store = key_store(settings)
+    keys = {user: store.add(user)[1] for user in ("nia", "oto")}
+    models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
+    storage = StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs"),
+                              near_shot_cosine={"default": 0.999, tiny: TINY_NEAR_SHOT})
+    app = in_process_app(models, ingress=IngressSpec(), storage=storage, settings=settings)
+    with TestClient(app) as c:
+        yield c, keys
+
+
+def upload(c, key: str, data: bytes, name: str = "p.jpg", **form):
+    mime = "image/png" if name.endswith(".png") else "image/jpeg"
+    return c.post("/api/images", files={"file": (name, data, mime)}, data=form,
+                  headers={"Authorization": f"Bearer {key}"})
+
+
+def test_a_copy_is_the_same_picture_a_burst_a_near_shot_and_another_photo_neither(client):
+    c, keys = client
+    first = upload(c, keys["nia"], encoded(scene(SCENE), quality=90))
+    assert first.status_code == 201 and first.json()["near_duplicates"] == [], first.text
+    original = first.json()["img_id"]
+
+    copy = upload(c, keys["nia"], encoded(scene(SCENE).resize((160, 120)), "PNG"), "copy.png")
+    assert copy.status_code == 201, copy.text  # other bytes: stored, and said to be a copy
+    (same,) = [d for d in copy.json()["near_duplicates"] if d["img_id"] == original]
+    assert same["kind"] == "same_picture" and same["distance"] <= 4, copy.json()["near_duplicates"]
+
+    other = upload(c, keys["nia"], encoded(scene(OTHER), quality=90), "other.jpg")
+    assert other.status_code == 201 and other.json()["near_duplicates"] == [], other.json()["near_duplicates"]
+
+    shot = upload(c, keys["nia"], encoded(burst(SCENE), quality=90), "burst.jpg")
+    assert shot.status_code == 201, shot.text
+    kinds = {d["img_id"]: d for d in shot.json()["near_duplicates"]}
+    assert kinds[original]["kind"] == "near_shot" and kinds[original]["distance"] <= 1 - TINY_NEAR_SHOT, kinds
+    assert other.json()["img_id"] not in kinds
+
+    listed = c.get("/api/images", params={"limit": 100}, headers={"Authorization": f"Bearer {keys['nia']}"})
+    assert len(listed.json()["items"]) == 4
+    # Asked to skip them: a second burst of the same scene is not kept; the closest photo is answered.
+    skipped = upload(c, keys["nia"], encoded(burst(SCENE, crop=0.05, light=0.9), quality=85), "again.jpg",
+                     on_duplicate="skip")
+    assert skipped.status_code == 200, skipped.text
+    assert skipped.json()["img_id"] == skipped.json()["near_duplicates"][0]["img_id"]
+    listed = c.get("/api/images", params={"limit": 100}, headers={"Authorization": f"Bearer {keys['nia']}"})
+    assert len(listed.json()["items"]) == 4
+
+    # Another user's gallery is never compared: the same copy is new to them.
+    theirs = upload(c, keys["oto"], encoded(scene(SCENE).resize((160, 120)), "PNG"), "copy.png")
+    assert theirs.status_code == 201 and theirs.json()["near_duplicates"] == []
+    bad = upload(c, keys["oto"], encoded(scene(3)), on_duplicate="drop")
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "on_duplicate", bad.text
