@@ -41,12 +41,15 @@ deps:
 		|| { echo "could not install$$missing: install it with your package manager, then run make test again"; exit 1; }; \
 	fi
 
+# The tiers with a cluster or a server first, one test at a time (they share the machine with their cluster);
+# then tests/unit/, whose tests run in their own process only, on two workers.
 test: $(STAMP) deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not unit"
+	$(BIN)/python -m pytest -m unit -n 2
 
 # The inner loop: tests/unit/ only (no Ray, no server process; the in-process HTTP tier included), a few minutes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit -n 2
 
 clean:
 	rm -rf $(VENV) checkpoints/tiny .pytest_cache
