@@ -55,3 +55,56 @@ def near_duplicates(phash: str, hits: list[dict], *, hash_bits: int, cosine: flo
         elif hit.get("score", 0.0) >= cosine:
             found.append({"img_id": hit["img_id"], "kind": NEAR_SHOT, "distance": round(1.0 - float(hit["score"]), 6)})
     return sorted(found, key=lambda f: (f["kind"] != SAME_PICTURE, f["distance"]))
+
+
+def stored_pairs(found: list[dict]) -> list[list]:
+    """What a row keeps of an upload's check (`meta.near`): [[img_id, kind, distance], ...], the pairs a
+    listing of the user's duplicate groups is made of (no rescan of the gallery)."""
+    return [[d["img_id"], d["kind"], d["distance"]] for d in found]
+
+
+def keeper(rows: list[dict]) -> tuple[dict, str]:
+    """The photo of a group to keep, and why: the largest resolution, then the oldest."""
+    best = max(rows, key=lambda r: (r["width"] * r["height"], -r["created_at"].timestamp()))
+    same_size = [r for r in rows if r["width"] * r["height"] == best["width"] * best["height"]]
+    if len(same_size) > 1:
+        return best, f"oldest of the largest ({best['width']}x{best['height']})"
+    return best, f"largest resolution ({best['width']}x{best['height']})"
+
+
+def groups(rows: dict[str, dict], pairs: list[tuple[str, str, str, float]]) -> list[dict]:
+    """The connected groups of near-duplicate pairs among `rows` (img_id -> row; pairs naming a photo not
+    there any more are left out): [{group, members, pairs, keep, why}], largest group first, then newest.
+    `group` names the members (a hash of their ids): a group that changed since it was listed has another
+    name, so a decision about it is never applied to photos its caller did not see."""
+    import hashlib
+
+    parent = {i: i for i in rows}
+
+    def root(i: str) -> str:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    kept = [p for p in pairs if p[0] in rows and p[1] in rows and p[0] != p[1]]
+    for a, b, _, _ in kept:
+        parent[root(a)] = root(b)
+    members: dict[str, list[str]] = {}
+    for i in rows:
+        members.setdefault(root(i), []).append(i)
+    out = []
+    for ids in members.values():
+        if len(ids) < 2:
+            continue
+        ids.sort()
+        chosen, why = keeper([rows[i] for i in ids])
+        inside = set(ids)
+        out.append({
+            "group": hashlib.sha256(",".join(ids).encode()).hexdigest()[:24],
+            "members": sorted((rows[i] for i in ids), key=lambda r: r["created_at"]),
+            "pairs": [{"img_id": a, "other": b, "kind": kind, "distance": distance}
+                      for a, b, kind, distance in kept if a in inside],
+            "keep": chosen["img_id"], "why": why,
+        })
+    return sorted(out, key=lambda g: (-len(g["members"]), -max(r["created_at"].timestamp() for r in g["members"])))

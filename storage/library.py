@@ -12,10 +12,11 @@ import asyncio
 from typing import Any, Literal
 
 import numpy as np
+from cachetools import LRUCache
 
 from storage.blobs import media_type, open_blob_store, store_image, user_prefix
 from storage.calls import Calls
-from storage.duplicates import near_duplicates, perceptual_hash, threshold
+from storage.duplicates import groups, near_duplicates, perceptual_hash, threshold
 from storage.errors import AtelierError, NotFound
 from storage.intake import DecodedImage, ImageIntake, IntakeResult
 from storage.rows import new_row
@@ -43,6 +44,7 @@ class Library:
         else:
             calls = Calls(local_writes(settings, self.gallery), threads=True)
         self.writer = TableWriter(calls, (embed_model, dim))
+        self._hashes: LRUCache = LRUCache(maxsize=256)  # content hash -> pHash: the check and the row share one
 
     # -- intake -----------------------------------------------------------------------------------
     async def admit(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
@@ -90,14 +92,34 @@ class Library:
     async def search(self, user_id: str, vector: np.ndarray, k: int, text: str | None = None) -> list[dict]:
         return await self._read(self.gallery.search, user_id, vector, k=k, text=text)
 
+    async def warm(self, user_id: str) -> None:
+        """Ready this process's view of the user's gallery for a search (`Gallery.warm`): called while the
+        Embedder works on an upload, it takes the vector cache's refresh after other writes off the upload's path."""
+        await self._read(self.gallery.warm, user_id)
+
+    async def phash(self, image: DecodedImage) -> str:
+        """The image's perceptual hash, computed once for the check and the row."""
+        phash = self._hashes.get(image.content_hash)
+        if phash is None:
+            phash = self._hashes[image.content_hash] = await asyncio.to_thread(perceptual_hash, image.model_image)
+        return phash
+
     async def near_duplicates(self, user_id: str, image: DecodedImage, vector: np.ndarray) -> list[dict]:
-        """The user's photos a new one is the same picture or a near shot of (storage/duplicates.py); its hash
-        is kept on the image for the row."""
-        phash = await asyncio.to_thread(perceptual_hash, image.model_image)
+        """The user's photos a new one is the same picture or a near shot of (storage/duplicates.py)."""
+        phash = await self.phash(image)
         hits = await self.search(user_id, vector, k=self.settings.near_duplicate_candidates)
         return near_duplicates(phash, [h for h in hits if h["content_hash"] != image.content_hash],
                                hash_bits=self.settings.duplicate_hash_bits,
                                cosine=threshold(self.settings.near_shot_cosine, self.embed_model))
+
+    async def duplicate_groups(self, user_id: str) -> list[dict]:
+        """The user's groups of near-duplicates, from the pairs their uploads' checks kept (storage.duplicates.groups)."""
+        def read() -> list[dict]:
+            pairs = self.gallery.near_pairs(user_id)
+            rows = self.gallery.get_many(user_id, [i for a, b, _, _ in pairs for i in (a, b)])
+            return groups(rows, pairs)
+
+        return await self._read(read)
 
     async def display(self, user_id: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
         """The stored display copy of a user's image (or, with `original`, the bytes as they were stored:
@@ -119,8 +141,7 @@ class Library:
             return existing, False
         keys = await asyncio.to_thread(store_image, self.blobs, user_id, image)
         # Every stored photo keeps its perceptual hash: later photos are told from it as the same picture.
-        meta = {**(meta or {}), "phash": (meta or {}).get("phash") or await asyncio.to_thread(
-            perceptual_hash, image.model_image)}
+        meta = {**(meta or {}), "phash": (meta or {}).get("phash") or await self.phash(image)}
         row = new_row(user_id=user_id, content_hash=image.content_hash, image_uri=keys.original,
                       display_uri=keys.display, width=image.width, height=image.height, source=source,
                       vector=vector, embed_model=self.embed_model, caption=caption, description=description,

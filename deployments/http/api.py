@@ -44,6 +44,11 @@ class EditRequest(BaseModel):
     caption: str = Field(..., max_length=2000, description="The user's own words about the image; \"\" clears them.")
 
 
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keep: str = Field(..., min_length=1, max_length=64, description="The photo of the group to keep; the rest go.")
+
+
 class DescribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     img_id: str = Field(..., min_length=1, max_length=64)
@@ -133,16 +138,16 @@ async def generate_image(request: Request, body: GenerateRequest,
 # -- gallery ----------------------------------------------------------------------------------------
 @router.post("/api/images", status_code=201)
 async def upload_image(request: Request, file: UploadFile = File(...), caption: str | None = Form(None),
-                       on_duplicate: Literal["store", "skip"] = Form("store"),
+                       on_duplicate: Literal["store", "skip", "ignore"] = Form("store"),
                        user: str = Depends(caller), svc: ProductService = Depends(service)):
     """One photo -> 201 and its record (200 and the stored one for the same bytes again). `near_duplicates`: the
     caller's photos it is the same picture or a near shot of; with `on_duplicate=skip` such a photo is not kept
-    (200 and the closest one's record)."""
+    (200 and the closest one's record); `on_duplicate=ignore` does not compare (`near_duplicates` null)."""
     if caption is not None and len(caption) > 2000:
         raise InvalidInput("caption has more than 2000 characters", field="caption")
     row, created, caption_change, near = await svc.photos.keep_upload(
         user, await file.read(), filename=file.filename, content_type=file.content_type, caption=caption,
-        skip_near=on_duplicate == "skip")
+        on_duplicate=on_duplicate)
     out = record_out(request, user, row)
     if caption_change is not None:  # the same bytes again, with a caption: what became of it (API.md)
         out["caption_change"] = caption_change
@@ -156,6 +161,28 @@ async def list_images(request: Request, limit: int = Query(20, ge=1, le=100),
                       user: str = Depends(caller), svc: ProductService = Depends(service)):
     rows, next_cursor = await svc.photos.list_images(user, limit, cursor, safety)
     return {"items": [record_out(request, user, r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/api/duplicates")
+async def list_duplicates(request: Request, limit: int = Query(20, ge=1, le=100),
+                          cursor: str | None = Query(None, max_length=20), user: str = Depends(caller),
+                          svc: ProductService = Depends(service)):
+    """The caller's groups of near-duplicate photos (the pairs their uploads' checks found), largest first, each
+    with its photos oldest first, the pairs and their reasons, and a suggested keeper and why."""
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidInput("cursor is not one this route gave", field="cursor")
+    start = int(cursor or 0)
+    found = await svc.photos.duplicates(user)
+    page = found[start:start + limit]
+    return {"groups": [{**g, "members": [record_out(request, user, r) for r in g["members"]]} for g in page],
+            "next_cursor": str(start + limit) if start + limit < len(found) else None}
+
+
+@router.post("/api/duplicates/{group}/resolve")
+async def resolve_duplicates(group: str, body: ResolveRequest, user: str = Depends(caller),
+                             svc: ProductService = Depends(service)):
+    """Keep one photo of a group and delete the others (finally, as `DELETE /api/images/{img_id}` does)."""
+    return await svc.photos.resolve_duplicates(user, group, body.keep)
 
 
 @router.get("/api/images/{img_id}")

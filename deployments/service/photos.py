@@ -9,6 +9,8 @@ import hashlib
 from cachetools import TTLCache
 from PIL import Image
 
+from storage.duplicates import stored_pairs
+from storage.errors import InvalidInput, NotFound
 from storage.gallery.filters import encode_cursor
 
 from .context import Verbs
@@ -17,24 +19,35 @@ from .safety import GuardUnavailable, Screened, shown
 
 class Photos(Verbs):
     async def keep_upload(self, user: str, data: bytes, *, filename: str | None, content_type: str | None,
-                          caption: str | None, skip_near: bool = False) -> tuple[dict, bool, str | None, list[dict]]:
+                          caption: str | None, on_duplicate: str = "store",
+                          ) -> tuple[dict, bool, str | None, list[dict] | None]:
         """An uploaded photo checked, embedded and kept: (row, created, caption_change, near_duplicates). The same
         bytes again return the stored row; a caption sent with them replaces the stored one (`"updated"`), or was
         the same already (`"unchanged"`); None when the photo is new or no caption was sent again. A new photo is
-        compared with the user's gallery (storage/duplicates.py); with `skip_near`, one that has a near-duplicate
-        is not kept: the closest one is answered, as for the same bytes."""
+        compared with the user's gallery (storage/duplicates.py): `on_duplicate` "store" keeps it whatever was
+        found, "skip" keeps none that has a near-duplicate (the closest one is answered, as for the same bytes),
+        "ignore" does not compare (near_duplicates None)."""
         lib = await self.library()
+        check = on_duplicate != "ignore"
+        # The user's vector cache is brought up to date (lib.warm) while the photo is decoded and embedded, so the
+        # check after them is one in-memory ranking; its failure is the search's to report.
+        warm = asyncio.ensure_future(lib.warm(user)) if check else None
+        if warm is not None:
+            warm.add_done_callback(lambda t: t.cancelled() or t.exception())
         image = await lib.admit(data, filename=filename, content_type=content_type)
         existing = await lib.find(user, image.content_hash)
         if existing is None:
             await self.room(user, 1, len(data))
             vector, safety = await self._embed_and_screen(user, image, "upload")
-            near = await (await self.library(vector)).near_duplicates(user, image, vector.values)
-            if near and skip_near:
+            if warm is not None:
+                await asyncio.wait([warm])
+            near = await (await self.library(vector)).near_duplicates(user, image, vector.values) if check else None
+            if near and on_duplicate == "skip":
                 self._stored.pop(user, None)  # the room taken above was not used
                 return await lib.get(user, near[0]["img_id"]), False, None, near
             row, created = await self.embed_and_store(user, image, source="upload", caption=caption,
-                                                      safety=safety, checked=True, vector=vector)
+                                                      safety=safety, checked=True, vector=vector,
+                                                      meta={"near": stored_pairs(near)} if near else None)
             return row, created, None, near
         if caption is None:
             return existing, False, None, []
@@ -152,6 +165,25 @@ class Photos(Verbs):
     async def delete_image(self, user: str, img_id: str) -> None:
         await (await self.library()).delete(user, img_id)
         self._stored.pop(user, None)  # counted again at the next upload
+
+    async def duplicates(self, user: str) -> list[dict]:
+        """The user's groups of near-duplicate photos, largest first (storage.duplicates.groups)."""
+        return await (await self.library()).duplicate_groups(user)
+
+    async def resolve_duplicates(self, user: str, group: str, keep: str) -> dict:
+        """Keep one photo of a group and delete the others, each as finally as one image. `group` is the name
+        a listing gave: a group that changed since (a photo added or deleted) is not found under it."""
+        found = [g for g in await self.duplicates(user) if g["group"] == group]
+        if not found:
+            raise NotFound("no such duplicate group (it may have changed: list the groups again)",
+                           code="group_not_found")
+        members = [r["img_id"] for r in found[0]["members"]]
+        if keep not in members:
+            raise InvalidInput("keep must be one of the group's photos", field="keep")
+        deleted = sorted(i for i in members if i != keep)
+        for img_id in deleted:
+            await self.delete_image(user, img_id)
+        return {"group": group, "kept": keep, "deleted": deleted}
 
     async def delete_import(self, user: str, job_id: str) -> int:
         """Every photo the bulk job `job_id` stored for the user, deleted as finally as one image; how many."""

@@ -57,6 +57,14 @@ class GallerySearch:
             return hits[:k]
         return fuse(hits, self._fts(where, words, depth), k)
 
+    def warm(self, user_id: str) -> None:
+        """Bring what a vector search of the user reads up to the table's current version: the cached entry
+        (loaded, extended or kept), else the user's row count that picks flat or ANN. An upload calls it while
+        the Embedder works, so that its near-duplicate search after the embedding finds it done."""
+        if self.vectors.cache.enabled and self.vectors.entry(user_id) is not None:
+            return
+        self.use_ann(user_id)
+
     def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
         """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""
         where = user_filter(user_id)

@@ -54,6 +54,7 @@ from storage.words import warm_up as load_words
 
 from .commits import commit, table_lock
 from .deletes import GalleryDeletes
+from .groups import GalleryGroups
 from .filters import decode_cursor, encode_cursor, in_list, invalid, row_out, sql_str, user_filter
 from .search import GallerySearch
 from .upkeep import GalleryUpkeep
@@ -68,7 +69,7 @@ def table_name(base: str, embed_model: str, dim: int) -> str:
     return f"{base}__{slug}_{digest}_{dim}"
 
 
-class Gallery(GalleryDeletes):
+class Gallery(GalleryDeletes, GalleryGroups):
     """Rows, reads, writes and search of one embedding model's gallery table; `upkeep` keeps its indexes."""
 
     def __init__(self, db, table, settings: StorageSettings, dim: int, embed_model: str):
@@ -248,6 +249,10 @@ class Gallery(GalleryDeletes):
     def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
         """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""
         return self._search.search_text(user_id, text, k=k)
+
+    def warm(self, user_id: str) -> None:
+        """Ready this process's view of a user for the next vector search (see `GallerySearch.warm`)."""
+        self._search.warm(user_id)
 
     def _use_ann(self, user_id: str) -> bool:
         return self._search.use_ann(user_id)

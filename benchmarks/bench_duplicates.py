@@ -1,0 +1,186 @@
+"""The near-duplicate check's cost per upload (issue 32): `POST /api/images` with the check against the same
+upload without it, at gallery sizes.
+
+    .venv/bin/python -m benchmarks.bench_duplicates [--sizes 10000,100000] [--uploads 40]
+
+The whole HTTP surface runs in this process (deployments.assemble.in_process_app, as the fast test tier runs
+it: auth, limits, intake, the Embedder, the gallery writer, LanceDB; no Ray), over the tiny random-weight kit
+built here from code (its Embedder makes 64-d vectors). For each size, one user's gallery is filled with that
+many rows (random unit vectors and random perceptual hashes, written through the gallery's own writer, then
+optimized as the writer's upkeep does), then photos (320x240 JPEGs of noise) are uploaded in pairs, one with
+`on_duplicate=ignore` (no check) and one with `on_duplicate=store` (the check: the photo's pHash and a
+search of the user's nearest photos, the vector cache refreshed while the Embedder works). The per-upload
+p50 of each and their ratio; the goal is that the check adds at most 10% to an upload's p50.
+
+Answers first (benchmarks.checks): every upload stored anew (201), `near_duplicates` null without the check
+and a list with it; a planted copy of a new photo (another row with its pHash, its embedding nudged) is found as a `same_picture`
+and a planted burst (a row with its embedding, another hash) as a `near_shot`; the gallery ends with every row
+once. Otherwise it exits 3 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.checks import check, run
+from benchmarks.results_md import publish
+
+SECTION = "## Near-duplicate check per upload"
+USER = "bench-dup"
+
+
+def photo(seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def unit(rng, n: int, dim: int) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def row(model: str, n: int, vector, phash: str) -> dict:
+    from storage.rows import new_row
+
+    return new_row(user_id=USER, content_hash=f"{n:064x}", image_uri=f"u/x/{n}.jpg", display_uri="", width=320,
+                   height=240, source="ingest", vector=vector, embed_model=model, meta={"phash": phash})
+
+
+def fill(lib, size: int, seed: int) -> None:
+    """`size` rows of the user through the gallery's writer, in batches (their blob keys are never read)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, size, 5000):
+        n = min(5000, size - start)
+        vectors = unit(rng, n, lib.gallery.dim)
+        lib.gallery.upsert([row(lib.embed_model, seed * 10**9 + start + i, vectors[i],
+                                f"{int(rng.integers(0, 2**63)):016x}") for i in range(n)])
+    lib.gallery.optimize()  # what the writer's upkeep does as a gallery grows: indexes, compaction
+
+
+def kit(out: Path) -> dict:
+    """The tiny kit built and its four roles loaded, as the in-process test tier loads them."""
+    import torch
+
+    from models import (Describer, DescriberConfig, Embedder, EmbedderConfig, Painter, PainterConfig, Writer,
+                        WriterConfig)
+    from models.kit import build
+
+    torch.set_num_threads(1)
+    roles = {}
+    for cls, cfg in ((Embedder, EmbedderConfig), (Writer, WriterConfig), (Describer, DescriberConfig),
+                     (Painter, PainterConfig)):
+        build(cls.role, "tiny", out, seed=0)
+        roles[cls.role] = cls(cfg(model=str(out / cls.role), num_threads=1))
+        roles[cls.role].warmup()
+    return roles
+
+
+def measure(size: int, uploads: int, roles: dict, tmp: Path, seed: int) -> dict:
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from deployments.assemble import in_process_app
+    from deployments.config import IngressSpec
+    from deployments.http.auth import key_store
+    from deployments.service.models import LocalModels
+    from deployments.settings import ServiceSettings
+    from storage.duplicates import perceptual_hash
+    from storage.library import Library
+    from storage.settings import StorageSettings
+
+    embedder = roles["embedder"]
+    probe = embedder.image_vector(Image.new("RGB", (8, 8)))
+    model, dim = probe.model, len(probe.values)
+    storage = StorageSettings(lancedb_uri=str(tmp / "lancedb"), blob_root=str(tmp / "blobs"))
+    lib = Library(storage, dim=dim, embed_model=model, writer="local")
+    t0 = time.perf_counter()
+    fill(lib, size, seed)
+    print(f"{size} rows written and optimized in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    settings = ServiceSettings(keys_uri=str(tmp / "lancedb"), url_secret_file=str(tmp / "url_secret"))
+    key = key_store(settings).add(USER)[1]
+    app = in_process_app(LocalModels(*(roles[r] for r in ("embedder", "writer", "describer", "painter"))),
+                         ingress=IngressSpec(), storage=storage, settings=settings)
+    auth = {"Authorization": f"Bearer {key}"}
+    took: dict[str, list[float]] = {"ignore": [], "store": []}
+    with TestClient(app) as c:
+        def upload(data: bytes, mode: str) -> dict:
+            t = time.perf_counter()
+            r = c.post("/api/images", files={"file": ("p.jpg", data, "image/jpeg")}, data={"on_duplicate": mode},
+                       headers=auth)
+            took[mode].append(time.perf_counter() - t)
+            check(r.status_code == 201, f"an upload ({mode}) answered {r.status_code}: {r.text[:200]}")
+            return r.json()
+
+        for i in range(3):  # the first calls load the user and warm the path: not counted
+            upload(photo(seed * 1000 + 900 + i), "store")
+        took = {"ignore": [], "store": []}
+        for i in range(uploads):
+            for mode in ("ignore", "store"):
+                got = upload(photo(seed * 1000 + 2 * i + (mode == "store")), mode)
+                check((got["near_duplicates"] is None) == (mode == "ignore"), f"near_duplicates with {mode}: {got}")
+        # The check's answers: a planted copy and a planted burst of a new photo are found, with their reasons.
+        data = photo(seed * 1000 + 999)
+        image = lib.intake.decode(data)
+        phash, vector = perceptual_hash(image.model_image), embedder.image_vector(image.model_image).values
+        far = f"{int(phash, 16) ^ 0xFFFF_FFFF_0000_0000:016x}"  # 32 bits away: not the same picture
+        rng = np.random.default_rng(seed)
+        copy = np.asarray(vector, np.float32) + 0.02 * unit(rng, 1, dim)[0]  # a copy's embedding: all but the same
+        planted = lib.gallery.upsert([row(model, 10**12, copy / np.linalg.norm(copy), phash),
+                                      row(model, 10**12 + 1, np.asarray(vector, np.float32), far)])["rows"]
+        near = {d["img_id"]: d["kind"] for d in upload(data, "store")["near_duplicates"]}
+        check(near.get(planted[0]["img_id"]) == "same_picture", f"the planted copy was not found as one: {near}")
+        check(near.get(planted[1]["img_id"]) == "near_shot", f"the planted burst was not found as one: {near}")
+        check(lib.gallery.count(USER) == size + 3 + 2 * uploads + 3, "the gallery does not hold every row once")
+    took["store"].pop()  # the planted photo's upload
+    return {"plain": statistics.median(took["ignore"]), "checked": statistics.median(took["store"]),
+            "dim": dim}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_duplicates", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="gallery sizes (rows of the one user), comma-separated")
+    parser.add_argument("--uploads", type=int, default=40, help="uploads with and without the check, per size")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        roles = kit(Path(tmp) / "kit")
+        for n, size in enumerate(int(s) for s in args.sizes.split(",")):
+            rows.append((size, measure(size, args.uploads, roles, Path(tmp) / f"g{n}", seed=n + 1)))
+    dim = rows[0][1]["dim"]
+    lines = [
+        SECTION, "",
+        f"`POST /api/images` over the in-process HTTP surface (tiny random-weight kit, its Embedder's {dim}-d "
+        f"vectors; no Ray), one user's gallery of each size (random vectors and hashes), {args.uploads} uploads "
+        "with the check (`on_duplicate=store`) and without it (`ignore`), interleaved; 320x240 JPEGs.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs. Command: "
+        f"`.venv/bin/python -m benchmarks.bench_duplicates --sizes {args.sizes} --uploads {args.uploads}`.",
+        "",
+        "| photos in the gallery | upload p50, ms | upload + check p50, ms | with / without |",
+        "|---|---|---|---|",
+        *(f"| {size:,} | {g['plain'] * 1000:.1f} | {g['checked'] * 1000:.1f} | {g['checked'] / g['plain']:.2f}x |"
+          for size, g in rows),
+        "",
+        "Goal (issue 32): the check adds at most 10% to an upload's p50 (with / without <= 1.10).",
+    ]
+    publish(SECTION, lines, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
