@@ -17,6 +17,7 @@ from cachetools import LRUCache
 from storage.blobs import media_type, open_blob_store, store_image, user_prefix
 from storage.calls import Calls
 from storage.duplicates import groups, near_duplicates, perceptual_hash, threshold
+from storage.erasures import ErasureLog
 from storage.errors import AtelierError, NotFound
 from storage.intake import DecodedImage, ImageIntake, IntakeResult
 from storage.rows import new_row
@@ -175,6 +176,9 @@ class Library:
             await asyncio.to_thread(self.blobs.delete, key)
 
     async def delete_user(self, user_id: str) -> None:
+        # Logged first: a restore of an older backup leaves the user out even if this deletion is cut short.
+        await asyncio.to_thread(ErasureLog(self.settings.lancedb_uri,
+                                           storage_options=self.settings.lancedb_storage_options).record, user_id)
         await self.writer.delete_user(user_id)
         self.gallery.forget(user_id)
         await asyncio.to_thread(self.blobs.delete_prefix, user_prefix(user_id))

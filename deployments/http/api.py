@@ -170,7 +170,7 @@ async def list_duplicates(request: Request, limit: int = Query(20, ge=1, le=100)
     """The caller's groups of near-duplicate photos (the pairs their uploads' checks found), largest first, each
     with its photos oldest first, the pairs and their reasons, and a suggested keeper and why."""
     if cursor is not None and not cursor.isdigit():
-        raise InvalidInput("cursor is not one this route gave", field="cursor")
+        raise InvalidInput("cursor is not one this route gave", code="invalid_cursor", field="cursor")
     start = int(cursor or 0)
     found = await svc.photos.duplicates(user)
     page = found[start:start + limit]
