@@ -59,11 +59,14 @@ class JobAttempt:
     def status(self) -> dict | None:
         return ray.get(self.ledger.status.remote(self.spec.job_id))
 
-    def add(self, *, total: int | None = None, done: int = 0, skipped: int = 0, errors: list[dict] = ()) -> None:
-        """Count files (`total`: how many the job has) and report the counters at once."""
+    def add(self, *, total: int | None = None, done: int = 0, skipped: int = 0, errors: list[dict] = (),
+            near: int = 0) -> None:
+        """Count files (`total`: how many the job has; `near`: stored with a near-duplicate) and report the
+        counters at once."""
         with self._lock:
             if total is not None:
                 self.counters["total"] = total
+            self.counters["near_duplicates"] += near
             self.counters["done"] += done
             self.counters["skipped_duplicates"] += skipped
             self.counters["failed"] += len(errors)

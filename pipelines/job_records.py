@@ -55,6 +55,7 @@ def revived(row: dict, now: float) -> dict:
     """A record read back: its drivers get `stale_after_s` from now to report before the ledger acts."""
     rec = {k: v for k, v in row.items() if k != "log_tail"}
     rec["log"] = row.get("log_tail", [])
+    rec.setdefault("near_duplicates", 0)  # a record written before the counter was
     rec.update(beat=now, saved_at=now, dirty=False, recovered=rec["state"] in ("queued", "running"))
     return rec
 

@@ -31,9 +31,11 @@ log = logging.getLogger("atelier.ingest")
 
 # Versioned like the gallery writer: the ledger is detached and outlives a redeploy (v2: progress log; v3: one
 # per gallery, its records on disk, errors bounded and paged; v4: undone).
-LEDGER_ACTOR = "atelier_ingest_jobs_v4"
-PROGRESS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
-COUNTERS = ("total", "done", "skipped_duplicates", "failed")
+LEDGER_ACTOR = "atelier_ingest_jobs_v5"
+PROGRESS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "near_duplicates", "started_at",
+            "finished_at")
+# near_duplicates: of the files done, those stored with a near-duplicate (not an outcome of its own).
+COUNTERS = ("total", "done", "skipped_duplicates", "failed", "near_duplicates")
 MAX_RESUMES = 3  # a job resumed this often after ledger restarts, and silent again, fails
 RETENTION_SWEEP_S = 600.0
 

@@ -21,6 +21,7 @@ from pipelines.sources import Entry, list_sources
 from pipelines.spec import JobSpec, absolute_storage
 from pipelines.stages import DUPLICATE, ERROR, KNOWN, NEW, EmbedImages, admit_batch
 from pipelines.writer import cause, check_writer, writer_call
+from storage.duplicates import batch_near, stored_pairs, threshold
 from storage.errors import AtelierError, InvalidInput
 from storage.gallery_writer import gallery_writer
 from storage.rows import new_row
@@ -131,6 +132,26 @@ class IngestRun:
             errors += write_errors
         self.job.add(done=done, skipped=skipped, errors=errors)
 
+    def _near_duplicates(self, writer, rows: list[dict]) -> None:
+        """Each new row checked against the user's gallery (its nearest photos, found by the writer's search)
+        and the batch's earlier rows, as an upload is: the pairs found stay on the row (`meta.near`, what
+        GET /api/duplicates groups) and are counted in the job's `near_duplicates`. A check that cannot be
+        made (the writer busy past its deadline) stores the rows unchecked: they are the user's photos."""
+        s = self.settings
+        try:
+            hits = writer_call(writer.nearest, self._table, self.spec.user_id,
+                               [np.asarray(r["vector"], np.float32).tobytes() for r in rows],
+                               s.near_duplicate_candidates)
+        except Exception as exc:  # noqa: BLE001 - the photos are stored all the same
+            log.warning("job %s: near-duplicate check skipped for %d photos (%s)", self.spec.job_id, len(rows), exc)
+            return
+        found = batch_near(rows, hits, hash_bits=s.duplicate_hash_bits,
+                           cosine=threshold(s.near_shot_cosine, self._table[0]))
+        for row, near in zip(rows, found):
+            if near:
+                row["meta"]["near"] = stored_pairs(near)
+        self.job.add(near=sum(1 for near in found if near))
+
     def _safety(self, verdict: str | None) -> dict:
         """`{"safety": ...}` for a row's meta from its Guard verdict, flagged by the job's content policy as an
         upload's is (never refused: the photos are the user's); nothing for a photo checked by no Guard."""
@@ -150,6 +171,7 @@ class IngestRun:
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
                         meta={"ingest_job": self.spec.job_id, "name": r["name"], "phash": r.get("phash") or "",
                               **self._safety(r.get("safety"))}, created_at=now) for r in new]
+        self._near_duplicates(writer, rows)
         try:
             result = writer_call(writer.upsert, self._table, rows)
             # A row is this job's when the writer created it now, or when it holds this job's own row for that

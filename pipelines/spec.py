@@ -60,6 +60,8 @@ class JobStatus(BaseModel):
     done: int = 0
     skipped_duplicates: int = 0
     failed: int = 0
+    near_duplicates: int = Field(0, description="Of the files done, those stored with a near-duplicate in the user's "
+                                 "gallery or the same job (GET /api/duplicates lists them).")
     errors: list[JobError] = Field(default_factory=list, description=(
         "The first 100 error entries of the job's current attempt (file names cut to 256 characters); "
         "`errors_total` counts them all, GET /api/init/upload/{job_id}/errors pages through every one."))

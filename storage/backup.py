@@ -43,7 +43,7 @@ from storage.settings import StorageArgs, StorageSettings
 FORMAT = 1
 MANIFEST = "manifest.json"
 SKIPPED_TABLES = {"gallery_purges"}  # the writer's schedule of old versions to remove: nothing to restore
-_THREADS = 8
+_THREADS = 4  # blobs copied at once: a local disk gains little past this on a small box (measured 2-8 on 2 cores)
 
 
 # -- where a backup is ---------------------------------------------------------------------------------
@@ -100,17 +100,37 @@ class Place:
 
 def plain_writer(root: Path):
     """put(key, data) as plain files under `root` (no fsync per file: the caller syncs once at the end, as a
-    copy does), for keys that pass the blob store's check and stay inside `root`."""
+    copy does). Keys pass the blob store's check (relative, plain segments: no '..'); the folders are made
+    here, so none is a link leading out."""
     root = root.resolve()
+    made: set[Path] = set()
 
     def put(key: str, data: bytes) -> None:
         path = root / check_key(key)
-        if not path.resolve().is_relative_to(root):
-            raise ValueError(f"blob key {key!r} resolves outside {root}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        with open(path, "wb") as out:
+            out.write(data)
 
     return put
+
+
+def reader(store: BlobStore):
+    """get(key) of a blob store; a local folder's files read directly (its `get` resolves every path, which
+    costs more than the read of a small file)."""
+    if isinstance(store, LocalBlobStore):
+        root = store.root
+
+        def get(key: str) -> bytes:
+            try:
+                with open(root / check_key(key), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise NotFound(f"no blob {key}") from None
+
+        return get
+    return store.get
 
 
 def _target_writer(settings: StorageSettings):
@@ -167,7 +187,7 @@ def create(settings: StorageSettings, dest: str, *, keys_uri: str | None = None)
     place = Place(dest, settings)
     if place.manifest() is not None:
         raise InvalidInput(f"{dest} already holds a backup: pick a new place", field="dest")
-    source, out = open_blob_store(settings), place.writer("blobs")
+    source, out = reader(open_blob_store(settings)), place.writer("blobs")
     manifest: dict[str, Any] = {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(),
                                 "tables": {}, "blobs": {}}
     snapshots: dict[tuple[str, str], tuple[int, pa.Table]] = {}
@@ -178,7 +198,7 @@ def create(settings: StorageSettings, dest: str, *, keys_uri: str | None = None)
             snapshots[(part, name)] = (dataset.version, dataset.to_table())
     wanted = sorted({key for _, tbl in snapshots.values() for c in _blob_columns(tbl)
                      for key in tbl.column(c).to_pylist() if key}
-                    | set(_other_blobs(source)))
+                    | set(_other_blobs(open_blob_store(settings))))
     copied = dict(zip(wanted, _parallel(lambda key: _copy(source, out, key), wanted)))
     manifest["blobs"] = {key: got for key, got in copied.items() if got is not None}
     for (part, name), (version, tbl) in snapshots.items():
@@ -202,9 +222,9 @@ def _other_blobs(store: BlobStore) -> Iterable[str]:
         return []
 
 
-def _copy(source: BlobStore, out, key: str) -> list | None:
+def _copy(source, out, key: str) -> list | None:
     try:
-        data = source.get(key)
+        data = source(key)
     except NotFound:
         return None  # deleted since the tables' versions: its row is left out
     out(key, data)
@@ -241,12 +261,12 @@ def verify(settings: StorageSettings, src: str) -> dict:
             if tbl.num_rows != expected["rows"] or table_digest(tbl) != expected["sha256"]:
                 problems.append(f"table {part}/{name} differs from the manifest ({tbl.num_rows} rows, "
                                 f"{expected['rows']} expected)")
-    blobs = place.store("blobs")
+    blobs = reader(place.store("blobs"))
 
     def check(item) -> str | None:
         key, (size, sha) = item
         try:
-            data = blobs.get(key)
+            data = blobs(key)
         except NotFound:
             return f"blob {key} is missing"
         return None if len(data) == size and _sha(data) == sha else f"blob {key} is corrupted (size or sha256)"
@@ -271,9 +291,9 @@ def restore(settings: StorageSettings, src: str, *, keys_uri: str | None = None,
               | _erased(settings.lancedb_uri, settings.lancedb_storage_options or None)
               | set().union(*(_erased(uri, settings.lancedb_storage_options or None) for uri in erasures))) - allowed
     prefixes = tuple(f"{top}/{d[:32]}/" for d in erased for top in ("u", "i"))
-    target, blobs = _target_writer(settings), place.store("blobs")
+    target, blobs = _target_writer(settings), reader(place.store("blobs"))
     keys = [k for k in manifest["blobs"] if not k.startswith(prefixes)]
-    _parallel(lambda key: target(key, blobs.get(key)), keys)  # blobs first (on disk: synced), then rows
+    _parallel(lambda key: target(key, blobs(key)), keys)  # blobs first (on disk: synced), then rows
     if settings.blob_backend == "local":
         os.sync()
     restored: dict[str, int] = {}
@@ -286,8 +306,10 @@ def restore(settings: StorageSettings, src: str, *, keys_uri: str | None = None,
             if name == ERASURES_TABLE:
                 tbl = _log_of(erased)
             elif "user_id" in tbl.column_names and erased:
-                users = tbl.column("user_id").to_pylist()
-                keep = [user_digest(u) not in erased for u in users]
+                keep = [user_digest(u) not in erased for u in tbl.column("user_id").to_pylist()]
+                tbl = tbl.filter(pa.array(keep, pa.bool_()))
+            elif "user_digest" in tbl.column_names and erased:  # tables that keep users by digest (dismissals)
+                keep = [d not in erased for d in tbl.column("user_digest").to_pylist()]
                 tbl = tbl.filter(pa.array(keep, pa.bool_()))
             db.create_table(name, data=tbl, schema=tbl.schema, mode="overwrite")
             restored[f"{part}/{name}"] = tbl.num_rows

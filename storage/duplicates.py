@@ -49,12 +49,30 @@ def near_duplicates(phash: str, hits: list[dict], *, hash_bits: int, cosine: flo
     found = []
     for hit in hits:
         other = (hit.get("meta") or {}).get("phash")
-        bits = hamming(phash, other) if isinstance(other, str) and len(other) == 16 else None
+        bits = hamming(phash, other) if isinstance(other, str) and len(other) == 16 and len(phash) == 16 else None
         if bits is not None and bits <= hash_bits:
             found.append({"img_id": hit["img_id"], "kind": SAME_PICTURE, "distance": bits})
         elif hit.get("score", 0.0) >= cosine:
             found.append({"img_id": hit["img_id"], "kind": NEAR_SHOT, "distance": round(1.0 - float(hit["score"]), 6)})
     return sorted(found, key=lambda f: (f["kind"] != SAME_PICTURE, f["distance"]))
+
+
+def batch_near(rows: list[dict], hits: list[list[dict]], *, hash_bits: int, cosine: float) -> list[list[dict]]:
+    """The near-duplicates of each row of a batch about to be stored (a bulk job's): among its gallery `hits`
+    (the user's nearest stored rows, as a search answers them) and among the batch's earlier rows, so that a
+    burst inside one zip is found too. `rows` carry img_id, content_hash, vector (unit, float32) and meta.phash."""
+    vectors = np.stack([np.asarray(r["vector"], np.float32) for r in rows]) if rows else np.empty((0, 0))
+    if len(rows):
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similar = vectors @ vectors.T if len(rows) else vectors
+    out = []
+    for i, row in enumerate(rows):
+        earlier = [{"img_id": rows[j]["img_id"], "score": float(similar[i, j]), "meta": rows[j]["meta"]}
+                   for j in range(i) if rows[j]["content_hash"] != row["content_hash"]]
+        stored = [h for h in hits[i] if h.get("content_hash") != row["content_hash"]]
+        out.append(near_duplicates(row["meta"].get("phash") or "", stored + earlier, hash_bits=hash_bits,
+                                   cosine=cosine))
+    return out
 
 
 def stored_pairs(found: list[dict]) -> list[list]:

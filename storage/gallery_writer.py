@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
 from storage.errors import AtelierError, GalleryUnopenable, InvalidInput
@@ -22,7 +23,7 @@ from storage.settings import StorageSettings
 # outlives a redeploy, and a new caller must not get an old writer that lacks a method it calls.
 # During a rolling upgrade the old and new writers may both commit for a while; the table's
 # primary key still keeps them from storing one (user, content) twice.
-PROTOCOL = 5  # 4: one writer for every embedding model's table of a gallery; copy_rows. 5: delete_import
+PROTOCOL = 6  # 4: one writer for every embedding model's table of a gallery; copy_rows. 5: delete_import. 6: nearest
 
 # Which of a gallery's tables a call is about: (embedding model id, vector dimension).
 Table = tuple[str, int]
@@ -72,6 +73,14 @@ class GalleryWrites:
 
     def upsert(self, table: Table, rows: list[dict]) -> Any:
         return self.gallery(table).upsert(rows)
+
+    def nearest(self, table: Table, user_id: str, vectors: list[bytes], k: int) -> list[list[dict]]:
+        """For each vector (float32 bytes), the user's k nearest stored rows (img_id, content_hash, score,
+        meta.phash): what a bulk job's near-duplicate check compares its photos with."""
+        gallery = self.gallery(table)
+        return [[{"img_id": h["img_id"], "content_hash": h["content_hash"], "score": h["score"],
+                  "meta": {"phash": (h.get("meta") or {}).get("phash")}}
+                 for h in gallery.search(user_id, np.frombuffer(v, dtype=np.float32), k=k)] for v in vectors]
 
     def update(self, table: Table, user_id: str, img_id: str, **fields) -> Any:
         return self.gallery(table).update(user_id, img_id, **fields)
@@ -165,6 +174,10 @@ class GalleryWriter(GalleryWrites):
     @ray.method(concurrency_group="reads")
     def existing_hashes(self, table: Table, user_id: str, hashes: list[str]) -> set[str]:
         return self.gallery(table).existing_hashes(user_id, hashes)
+
+    @ray.method(concurrency_group="reads")
+    def nearest(self, table: Table, user_id: str, vectors: list[bytes], k: int) -> list[list[dict]]:
+        return GalleryWrites.nearest(self, table, user_id, vectors, k)
 
     @ray.method(concurrency_group="reads")
     def purge_status(self) -> dict:

@@ -17,6 +17,7 @@ from cachetools import LRUCache
 from storage.blobs import media_type, open_blob_store, store_image, user_prefix
 from storage.calls import Calls
 from storage.duplicates import groups, near_duplicates, perceptual_hash, threshold
+from storage.dismissals import Dismissals
 from storage.erasures import ErasureLog
 from storage.errors import AtelierError, NotFound
 from storage.intake import DecodedImage, ImageIntake, IntakeResult
@@ -46,6 +47,7 @@ class Library:
             calls = Calls(local_writes(settings, self.gallery), threads=True)
         self.writer = TableWriter(calls, (embed_model, dim))
         self._hashes: LRUCache = LRUCache(maxsize=256)  # content hash -> pHash: the check and the row share one
+        self.dismissals = Dismissals(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
 
     # -- intake -----------------------------------------------------------------------------------
     async def admit(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
@@ -117,10 +119,17 @@ class Library:
         """The user's groups of near-duplicates, from the pairs their uploads' checks kept (storage.duplicates.groups)."""
         def read() -> list[dict]:
             pairs = self.gallery.near_pairs(user_id)
+            if not pairs:
+                return []
             rows = self.gallery.get_many(user_id, [i for a, b, _, _ in pairs for i in (a, b)])
-            return groups(rows, pairs)
+            dismissed = self.dismissals.of(user_id)
+            return [g for g in groups(rows, pairs) if g["group"] not in dismissed]
 
         return await self._read(read)
+
+    async def dismiss(self, user_id: str, group: str) -> None:
+        """Never propose this group (these very photos) to the user again."""
+        await asyncio.to_thread(self.dismissals.add, user_id, group)
 
     async def display(self, user_id: str, img_id: str, *, original: bool = False) -> tuple[bytes, str]:
         """The stored display copy of a user's image (or, with `original`, the bytes as they were stored:
@@ -180,6 +189,7 @@ class Library:
         await asyncio.to_thread(ErasureLog(self.settings.lancedb_uri,
                                            storage_options=self.settings.lancedb_storage_options).record, user_id)
         await self.writer.delete_user(user_id)
+        await asyncio.to_thread(self.dismissals.forget_user, user_id)
         self.gallery.forget(user_id)
         await asyncio.to_thread(self.blobs.delete_prefix, user_prefix(user_id))
 

@@ -46,7 +46,9 @@ class EditRequest(BaseModel):
 
 class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    keep: str = Field(..., min_length=1, max_length=64, description="The photo of the group to keep; the rest go.")
+    keep: str | None = Field(None, min_length=1, max_length=64, description="The photo of the group to keep; the "
+                             "rest go.")
+    dismiss: bool = Field(False, description="Keep every photo and never propose this group again.")
 
 
 class DescribeRequest(BaseModel):
@@ -181,8 +183,11 @@ async def list_duplicates(request: Request, limit: int = Query(20, ge=1, le=100)
 @router.post("/api/duplicates/{group}/resolve")
 async def resolve_duplicates(group: str, body: ResolveRequest, user: str = Depends(caller),
                              svc: ProductService = Depends(service)):
-    """Keep one photo of a group and delete the others (finally, as `DELETE /api/images/{img_id}` does)."""
-    return await svc.photos.resolve_duplicates(user, group, body.keep)
+    """Keep one photo of a group and delete the others (finally, as `DELETE /api/images/{img_id}` does), or
+    dismiss the group: it is not proposed again (until it gains or loses a photo)."""
+    if (body.keep is None) == (not body.dismiss):
+        raise InvalidInput("send either keep (an img_id of the group) or dismiss: true", field="keep")
+    return await svc.photos.resolve_duplicates(user, group, body.keep, dismiss=body.dismiss)
 
 
 @router.get("/api/images/{img_id}")

@@ -41,7 +41,8 @@ log = logging.getLogger("atelier.ingest")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 MULTIPART_SLACK = 1024 * 1024  # part headers and boundaries on top of the files themselves
-PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "started_at", "finished_at")
+PROGRESS_FIELDS = ("job_id", "state", "total", "done", "skipped_duplicates", "failed", "near_duplicates", "started_at",
+                   "finished_at")
 ACTIVE = ("queued", "running")
 RESTARTABLE = ("failed", "cancelled", "undone")  # the same upload again runs these anew
 SMALL_JOB_CONCURRENCY = 4  # files of a small job in flight at once
@@ -100,7 +101,8 @@ class IngestDesk:
         self._resuming = False
 
     def attach(self, keep, room=None) -> None:
-        """`keep(user, name, data, job_id, seen) -> "done" | "skipped_duplicates"` stores one file of a small job;
+        """`keep(user, name, data, job_id, seen) -> ("done" | "skipped_duplicates", stored with a near-duplicate)`
+        stores one file of a small job;
         `room(user, images, size)` refuses an upload that would take the user past their plan's storage."""
         self._keep, self._room = keep, room
 
@@ -125,13 +127,13 @@ class IngestDesk:
             async with slots:
                 if job.stop.is_set():
                     return
-                errors, outcome = [], "failed"
+                errors, outcome, near = [], "failed", False
                 try:
-                    outcome = await self._keep(user, name, data, spec.job_id, seen)
+                    outcome, near = await self._keep(user, name, data, spec.job_id, seen)
                 except (AtelierError, ModelError) as exc:
                     errors.append({"name": name, "code": exc.code, "message": exc.message})
                 await asyncio.to_thread(job.add, done=int(outcome == "done"),
-                                        skipped=int(outcome == "skipped_duplicates"), errors=errors)
+                                        skipped=int(outcome == "skipped_duplicates"), errors=errors, near=int(near))
 
         try:
             await asyncio.to_thread(job.add, total=len(files))

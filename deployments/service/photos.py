@@ -123,20 +123,25 @@ class Photos(Verbs):
                 raise
             return Screened(degraded=True)
 
-    async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str, seen: set[str]) -> str:
+    async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str,
+                            seen: set[str]) -> tuple[str, bool]:
         """One file of a small ingestion job: skipped by its hash before any decode when the user (or this
-        job) has it, else checked, embedded and kept like an upload; returns the counter it adds to."""
+        job) has it, else checked, embedded, compared with the user's gallery and kept like an upload; returns
+        the counter it adds to, and whether it was stored with a near-duplicate."""
         content_hash = hashlib.sha256(data).hexdigest()
         if content_hash in seen:  # claimed by another file of this job (before any await: files run at once)
-            return "skipped_duplicates"
+            return "skipped_duplicates", False
         seen.add(content_hash)
         lib = await self.library()
         if await lib.find(user, content_hash) is not None:
-            return "skipped_duplicates"
+            return "skipped_duplicates", False
         image = await lib.admit(data, filename=name)
-        _, created = await self.embed_and_store(user, image, source="ingest",
-                                                 meta={"ingest_job": job_id, "name": name})
-        return "done" if created else "skipped_duplicates"
+        vector, safety = await self._embed_and_screen(user, image, "ingest")
+        near = await (await self.library(vector)).near_duplicates(user, image, vector.values)
+        meta = {"ingest_job": job_id, "name": name, **({"near": stored_pairs(near)} if near else {})}
+        _, created = await self.embed_and_store(user, image, source="ingest", meta=meta, safety=safety, checked=True,
+                                                 vector=vector)
+        return ("done", bool(near)) if created else ("skipped_duplicates", False)
 
     PAGES_PER_FILTERED_LIST = 10  # pages read at most to fill one filtered page; past them, fewer rows + a cursor
 
@@ -170,13 +175,17 @@ class Photos(Verbs):
         """The user's groups of near-duplicate photos, largest first (storage.duplicates.groups)."""
         return await (await self.library()).duplicate_groups(user)
 
-    async def resolve_duplicates(self, user: str, group: str, keep: str) -> dict:
-        """Keep one photo of a group and delete the others, each as finally as one image. `group` is the name
-        a listing gave: a group that changed since (a photo added or deleted) is not found under it."""
+    async def resolve_duplicates(self, user: str, group: str, keep: str | None, dismiss: bool = False) -> dict:
+        """Keep one photo of a group and delete the others, each as finally as one image; or (`dismiss`) keep
+        them all and never propose the group again. `group` is the name a listing gave: a group that changed
+        since (a photo added or deleted) is not found under it."""
         found = [g for g in await self.duplicates(user) if g["group"] == group]
         if not found:
             raise NotFound("no such duplicate group (it may have changed: list the groups again)",
                            code="group_not_found")
+        if dismiss:
+            await (await self.library()).dismiss(user, group)
+            return {"group": group, "dismissed": True}
         members = [r["img_id"] for r in found[0]["members"]]
         if keep not in members:
             raise InvalidInput("keep must be one of the group's photos", field="keep")

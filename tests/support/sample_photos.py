@@ -43,6 +43,16 @@ def scene(seed: int, size=(320, 240)) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
+def burst(seed: int, crop: float = 0.06, light: float = 1.15) -> Image.Image:
+    """The same scene a moment later: a small crop and a change of light (a burst shot, a near shot)."""
+    from PIL import ImageEnhance
+
+    base = scene(seed)
+    w, h = base.size
+    dx, dy = int(w * crop), int(h * crop)
+    return ImageEnhance.Brightness(base.crop((dx, dy, w - dx, h - dy)).resize((w, h))).enhance(light)
+
+
 def encoded(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **options)

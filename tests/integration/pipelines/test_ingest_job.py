@@ -221,3 +221,54 @@ def spec_fields(job_id: str, user: str, **ingest) -> dict:
     from deployments.config import IngestSpec
 
     return {"job_id": job_id, "user_id": user, "ingest": IngestSpec(**ingest), "fingerprint": "test"}
+
+
+def test_a_bulk_job_checks_its_photos_for_near_duplicates_in_the_gallery_and_among_themselves(ray_cluster, tiny_kit,
+                                                                                               tmp_path):
+    """Issue 32: a job's photos are compared with the user's gallery and with the job's other photos, as an
+    upload is: a resized copy of a stored photo is a same picture, two bursts of it near shots; the pairs stay
+    on the rows (GET /api/duplicates groups them) and the job counts the photos stored with one."""
+    import yaml
+
+    from pipelines.ingest import spec_from_config
+    from pipelines.jobs import ledger
+    from pipelines.run import run_job
+    from pipelines.spec import JobSpec
+    from storage.duplicates import groups
+    from tests.support.sample_photos import burst, encoded, scene
+
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", tiny_kit, data_dir, read_batch_size=4, write_batch_size=8)
+    doc = yaml.safe_load(config.read_text())
+    # The tiny random-weight embedder's scale: scene 4's bursts measure 0.91-0.99, other scenes <= 0.55.
+    doc["applications"][0]["args"]["storage"]["near_shot_cosine"] = {"default": 0.9}
+    config.write_text(yaml.safe_dump(doc))
+
+    def job(name: str, files: dict[str, bytes]) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, data in files.items():
+            (folder / file).write_bytes(data)
+        spec = spec_from_config(config, "nora", [str(folder)])
+        assert ray.get(ledger(spec.storage).open.remote(spec.model_dump(), True))["action"] != "conflict"
+        return run_job(JobSpec.model_validate(spec.model_dump()), console=False)
+
+    first = job("day1", {"beach.jpg": encoded(scene(4), quality=90), "city.jpg": encoded(scene(101), quality=90)})
+    assert (first["state"], first["done"], first["near_duplicates"]) == ("succeeded", 2, 0), first
+    second = job("day2", {"beach-small.png": encoded(scene(4).resize((160, 120)), "PNG"),
+                          "beach-burst1.jpg": encoded(burst(4), quality=90),
+                          "beach-burst2.jpg": encoded(burst(4, crop=0.04, light=0.9), quality=88),
+                          "forest.jpg": encoded(scene(7), quality=90)})
+    assert (second["state"], second["done"], second["near_duplicates"]) == ("succeeded", 4, 3), second
+
+    gallery = open_gallery(tiny_kit, data_dir / "lancedb", data_dir / "blobs")
+    rows = {r["img_id"]: r for r in all_rows(gallery, "nora")}
+    by_name = {r["meta"]["name"]: i for i, r in rows.items()}
+    pairs = gallery.near_pairs("nora")
+    kinds = {(rows[a]["meta"]["name"], rows[b]["meta"]["name"]): kind for a, b, kind, _ in pairs}
+    assert kinds[("beach-small.png", "beach.jpg")] == "same_picture", kinds
+    assert kinds[("beach-burst1.jpg", "beach.jpg")] == "near_shot", kinds
+    assert ("beach-burst2.jpg", "beach-burst1.jpg") in kinds or ("beach-burst1.jpg", "beach-burst2.jpg") in kinds
+    (group,) = groups(rows, pairs)
+    assert {m["img_id"] for m in group["members"]} == {by_name[n] for n in ("beach.jpg", "beach-small.png",
+                                                                             "beach-burst1.jpg", "beach-burst2.jpg")}

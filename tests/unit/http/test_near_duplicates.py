@@ -6,19 +6,11 @@ different photo neither; `on_duplicate=skip` keeps none of them, and another use
 from __future__ import annotations
 
 import pytest
-from PIL import ImageEnhance
 
-from tests.support.sample_photos import encoded, scene
+from tests.support.sample_photos import burst, encoded, scene
 
 TINY_NEAR_SHOT = 0.9  # the tiny random-weight embedder's scale for scene 4: its bursts 0.91-0.99, other scenes <= 0.55
 SCENE, OTHER = 4, 101
-
-
-def burst(seed: int, crop: float = 0.06, light: float = 1.15):
-    base = scene(seed)
-    w, h = base.size
-    dx, dy = int(w * crop), int(h * crop)
-    return ImageEnhance.Brightness(base.crop((dx, dy, w - dx, h - dy)).resize((w, h))).enhance(light)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def client(tiny_models, tmp_path_factory):
     data = tmp_path_factory.mktemp("near")
     settings = ServiceSettings(keys_uri=str(data / "lancedb"), url_secret_file=str(data / "url_secret"))
     store = key_store(settings)
-    keys = {user: store.add(user)[1] for user in ("nia", "oto", "pia")}
+    keys = {user: store.add(user)[1] for user in ("nia", "oto", "pia", "qi")}
     models = LocalModels(*(tiny_models[r] for r in ("embedder", "writer", "describer", "painter")))
     storage = StorageSettings(lancedb_uri=str(data / "lancedb"), blob_root=str(data / "blobs"),
                               near_shot_cosine={"default": 0.999, tiny: TINY_NEAR_SHOT})
@@ -142,3 +134,28 @@ def test_the_groups_are_listed_with_a_keeper_and_resolved_finally(client):
     assert c.get("/api/duplicates", headers=auth).json()["groups"] == []
     again = c.post(f"/api/duplicates/{group['group']}/resolve", json={"keep": group["keep"]}, headers=auth)
     assert again.status_code == 404
+
+
+def test_a_dismissed_group_is_not_proposed_again_until_it_changes(client):
+    from storage.dismissals import Dismissals
+
+    c, keys, data = client
+    auth = {"Authorization": f"Bearer {keys['qi']}"}
+    for photo, name in ((encoded(scene(SCENE), quality=90), "a.jpg"), (encoded(scene(SCENE).resize((160, 120)), "PNG"), "b.png")):
+        assert upload(c, keys["qi"], photo, name).status_code == 201
+    (group,) = c.get("/api/duplicates", headers=auth).json()["groups"]
+    both = c.post(f"/api/duplicates/{group['group']}/resolve", json={"keep": group["keep"], "dismiss": True}, headers=auth)
+    assert both.status_code == 400 and both.json()["error"]["field"] == "keep", both.text
+    dismissed = c.post(f"/api/duplicates/{group['group']}/resolve", json={"dismiss": True}, headers=auth)
+    assert dismissed.status_code == 200 and dismissed.json() == {"group": group["group"], "dismissed": True}
+    assert c.get("/api/duplicates", headers=auth).json()["groups"] == []
+    assert len(c.get("/api/images", headers=auth).json()["items"]) == 2  # nothing deleted
+    # A third copy makes it another group (other members, another name): proposed again.
+    assert upload(c, keys["qi"], encoded(scene(SCENE).resize((200, 150)), "PNG"), "c.png").status_code == 201
+    (again,) = c.get("/api/duplicates", headers=auth).json()["groups"]
+    assert again["group"] != group["group"] and len(again["members"]) == 3
+    # Deleting the user deletes their dismissals too.
+    dismissals = Dismissals(str(data / "lancedb"))
+    assert dismissals.of("qi") == {group["group"]}
+    assert c.delete("/api/me", headers=auth).status_code == 204
+    assert dismissals.of("qi") == set()
