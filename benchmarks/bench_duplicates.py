@@ -21,7 +21,6 @@ once. Otherwise it exits 3 and writes nothing.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.checks import check, run
+from benchmarks.photos import noise_jpeg
 from benchmarks.results_md import publish
 
 SECTION = "## Near-duplicate check per upload"
@@ -40,12 +40,7 @@ USER = "bench-dup"
 
 
 def photo(seed: int) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    return noise_jpeg(seed, 320, 240, quality=85)
 
 
 def unit(rng, n: int, dim: int) -> np.ndarray:

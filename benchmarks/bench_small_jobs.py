@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import platform
 import statistics
@@ -29,18 +28,14 @@ import numpy as np
 
 from benchmarks.checks import check, check_stored, run
 from benchmarks.local_graph import start
+from benchmarks.photos import noise_jpeg
 from benchmarks.results_md import publish
 
 SECTION = "## Small bulk jobs"
 
 
 def photo(seed: int) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return noise_jpeg(seed)
 
 
 def one_job(client, files: list[bytes]) -> float:

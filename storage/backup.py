@@ -95,7 +95,7 @@ class Place:
     def write_manifest(self, manifest: dict) -> None:
         if not self.s3:
             os.sync()  # every blob and table file on disk before the manifest says the backup is whole
-        self.store().put(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), "application/json")
+        self.store().put(MANIFEST, json.dumps(manifest, sort_keys=True).encode(), "application/json")
 
 
 def plain_writer(root: Path):
