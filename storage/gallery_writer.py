@@ -8,6 +8,7 @@ Uploads, generation and ingestion all write through it, so two concurrent insert
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,34 @@ class GalleryWrites:
             now = current.get((row["user_id"], row["img_id"]))
             if now is not None:
                 live.append({**row, **{name: now.get(name, "") for name in TEXT_FIELDS}})
+        live = self._pairs_judged_again(target, live)
         result = self.gallery(target).upsert(live) if live else {"inserted": 0}
         return {"copied": result["inserted"], "already": len(live) - result["inserted"], "gone": len(rows) - len(live)}
+
+    def _pairs_judged_again(self, target: Table, rows: list[dict]) -> list[dict]:
+        """A backfill's rows with their near-duplicate pairs (`meta.near`) found again by the new model: among
+        each user's photos already in `target` and the batch's earlier ones, at the new model's near-shot
+        threshold (a same picture is told by the hash, whatever the model). The old model's pairs are dropped:
+        its cosines are not the new one's."""
+        from storage.duplicates import batch_near, stored_pairs, threshold
+
+        gallery, s = self.gallery(target), self.settings
+        cosine = threshold(s.near_shot_cosine, target[0])
+        by_user: dict[str, list[dict]] = {}
+        for row in rows:
+            meta = row.get("meta") or {}
+            meta = dict(json.loads(meta) if isinstance(meta, str) else meta)
+            meta.pop("near", None)
+            by_user.setdefault(row["user_id"], []).append({**row, "meta": meta})
+        out = []
+        for user, batch in by_user.items():
+            hits = [gallery.search(user, np.asarray(r["vector"], np.float32), k=s.near_duplicate_candidates)
+                    for r in batch]
+            for row, near in zip(batch, batch_near(batch, hits, hash_bits=s.duplicate_hash_bits, cosine=cosine)):
+                if near:
+                    row["meta"]["near"] = stored_pairs(near)
+                out.append(row)
+        return out
 
     def purge_status(self) -> dict:
         """Pending purges, how many ran and when the last one ended (Unix seconds)."""

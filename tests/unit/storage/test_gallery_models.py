@@ -99,3 +99,27 @@ def test_an_import_is_taken_back_from_every_models_table_and_nothing_else_goes(w
     assert writes.purge_status()["pending"] >= 1
     assert writes.delete_import(OLD, "dan", job) == []  # taken back already: nothing more goes
     assert writes.delete_import(OLD, "dan", "not a job id") == []
+
+
+def test_a_backfill_judges_near_duplicate_pairs_again_by_the_new_model(writes):
+    """Issue 32: the old model's near-shot pair is not carried over (its cosine is not the new model's); the new
+    model's near shots are found; a same picture (the perceptual hash) stays one whatever the model."""
+    def row(n: int, phash: str, near: list | None = None) -> dict:
+        return {**_row("bo", n, OLD[1]), "meta": {"phash": phash, **({"near": near} if near else {})}}
+
+    a = writes.upsert(OLD, [row(1, "0" * 16)])["rows"][0]
+    b, c, d = writes.upsert(OLD, [row(2, "f" * 16, near=[[a["img_id"], "near_shot", 0.01]]),
+                                  row(3, "0f" * 8), row(4, "f0" * 8)])["rows"]
+    e = writes.upsert(OLD, [row(5, "00ff" * 4)])["rows"][0]
+    f = writes.upsert(OLD, [row(6, "00ff" * 4)])["rows"][0]  # the same picture as e (equal hashes)
+    rng = np.random.default_rng(3)
+    basis = np.eye(NEW[1], dtype=np.float32)
+    new_vectors = {a["img_id"]: basis[0], b["img_id"]: basis[1],  # apart under the new model
+                   c["img_id"]: basis[2], d["img_id"]: basis[2] + 0.01 * basis[3],  # a near shot under it
+                   e["img_id"]: basis[4], f["img_id"]: basis[5] + 0.1 * rng.standard_normal(NEW[1]).astype(np.float32)}
+    copies = [{**_as_new(r), "vector": new_vectors[r["img_id"]]} for r in (a, b, c, d, e, f)]
+    assert writes.copy_rows(OLD, NEW, copies[:3])["copied"] == 3
+    assert writes.copy_rows(OLD, NEW, copies[3:])["copied"] == 3  # a later batch finds the earlier one's photos
+    pairs = {(x, y): kind for x, y, kind, _ in writes.gallery(NEW).near_pairs("bo")}
+    assert pairs == {(d["img_id"], c["img_id"]): "near_shot", (f["img_id"], e["img_id"]): "same_picture"}, pairs
+    assert (b["img_id"], a["img_id"]) in {(x, y) for x, y, _, _ in writes.gallery(OLD).near_pairs("bo")}
