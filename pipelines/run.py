@@ -21,7 +21,7 @@ from pipelines.sources import Entry, list_sources
 from pipelines.spec import JobSpec, absolute_storage
 from pipelines.stages import DUPLICATE, ERROR, KNOWN, NEW, EmbedImages, admit_batch
 from pipelines.writer import cause, check_writer, writer_call
-from storage.duplicates import batch_near, stored_pairs, threshold
+from storage.duplicates import mark_pairs, threshold
 from storage.errors import AtelierError, InvalidInput
 from storage.gallery_writer import gallery_writer
 from storage.rows import new_row
@@ -145,12 +145,8 @@ class IngestRun:
         except Exception as exc:  # noqa: BLE001 - the photos are stored all the same
             log.warning("job %s: near-duplicate check skipped for %d photos (%s)", self.spec.job_id, len(rows), exc)
             return
-        found = batch_near(rows, hits, hash_bits=s.duplicate_hash_bits,
-                           cosine=threshold(s.near_shot_cosine, self._table[0]))
-        for row, near in zip(rows, found):
-            if near:
-                row["meta"]["near"] = stored_pairs(near)
-        self.job.add(near=sum(1 for near in found if near))
+        self.job.add(near=mark_pairs(rows, hits, hash_bits=s.duplicate_hash_bits,
+                                     cosine=threshold(s.near_shot_cosine, self._table[0])))
 
     def _safety(self, verdict: str | None) -> dict:
         """`{"safety": ...}` for a row's meta from its Guard verdict, flagged by the job's content policy as an

@@ -32,14 +32,9 @@ def _db(settings: StorageSettings):
 
 def gallery_tables(settings: StorageSettings, db=None) -> list[str]:
     """Every embedding model's table of the gallery, by name."""
-    db = db or _db(settings)
-    names, token = [], None
-    while True:
-        page = db.list_tables(page_token=token)
-        names += [n for n in page.tables if n.startswith(f"{settings.gallery_table}__")]
-        token = page.page_token
-        if not token:
-            return sorted(names)
+    from storage.gallery.versions import table_names
+
+    return [n for n in table_names(db or _db(settings)) if n.startswith(f"{settings.gallery_table}__")]
 
 
 def list_versions(settings: StorageSettings, limit: int = 20) -> dict[str, list[dict]]:

@@ -38,6 +38,7 @@ import pyarrow as pa
 from storage.blobs import BlobStore, LocalBlobStore, S3BlobStore, check_key, media_type, open_blob_store
 from storage.erasures import ERASURES_TABLE, ErasureLog, user_digest
 from storage.errors import InvalidInput, NotFound
+from storage.gallery.versions import table_names
 from storage.settings import StorageArgs, StorageSettings
 
 FORMAT = 1
@@ -147,13 +148,7 @@ def _connect(uri: str, options: dict[str, str] | None):
 
 
 def _tables(db) -> list[str]:
-    names, token = [], None
-    while True:
-        page = db.list_tables(page_token=token)
-        names += list(page.tables)
-        token = page.page_token
-        if not token:
-            return sorted(n for n in names if n not in SKIPPED_TABLES)
+    return [n for n in table_names(db) if n not in SKIPPED_TABLES]
 
 
 def table_digest(tbl: pa.Table) -> str:
@@ -279,13 +274,13 @@ def verify(settings: StorageSettings, src: str) -> dict:
 def restore(settings: StorageSettings, src: str, *, keys_uri: str | None = None, erasures: Iterable[str] = (),
             restore_erased: Iterable[str] = ()) -> dict:
     """Restore a backup into this (empty) deployment, leaving out every erased user but those named."""
+    dbs = _databases(settings, keys_uri)
+    _check_empty(settings, dbs)  # cheap: before the full read of the backup
     checked = verify(settings, src)
     if not checked["ok"]:
         raise InvalidInput("the backup does not verify: " + "; ".join(checked["problems"][:5]), field="src")
     place = Place(src, settings)
     manifest = place.manifest()
-    dbs = _databases(settings, keys_uri)
-    _check_empty(settings, dbs)
     allowed = {user_digest(u) for u in restore_erased}
     erased = (_erased(place.db_uri("lancedb"), place.storage_options())
               | _erased(settings.lancedb_uri, settings.lancedb_storage_options or None)
@@ -300,21 +295,28 @@ def restore(settings: StorageSettings, src: str, *, keys_uri: str | None = None,
     for part, tables in manifest["tables"].items():
         if part not in dbs:
             raise InvalidInput(f"the backup has a separate key database ({part}/): pass --keys-uri", field="keys_uri")
-        db = _connect(*dbs[part])
+        db, backed_up = _connect(*dbs[part]), _connect(place.db_uri(part), place.storage_options())
         for name in tables:
-            tbl = _connect(place.db_uri(part), place.storage_options()).open_table(name).to_arrow()
+            tbl = backed_up.open_table(name).to_arrow()
+            digests = _user_digests(tbl)
             if name == ERASURES_TABLE:
                 tbl = _log_of(erased)
-            elif "user_id" in tbl.column_names and erased:
-                keep = [user_digest(u) not in erased for u in tbl.column("user_id").to_pylist()]
-                tbl = tbl.filter(pa.array(keep, pa.bool_()))
-            elif "user_digest" in tbl.column_names and erased:  # tables that keep users by digest (dismissals)
-                keep = [d not in erased for d in tbl.column("user_digest").to_pylist()]
-                tbl = tbl.filter(pa.array(keep, pa.bool_()))
+            elif digests is not None and erased:
+                tbl = tbl.filter(pa.array([d not in erased for d in digests], pa.bool_()))
             db.create_table(name, data=tbl, schema=tbl.schema, mode="overwrite")
             restored[f"{part}/{name}"] = tbl.num_rows
     return {"tables": restored, "blobs": len(keys), "erased_left_out": len(erased),
             "erased_restored": len(allowed)}
+
+
+def _user_digests(tbl: pa.Table) -> list[str] | None:
+    """Each row's user, as the erasure log names them: by `user_id`, or by `user_digest` where a table keeps
+    only that (dismissals); None for a table of no user's."""
+    if "user_id" in tbl.column_names:
+        return [user_digest(u) for u in tbl.column("user_id").to_pylist()]
+    if "user_digest" in tbl.column_names:
+        return tbl.column("user_digest").to_pylist()
+    return None
 
 
 def _erased(uri: str, options: dict | None) -> set[str]:

@@ -75,6 +75,17 @@ def batch_near(rows: list[dict], hits: list[list[dict]], *, hash_bits: int, cosi
     return out
 
 
+def mark_pairs(rows: list[dict], hits: list[list[dict]], *, hash_bits: int, cosine: float) -> int:
+    """`batch_near` of a batch about to be stored, its pairs put on each row (`meta.near`, replacing any it
+    had); how many rows have one."""
+    found = batch_near(rows, hits, hash_bits=hash_bits, cosine=cosine)
+    for row, near in zip(rows, found):
+        row["meta"].pop("near", None)
+        if near:
+            row["meta"]["near"] = stored_pairs(near)
+    return sum(1 for near in found if near)
+
+
 def stored_pairs(found: list[dict]) -> list[list]:
     """What a row keeps of an upload's check (`meta.near`): [[img_id, kind, distance], ...], the pairs a
     listing of the user's duplicate groups is made of (no rescan of the gallery)."""

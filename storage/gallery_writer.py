@@ -128,25 +128,19 @@ class GalleryWrites:
         each user's photos already in `target` and the batch's earlier ones, at the new model's near-shot
         threshold (a same picture is told by the hash, whatever the model). The old model's pairs are dropped:
         its cosines are not the new one's."""
-        from storage.duplicates import batch_near, stored_pairs, threshold
+        from storage.duplicates import mark_pairs, threshold
 
         gallery, s = self.gallery(target), self.settings
-        cosine = threshold(s.near_shot_cosine, target[0])
         by_user: dict[str, list[dict]] = {}
         for row in rows:
             meta = row.get("meta") or {}
             meta = dict(json.loads(meta) if isinstance(meta, str) else meta)
-            meta.pop("near", None)
             by_user.setdefault(row["user_id"], []).append({**row, "meta": meta})
-        out = []
         for user, batch in by_user.items():
             hits = [gallery.search(user, np.asarray(r["vector"], np.float32), k=s.near_duplicate_candidates)
                     for r in batch]
-            for row, near in zip(batch, batch_near(batch, hits, hash_bits=s.duplicate_hash_bits, cosine=cosine)):
-                if near:
-                    row["meta"]["near"] = stored_pairs(near)
-                out.append(row)
-        return out
+            mark_pairs(batch, hits, hash_bits=s.duplicate_hash_bits, cosine=threshold(s.near_shot_cosine, target[0]))
+        return [row for batch in by_user.values() for row in batch]
 
     def purge_status(self) -> dict:
         """Pending purges, how many ran and when the last one ended (Unix seconds)."""

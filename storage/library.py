@@ -121,7 +121,8 @@ class Library:
             pairs = self.gallery.near_pairs(user_id)
             if not pairs:
                 return []
-            rows = self.gallery.get_many(user_id, [i for a, b, _, _ in pairs for i in (a, b)])
+            named = self.gallery.rows_by_img_ids((user_id, i) for a, b, _, _ in pairs for i in (a, b))
+            rows = {img_id: row for (_, img_id), row in named.items()}
             dismissed = self.dismissals.of(user_id)
             return [g for g in groups(rows, pairs) if g["group"] not in dismissed]
 

@@ -1,15 +1,12 @@
-"""The reads behind a user's duplicate groups (issue 32): the near-duplicate pairs their photos' rows keep
-(`meta.near`, written by the upload's check: no rescan of the gallery), and the rows those pairs name."""
+"""The read behind a user's duplicate groups (issue 32): the near-duplicate pairs their photos' rows keep
+(`meta.near`, written by the upload's check: no rescan of the gallery). The rows those pairs name are read
+with `Gallery.rows_by_img_ids`."""
 
 from __future__ import annotations
 
 import json
 
-from storage.schema import READ_COLUMNS
-
-from .filters import in_list, row_out, user_filter
-
-_IN_CHUNK = 1000  # ids per `IN (...)` filter
+from .filters import user_filter
 
 
 class GalleryGroups:
@@ -27,13 +24,3 @@ class GalleryGroups:
             except (ValueError, TypeError, AttributeError):  # a row whose meta says "near" some other way
                 continue
         return pairs
-
-    def get_many(self, user_id: str, img_ids: list[str]) -> dict[str, dict]:
-        """The user's rows of these ids (img_id -> row); ids they have no row of are left out."""
-        out: dict[str, dict] = {}
-        ids = sorted(set(img_ids))
-        for start in range(0, len(ids), _IN_CHUNK):
-            where = f"{user_filter(user_id)} AND {in_list('img_id', ids[start:start + _IN_CHUNK])}"
-            for r in self.table.search().where(where).select(READ_COLUMNS).limit(None).to_list():
-                out[r["img_id"]] = row_out(r)
-        return out

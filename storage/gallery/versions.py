@@ -19,6 +19,17 @@ from typing import Any
 
 from storage.errors import InvalidInput
 
+
+def table_names(db) -> list[str]:
+    """Every table of a LanceDB database, sorted (its listing read page by page)."""
+    names, token = [], None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += list(page.tables)
+        token = page.page_token
+        if not token:
+            return sorted(names)
+
 ERASING = frozenset({"Delete"})
 
 
