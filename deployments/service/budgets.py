@@ -151,41 +151,57 @@ class Bill:
 
 class Estimates:
     """What a call of a role is expected to take, learned from this replica's measured calls: per shape (the
-    operation with its size and steps) the latest runs' mean, and for a shape not seen yet the operation's
-    seconds per unit of work (pixels times steps) times the call's units."""
+    operation with its size and steps) the latest runs' mean (an exponential moving average). A shape not measured
+    yet is estimated from the measured ones by its units of work (pixels times steps): between two measured sizes
+    on the line through them, below the smallest in proportion to it, and above the largest as the largest (a lower
+    bound: a small call's seconds are mostly fixed costs, so scaling one up by its pixel-steps would estimate a
+    large call many times over what it takes, and refuse a call that fits the budget; the large call's own
+    measurement then teaches its shape)."""
 
     ALPHA = 0.3
 
     def __init__(self):
         self._by_shape: dict[tuple, float] = {}
-        self._per_unit: dict[tuple[str, str], float] = {}
 
     @staticmethod
     def _shape(role: str, op: str, kwargs: dict) -> tuple:
         return role, op, kwargs.get("size"), kwargs.get("steps")
 
     @staticmethod
-    def _units(kwargs: dict) -> int | None:
-        size, steps = kwargs.get("size"), kwargs.get("steps")
+    def _units(size, steps) -> int | None:
         try:
             width, height = (int(v) for v in str(size).lower().split("x"))
             return width * height * int(steps)
         except (TypeError, ValueError):
             return None
 
+    def _measured(self, role: str, op: str) -> list[tuple[int, float]]:
+        """(units, seconds) of the op's measured shapes, one point per number of units (their mean), ascending."""
+        by_units: dict[int, list[float]] = {}
+        for (r, o, size, steps), seconds in self._by_shape.items():
+            if (r, o) == (role, op) and (units := self._units(size, steps)):
+                by_units.setdefault(units, []).append(seconds)
+        return sorted((u, sum(s) / len(s)) for u, s in by_units.items())
+
     def of(self, role: str, op: str, kwargs: dict) -> float:
         """Seconds the call is expected to take (0 before any call of its operation has been measured)."""
         known = self._by_shape.get(self._shape(role, op, kwargs))
         if known is not None:
             return known
-        units, rate = self._units(kwargs), self._per_unit.get((role, op))
-        return units * rate if units is not None and rate is not None else 0.0
+        units, points = self._units(kwargs.get("size"), kwargs.get("steps")), self._measured(role, op)
+        if units is None or not points:
+            return 0.0
+        (low_units, low_s), (high_units, high_s) = points[0], points[-1]
+        if units <= low_units:
+            return low_s * units / low_units
+        if units >= high_units:
+            return high_s
+        for (u0, s0), (u1, s1) in zip(points, points[1:]):
+            if u0 <= units <= u1:
+                return max(0.0, s0 + (s1 - s0) * (units - u0) / (u1 - u0))
+        return high_s
 
     def learn(self, role: str, op: str, kwargs: dict, seconds: float) -> None:
         shape = self._shape(role, op, kwargs)
         before = self._by_shape.get(shape)
         self._by_shape[shape] = seconds if before is None else before + self.ALPHA * (seconds - before)
-        units = self._units(kwargs)
-        if units:
-            rate = self._per_unit.get((role, op))
-            self._per_unit[(role, op)] = seconds / units if rate is None else rate + self.ALPHA * (seconds / units - rate)

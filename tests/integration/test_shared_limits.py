@@ -167,6 +167,12 @@ def test_budgets_are_charged_once_across_replicas_and_refuse_when_spent(redis):
         assert (refused.value.code, refused.value.limit) == ("quota_exceeded", "gpu-painter")
         # Half the size and steps: a quarter of the work by the learned seconds per pixel-step, so it fits.
         assert a.estimates.of("painter", "generate", {"size": "32x64", "steps": 2}) == pytest.approx(0.75)
+        # Above the largest measured call: its seconds, not scaled up (a small call's seconds are mostly fixed
+        # costs); between two measured calls: on the line through them.
+        assert a.estimates.of("painter", "generate", {"size": "1024x1024", "steps": 50}) == pytest.approx(3.0)
+        b.estimates.learn("painter", "generate", {"size": "64x64", "steps": 1}, 1.0)
+        b.estimates.learn("painter", "generate", {"size": "64x64", "steps": 5}, 3.0)
+        assert b.estimates.of("painter", "generate", {"size": "64x64", "steps": 2}) == pytest.approx(1.5)
         async with a.spend("mia", "painter", "generate", {"size": "32x64", "steps": 2}) as bill:
             bill.seconds = 1.0  # what the replica measured: charged on exit
         assert (await a.budget_windows("mia", "gpu-painter"))[0].exact_left == pytest.approx(1.25, abs=0.002)
