@@ -37,15 +37,16 @@ __all__ = ["main", "spec_from_config"]
 
 
 # -- command line ----------------------------------------------------------------------------------
-def spec_from_config(config: Path, user: str, sources: list[str], *, job_id: str | None = None) -> JobSpec:
+def spec_from_config(config: Path, user: str, sources: list[str], *, job_id: str | None = None,
+                     on_duplicate: str = "store") -> JobSpec:
     """A job of `user` over `sources`, with the storage, embedder and ingest sections of a Serve config file."""
     sections = PipelineSections.from_file(config)
     settings = absolute_storage(sections.settings())
     urls = [as_url(s) for s in sources]
-    basis = "cli\x00" + "\x00".join(urls)
+    basis = "cli\x00" + "\x00".join(urls) + ("" if on_duplicate == "store" else f"\x00on_duplicate={on_duplicate}")
     return JobSpec(job_id=job_id or job_id_for(user, basis), user_id=user, sources=urls,
                    storage=settings.model_dump(), ingest=sections.job_ingest(), safety=sections.safety,
-                   fingerprint=hashlib.sha256(basis.encode()).hexdigest())
+                   fingerprint=hashlib.sha256(basis.encode()).hexdigest(), on_duplicate=on_duplicate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "the job (default: the storage of --config)")
     parser.add_argument("--job-id", help="id of the job (default: made from the user and the sources, so a "
                                          "rerun of the same command resumes the same job)")
+    parser.add_argument("--on-duplicate", choices=("store", "skip", "ignore"), default="store",
+                        help="a photo with a near-duplicate in the user's gallery or the job: stored (default), "
+                             "skipped (counted as a skipped duplicate), or not compared")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     parser.add_argument("--num-cpus", type=float, help="logical CPUs of a local cluster started here")
     args = parser.parse_args(argv)
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.job:
         if not args.config.is_file():
             parser.error(f"--config {args.config} is not a file")
-        spec = spec_from_config(args.config, args.user, args.sources, job_id=args.job_id)
+        spec = spec_from_config(args.config, args.user, args.sources, job_id=args.job_id,
+                                on_duplicate=args.on_duplicate)
     address = args.address or os.environ.get("RAY_ADDRESS")
     # No address: a small cluster of its own ("local"), never whichever cluster `ray start` last recorded.
     local = {"num_cpus": args.num_cpus} if args.num_cpus and not address else {}

@@ -132,21 +132,23 @@ class IngestRun:
             errors += write_errors
         self.job.add(done=done, skipped=skipped, errors=errors)
 
-    def _near_duplicates(self, writer, rows: list[dict]) -> None:
+    def _near_duplicates(self, writer, rows: list[dict]) -> int:
         """Each new row checked against the user's gallery (its nearest photos, found by the writer's search)
         and the batch's earlier rows, as an upload is: the pairs found stay on the row (`meta.near`, what
-        GET /api/duplicates groups) and are counted in the job's `near_duplicates`. A check that cannot be
-        made (the writer busy past its deadline) stores the rows unchecked: they are the user's photos."""
+        GET /api/duplicates groups); how many rows have one. A check that cannot be made (the writer busy past
+        its deadline) stores the rows unchecked: they are the user's photos."""
         s = self.settings
+        if self.spec.on_duplicate == "ignore":
+            return 0
         try:
             hits = writer_call(writer.nearest, self._table, self.spec.user_id,
                                [np.asarray(r["vector"], np.float32).tobytes() for r in rows],
                                s.near_duplicate_candidates)
         except Exception as exc:  # noqa: BLE001 - the photos are stored all the same
             log.warning("job %s: near-duplicate check skipped for %d photos (%s)", self.spec.job_id, len(rows), exc)
-            return
-        self.job.add(near=mark_pairs(rows, hits, hash_bits=s.duplicate_hash_bits,
-                                     cosine=threshold(s.near_shot_cosine, self._table[0])))
+            return 0
+        return mark_pairs(rows, hits, hash_bits=s.duplicate_hash_bits, cosine=threshold(s.near_shot_cosine,
+                                                                                         self._table[0]))
 
     def _safety(self, verdict: str | None) -> dict:
         """`{"safety": ...}` for a row's meta from its Guard verdict, flagged by the job's content policy as an
@@ -167,7 +169,14 @@ class IngestRun:
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
                         meta={"ingest_job": self.spec.job_id, "name": r["name"], "phash": r.get("phash") or "",
                               **self._safety(r.get("safety"))}, created_at=now) for r in new]
-        self._near_duplicates(writer, rows)
+        if self._near_duplicates(writer, rows):
+            if self.spec.on_duplicate == "skip":  # not written: counted as skipped duplicates by _write
+                kept = [i for i, row in enumerate(rows) if not row["meta"].get("near")]
+                rows, new = [rows[i] for i in kept], [new[i] for i in kept]
+                if not rows:
+                    return [], []
+            else:
+                self.job.add(near=sum(1 for row in rows if row["meta"].get("near")))
         try:
             result = writer_call(writer.upsert, self._table, rows)
             # A row is this job's when the writer created it now, or when it holds this job's own row for that

@@ -36,6 +36,9 @@ class JobSpec(BaseModel):
     ingest: IngestSpec
     staged_prefix: str | None = Field(None, description="Blob prefix of a staged upload, removed when the job ends.")
     fingerprint: str = Field("", description="What makes a retried request the same job (manifest or key).")
+    on_duplicate: Literal["store", "skip", "ignore"] = Field(
+        "store", description="A photo with a near-duplicate in the user's gallery or the job: stored (and counted in "
+        "near_duplicates), skipped (counted in skipped_duplicates), or not compared.")
     keys_uri: str | None = Field(
         None, description="Where the API key table is, for a job started through the API: the job stops once its "
         "user has no key left there (every key revoked). None for an operator's job, which no key started.")

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any, Literal
 
 import numpy as np
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from storage.blobs import media_type, open_blob_store, store_image, user_prefix
 from storage.calls import Calls
@@ -48,6 +48,9 @@ class Library:
         self.writer = TableWriter(calls, (embed_model, dim))
         self._hashes: LRUCache = LRUCache(maxsize=256)  # content hash -> pHash: the check and the row share one
         self.dismissals = Dismissals(settings.lancedb_uri, storage_options=settings.lancedb_storage_options)
+        # user -> (table version, groups): the pages of one listing read the gallery once, not once per page.
+        self._groups: TTLCache = TTLCache(maxsize=16, ttl=60)
+        self._refreshing: set[asyncio.Task] = set()
 
     # -- intake -----------------------------------------------------------------------------------
     async def admit(self, data: bytes, *, filename: str | None = None, content_type: str | None = None,
@@ -116,15 +119,20 @@ class Library:
                                cosine=threshold(self.settings.near_shot_cosine, self.embed_model))
 
     async def duplicate_groups(self, user_id: str) -> list[dict]:
-        """The user's groups of near-duplicates, from the pairs their uploads' checks kept (storage.duplicates.groups)."""
+        """The user's groups of near-duplicates, from the pairs their uploads' checks kept (storage.duplicates.groups),
+        reused while the table has not moved on (a listing's later pages); the dismissed ones left out."""
         def read() -> list[dict]:
-            pairs = self.gallery.near_pairs(user_id)
-            if not pairs:
+            version = self.gallery.table.version
+            known = self._groups.get(user_id)
+            if known is None or known[0] != version:
+                pairs = self.gallery.near_pairs(user_id)
+                named = self.gallery.rows_by_img_ids((user_id, i) for a, b, _, _ in pairs for i in (a, b))
+                rows = {img_id: row for (_, img_id), row in named.items()}
+                known = self._groups[user_id] = (version, groups(rows, pairs) if pairs else [])
+            if not known[1]:
                 return []
-            named = self.gallery.rows_by_img_ids((user_id, i) for a, b, _, _ in pairs for i in (a, b))
-            rows = {img_id: row for (_, img_id), row in named.items()}
             dismissed = self.dismissals.of(user_id)
-            return [g for g in groups(rows, pairs) if g["group"] not in dismissed]
+            return [g for g in known[1] if g["group"] not in dismissed]
 
         return await self._read(read)
 
@@ -158,7 +166,17 @@ class Library:
                       vector=vector, embed_model=self.embed_model, caption=caption, description=description,
                       meta=meta)
         result = await self.writer.upsert([row])
+        if result["created"][0]:
+            self._refresh_after_write(user_id)
         return result["rows"][0], bool(result["created"][0])
+
+    def _refresh_after_write(self, user_id: str) -> None:
+        """This process's view of the user brought up to the write it just made, after the answer and off the
+        next request's path (an upload's near-duplicate check would otherwise start with that refresh). A
+        refresh that fails is the next search's to make again."""
+        task = asyncio.ensure_future(self.warm(user_id))
+        self._refreshing.add(task)
+        task.add_done_callback(lambda t: (self._refreshing.discard(t), t.cancelled() or t.exception()))
 
     async def update(self, user_id: str, img_id: str, **fields) -> dict:
         row = await self.writer.update(user_id, img_id, **fields)

@@ -46,10 +46,12 @@ class UserVectors:
     vectors: np.ndarray  # float32 (n, dim), L2-normalised
     rows: pa.Table  # the columns a search returns
     loaded_at: float = field(default_factory=time.monotonic)
+    grown: "_Grown | None" = None  # the arrays `vectors`, `row_ids` and `keys` are the first `count` rows of
 
     @property
     def nbytes(self) -> int:
-        return int(self.vectors.nbytes + self.row_ids.nbytes + self.rows.nbytes + 120 * len(self.keys)) + 200
+        vectors = self.grown.vectors if self.grown is not None else self.vectors
+        return int(vectors.nbytes + vectors.shape[0] * 8 + self.rows.nbytes + 120 * len(self.keys)) + 200
 
     def top(self, query: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and cosine similarities of the `depth` best rows, best first."""
@@ -63,6 +65,31 @@ class UserVectors:
             best = np.arange(len(scores))
         best = best[np.lexsort((best, -scores[best]))]  # by score, ties by position: deterministic
         return best, scores[best]
+
+
+class _Grown:
+    """The arrays behind a user's successive entries, with room to grow: rows appended to the latest entry are
+    written past its end (what the entries before it see is never written again), so an upload's refresh costs
+    its own rows, not a copy of the user's (amortised: the room doubles when it runs out)."""
+
+    def __init__(self, vectors: np.ndarray, row_ids: np.ndarray, keys: list[str], room: int = 0):
+        n = len(row_ids)
+        self.vectors = np.empty((n + room, vectors.shape[1]), np.float32)
+        self.row_ids = np.empty(n + room, np.uint64)
+        self.vectors[:n], self.row_ids[:n] = vectors, row_ids
+        self.keys, self.filled = list(keys), n
+
+    def append(self, vectors: np.ndarray, row_ids: np.ndarray, keys: list[str]) -> "_Grown":
+        """The arrays with these rows after the filled ones: in place while there is room, else in a copy twice
+        the size (the old arrays stay as they are for the entries that use them)."""
+        n, k = self.filled, len(row_ids)
+        grown = self
+        if n + k > len(self.row_ids):
+            grown = _Grown(self.vectors[:n], self.row_ids[:n], self.keys[:n], room=max(n, k, 64))
+        grown.vectors[n:n + k], grown.row_ids[n:n + k] = vectors, row_ids
+        grown.keys.extend(keys)
+        grown.filled = n + k
+        return grown
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -136,6 +163,8 @@ class TableVectors:
     column, and `columns` are the columns an entry holds (the returned ones, the key and `vector`).
     """
 
+    MAX_CHUNKS = 32  # appended pieces of an entry's returned columns before they are joined into one
+
     def __init__(self, cache: VectorCache, table, *, dim: int, key: str, columns: list[str],
                  user_filter: Callable[[str], str]):
         self.cache, self.table, self.dim = cache, table, dim
@@ -184,15 +213,23 @@ class TableVectors:
         keys = rows.column(self.key).to_pylist()
         created = rows.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
         newest = int(created.max()) if len(created) else 0
-        loaded_at = time.monotonic()
-        if after is not None:
-            vectors = np.concatenate([after.vectors, vectors])
-            row_ids = np.concatenate([after.row_ids, row_ids])
-            rows = pa.concat_tables([after.rows, rows]).combine_chunks()
-            keys = after.keys + keys
+        if after is None:
+            grown = _Grown(vectors, row_ids, keys)
+            loaded_at = time.monotonic()
+        else:
+            # The latest entry's arrays grow in place (one writer per user: `load_lock`); an older entry's are copied.
+            if after.grown is not None and after.grown.filled == after.count:
+                grown = after.grown.append(vectors, row_ids, keys)
+            else:
+                grown = _Grown(after.vectors, after.row_ids, after.keys[:after.count], room=after.count)
+                grown = grown.append(vectors, row_ids, keys)
+            rows = pa.concat_tables([after.rows, rows])
+            if rows.column(0).num_chunks > self.MAX_CHUNKS:  # a take over many chunks slows down: joined again
+                rows = rows.combine_chunks()
             newest, loaded_at = max(after.newest_us, newest), after.loaded_at
-        return UserVectors(version=version, count=rows.num_rows, newest_us=newest, keys=keys, row_ids=row_ids,
-                           vectors=vectors, rows=rows, loaded_at=loaded_at)
+        n = grown.filled
+        return UserVectors(version=version, count=n, newest_us=newest, keys=grown.keys, row_ids=grown.row_ids[:n],
+                           vectors=grown.vectors[:n], rows=rows, loaded_at=loaded_at, grown=grown)
 
     def _load(self, user_id: str, version: int) -> UserVectors | None:
         count = self._count(user_id)

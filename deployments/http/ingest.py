@@ -30,10 +30,14 @@ def _desk(svc: ProductService) -> IngestDesk:
     return svc.ingest
 
 
+ON_DUPLICATE = ("store", "skip", "ignore")
+
+
 @router.post("/api/init/upload", status_code=202)
 async def init_upload(request: Request, idempotency_key: str | None = Header(None, max_length=200),
                       user: str = Depends(caller), svc: ProductService = Depends(service)):
-    """Several `files`, or one .zip (as `file` or `files`) -> 202 {job_id, state, ...}."""
+    """Several `files`, or one .zip (as `file` or `files`) -> 202 {job_id, state, ...}. `on_duplicate` (a form
+    field: store, skip or ignore) is what the job does with a photo that has a near-duplicate, as for one upload."""
     desk = _desk(svc)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput("send multipart form data: several images as `files`, or one .zip", field="files")
@@ -45,9 +49,12 @@ async def init_upload(request: Request, idempotency_key: str | None = Header(Non
         raise InvalidInput(f"the upload could not be read ({exc.detail}); send at most {desk.spec.max_files} files",
                            field="files") from None
     try:
+        on_duplicate = form.get("on_duplicate") or "store"
+        if on_duplicate not in ON_DUPLICATE:
+            raise InvalidInput(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}", field="on_duplicate")
         uploads = [UploadPart(u.filename, u.file) for key in ("files", "file") for u in form.getlist(key)
                    if not isinstance(u, str)]
-        status, fresh = await desk.start(user, uploads, idempotency_key)
+        status, fresh = await desk.start(user, uploads, idempotency_key, on_duplicate)
     finally:
         await form.close()
     return JSONResponse(status, status_code=202 if fresh else 200)

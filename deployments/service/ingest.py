@@ -77,6 +77,13 @@ class _Staged:
 
     def __init__(self, fingerprint: str, zip_data: bytes | None, files: list[tuple[str, bytes]]):
         self.fingerprint, self.zip_data, self.files = fingerprint, zip_data, files
+        self.on_duplicate = "store"  # what the job does with a photo that has a near-duplicate
+
+    def choose(self, on_duplicate: str) -> None:
+        """The job's `on_duplicate`; a choice other than the default makes the same files another job."""
+        self.on_duplicate = on_duplicate
+        if on_duplicate != "store":
+            self.fingerprint += f"|on_duplicate={on_duplicate}"
 
     def contents(self) -> tuple[int, int]:
         """(files, bytes) the upload holds: a zip's members (uncompressed), else the files sent."""
@@ -129,7 +136,7 @@ class IngestDesk:
                     return
                 errors, outcome, near = [], "failed", False
                 try:
-                    outcome, near = await self._keep(user, name, data, spec.job_id, seen)
+                    outcome, near = await self._keep(user, name, data, spec.job_id, seen, spec.on_duplicate)
                 except (AtelierError, ModelError) as exc:
                     errors.append({"name": name, "code": exc.code, "message": exc.message})
                 await asyncio.to_thread(job.add, done=int(outcome == "done"),
@@ -187,13 +194,17 @@ class IngestDesk:
                                  timeout_s=LEDGER_S)
         return self._ledger
 
-    async def start(self, user: str, uploads: list[UploadPart], idempotency_key: str | None) -> tuple[dict, bool]:
-        """Several files, or one .zip -> (status, fresh): fresh is False when the same upload already succeeded."""
+    async def start(self, user: str, uploads: list[UploadPart], idempotency_key: str | None,
+                    on_duplicate: str = "store") -> tuple[dict, bool]:
+        """Several files, or one .zip -> (status, fresh): fresh is False when the same upload already succeeded.
+        `on_duplicate` is what the job does with a photo that has a near-duplicate, as for one upload; the same
+        files with another choice are another job."""
         from pipelines.submit import submit  # Ray: see the top
 
         if not uploads:
             raise InvalidInput("no files in the upload: send images as `files`, or one .zip", field="files")
         staged = await asyncio.to_thread(_read_upload, uploads, self.spec)
+        staged.choose(on_duplicate)
         basis = f"key:{idempotency_key}" if idempotency_key else staged.fingerprint
         job_id = job_id_for(user, basis)
         ledger = self.ledger()
@@ -247,6 +258,7 @@ class IngestDesk:
         return JobSpec(job_id=job_id, user_id=user, sources=sources, files=files,
                        storage=absolute_storage(self.storage).model_dump(), ingest=self.spec,
                        staged_prefix=prefix, fingerprint=staged.fingerprint, safety=self.safety,
+                       on_duplicate=staged.on_duplicate,
                        **({"keys_uri": _absolute(self.keys[0]), "keys_table": self.keys[1]} if self.keys else {}))
 
     async def status(self, user: str, job_id: str) -> dict:

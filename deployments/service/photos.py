@@ -124,10 +124,12 @@ class Photos(Verbs):
             return Screened(degraded=True)
 
     async def keep_ingested(self, user: str, name: str, data: bytes, job_id: str,
-                            seen: set[str]) -> tuple[str, bool]:
+                            seen: set[str], on_duplicate: str = "store") -> tuple[str, bool]:
         """One file of a small ingestion job: skipped by its hash before any decode when the user (or this
-        job) has it, else checked, embedded, compared with the user's gallery and kept like an upload; returns
-        the counter it adds to, and whether it was stored with a near-duplicate."""
+        job) has it, else checked, embedded, compared with the user's gallery and kept like an upload (the
+        job's `on_duplicate` as an upload's: "skip" counts a photo with a near-duplicate as a skipped duplicate,
+        "ignore" does not compare); returns the counter it adds to, and whether it was stored with a
+        near-duplicate."""
         content_hash = hashlib.sha256(data).hexdigest()
         if content_hash in seen:  # claimed by another file of this job (before any await: files run at once)
             return "skipped_duplicates", False
@@ -137,7 +139,10 @@ class Photos(Verbs):
             return "skipped_duplicates", False
         image = await lib.admit(data, filename=name)
         vector, safety = await self._embed_and_screen(user, image, "ingest")
-        near = await (await self.library(vector)).near_duplicates(user, image, vector.values)
+        near = [] if on_duplicate == "ignore" else \
+            await (await self.library(vector)).near_duplicates(user, image, vector.values)
+        if near and on_duplicate == "skip":
+            return "skipped_duplicates", False
         meta = {"ingest_job": job_id, "name": name, **({"near": stored_pairs(near)} if near else {})}
         _, created = await self.embed_and_store(user, image, source="ingest", meta=meta, safety=safety, checked=True,
                                                  vector=vector)

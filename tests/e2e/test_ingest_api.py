@@ -321,3 +321,30 @@ def test_an_upload_past_the_plans_storage_is_refused_before_anything_is_staged(s
         usage = {x["limit"]: x for x in ines.get("/api/me/usage").json()["limits"]}
         assert (usage["stored-images"]["quota"], usage["stored-images"]["used"]) == (50, 3), usage
         assert usage["stored-bytes"]["quota"] == 1_000_000_000 and usage["stored-bytes"]["used"] > 0, usage
+
+
+def test_a_job_with_on_duplicate_skip_keeps_no_copy_of_a_stored_photo(service):
+    """Issue 32: a job's `on_duplicate` is an upload's: `skip` counts a re-saved copy of a photo the user has as a
+    skipped duplicate and stores the rest; a value it does not know is the caller's 400."""
+    import httpx
+
+    from deployments.http.auth import key_store
+    from tests.support.sample_photos import encoded, scene
+
+    with httpx.Client(base_url=service.base_url, timeout=120,
+                      headers={"Authorization": f"Bearer {key_store().add('olga')[1]}"}) as c:
+        assert c.post("/api/images", files={"file": ("dune.jpg", encoded(scene(12), quality=90), "image/jpeg")}
+                      ).status_code == 201
+        files = [("dune-small.png", encoded(scene(12).resize((160, 120)), "PNG")),
+                 ("pier.jpg", encoded(scene(13), quality=90))]
+        wrong = c.post("/api/init/upload", data={"on_duplicate": "maybe"},
+                       files=[("files", (n, d, "application/octet-stream")) for n, d in files])
+        assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "on_duplicate", wrong.text
+        r = c.post("/api/init/upload", data={"on_duplicate": "skip"},
+                   files=[("files", (n, d, "application/octet-stream")) for n, d in files])
+        assert r.status_code == 202, r.text
+        status = wait_for(c, r.json()["job_id"])
+        stored = {x["content_hash"] for x in c.get("/api/images", params={"limit": 100}).json()["items"]}
+    assert (status["state"], status["done"], status["skipped_duplicates"], status["near_duplicates"]) == (
+        "succeeded", 1, 1, 0), status
+    assert sha(files[1][1]) in stored and sha(files[0][1]) not in stored, stored

@@ -244,12 +244,12 @@ def test_a_bulk_job_checks_its_photos_for_near_duplicates_in_the_gallery_and_amo
     doc["applications"][0]["args"]["storage"]["near_shot_cosine"] = {"default": 0.9}
     config.write_text(yaml.safe_dump(doc))
 
-    def job(name: str, files: dict[str, bytes]) -> dict:
+    def job(name: str, files: dict[str, bytes], on_duplicate: str = "store") -> dict:
         folder = tmp_path / name
         folder.mkdir()
         for file, data in files.items():
             (folder / file).write_bytes(data)
-        spec = spec_from_config(config, "nora", [str(folder)])
+        spec = spec_from_config(config, "nora", [str(folder)], on_duplicate=on_duplicate)
         assert ray.get(ledger(spec.storage).open.remote(spec.model_dump(), True))["action"] != "conflict"
         return run_job(JobSpec.model_validate(spec.model_dump()), console=False)
 
@@ -272,3 +272,13 @@ def test_a_bulk_job_checks_its_photos_for_near_duplicates_in_the_gallery_and_amo
     (group,) = groups(rows, pairs)
     assert {m["img_id"] for m in group["members"]} == {by_name[n] for n in ("beach.jpg", "beach-small.png",
                                                                              "beach-burst1.jpg", "beach-burst2.jpg")}
+
+    # `on_duplicate=skip`: a copy and a burst of stored photos are not kept, counted as skipped duplicates;
+    # a photo with none is stored.
+    third = job("day3", {"city-copy.png": encoded(scene(101).resize((200, 150)), "PNG"),
+                         "beach-burst3.jpg": encoded(burst(4, crop=0.04, light=0.9), quality=80),
+                         "field.jpg": encoded(scene(9), quality=90)}, on_duplicate="skip")
+    assert (third["state"], third["done"], third["skipped_duplicates"], third["near_duplicates"]) == \
+        ("succeeded", 1, 2, 0), third
+    names = {r["meta"]["name"] for r in all_rows(gallery, "nora")}
+    assert "field.jpg" in names and not names & {"city-copy.png", "beach-burst3.jpg"}, names

@@ -156,3 +156,33 @@ def test_users_too_large_for_the_budget_and_a_disabled_cache_search_the_table(tm
     assert ids_of(small.search("alice", q, k=10)) == truth == ids_of(off.search("alice", q, k=10))
     assert small._vectors.loads == 0 and off._vectors.loads == 0
     assert len(small.search("bob", q, k=10)) == 10 and small._vectors.loads == 1  # Bob fits
+
+
+def test_uploads_one_at_a_time_are_appended_in_place_and_ranked_exactly(tmp_path):
+    """An upload's refresh writes its row after the cached ones (no copy of the user's rows per upload): 100
+    single-row writes, past the room the arrays started with, each search the table's exact answer; what an
+    earlier entry holds is never written again."""
+    from storage.vector_cache import _Grown
+
+    rng = np.random.default_rng(11)
+    writer, reader = pair(tmp_path)
+    vectors = rng.standard_normal((101, DIM)).astype(np.float32)
+    writer.upsert(rows_for("cleo", vectors[:1]))
+    assert reader.search("cleo", vectors[0], k=1)
+    for i in range(1, 101):
+        writer.upsert(rows_for("cleo", vectors[i:i + 1], start=i))
+        hits = reader.search("cleo", vectors[i], k=5)
+        assert hits[0]["content_hash"] == rows_for("cleo", vectors[i:i + 1], start=i)[0]["content_hash"], i
+        assert ids_of(hits) == ids_of(reader.search("cleo", vectors[i], k=5, exact=True)), i
+    # Appended, not reloaded: but for the writer's compactions (every few dozen commits), which renumber rows.
+    assert reader._vectors.refreshes >= 90 and reader._vectors.loads <= 5, (reader._vectors.refreshes,
+                                                                             reader._vectors.loads)
+    # In place while there is room; a full one is copied to one twice the size, the old arrays left as they were.
+    grown = _Grown(vectors[:3], np.arange(3, dtype=np.uint64), ["a", "b", "c"], room=1)
+    first = grown.vectors[:3]
+    assert grown.append(vectors[3:4], np.array([3], np.uint64), ["d"]) is grown
+    bigger = grown.append(vectors[4:6], np.array([4, 5], np.uint64), ["e", "f"])
+    assert bigger is not grown and bigger.filled == 6 and len(bigger.row_ids) >= 6
+    assert bigger.keys == ["a", "b", "c", "d", "e", "f"] and list(bigger.row_ids[:6]) == [0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(first, vectors[:3])
+    np.testing.assert_array_equal(bigger.vectors[:6], vectors[:6])
