@@ -30,8 +30,9 @@ stop: $(STAMP)
 	$(BIN)/python -m deployments.local stop
 
 # System packages the tests start for real (Debian's): found, or installed with apt-get (as root, or
-# through sudo). `make test` and .ci/run both come through here. prometheus brings promtool too.
-DEBS := redis-server prometheus
+# through sudo). `make test` and .ci/run both come through here. prometheus brings promtool too; chromium is the
+# browser tests/browser/ drives.
+DEBS := redis-server prometheus chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@missing=""; for bin in $(DEBS); do command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; done; \

@@ -238,11 +238,11 @@ def service(ray_cluster) -> Service:
 
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "integration", "e2e", "multinode")
+TIERS = ("unit", "integration", "e2e", "browser", "multinode")
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test's tier is its folder under tests/ (unit, integration, e2e, multinode): its marker is set here
+    """A test's tier is its folder under tests/ (unit, integration, e2e, browser, multinode): its marker is set here
     from the path, never by hand, and a test file outside those folders stops the run."""
     for item in items:
         tier = Path(str(item.path)).resolve().relative_to(TESTS).parts[0]

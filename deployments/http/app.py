@@ -20,6 +20,7 @@ from .edge import (Edge, EdgeMiddleware, bug, client_closed, http_error, typed_e
                    validation_error)
 from .gate import Gate
 from .ingest import router as ingest_router
+from .console import router as console_router
 from .limits import PlanGate
 from .moderations import router as moderations_router
 from .openai import router as openai_router
@@ -55,6 +56,7 @@ def create_app(service, edge: Edge, *, serve_metrics: bool = False, echo_request
     app.include_router(openai_router)
     app.include_router(moderations_router)
     app.include_router(ingest_router)
+    app.include_router(console_router)
     # Inside the edge (a refusal has a request id, an access line, stats), before any route reads a body.
     app.add_middleware(PlanGate, service=service)
     if serve_metrics and getattr(service, "limits", None) is not None:

@@ -55,8 +55,8 @@ def new_request_id() -> str:
 def needs_key(method: str, path: str, query: bytes) -> bool:
     """Whether a request must carry a valid key before anything else happens (API.md's auth rule)."""
     if method in ("GET", "HEAD"):
-        if path in _PUBLIC_PATHS:
-            return False
+        if path in _PUBLIC_PATHS or path == "/" or path.startswith("/console/"):
+            return False  # the web console's page and files (deployments/http/console): no user data in them
         if _IMAGE_FILE.fullmatch(path) and any(p.startswith(b"sig=") for p in query.split(b"&")):
             return False  # the route checks the signature; without one it needs the key like the rest
     return True

@@ -108,6 +108,9 @@ def test_which_requests_need_a_key():
     assert needs_key("GET", "/api/images/abc/file", b"") and needs_key("GET", "/api/images/abc/file", b"xsig=1")
     assert needs_key("GET", "/api/images/a/b/file", b"sig=1.x")
     assert needs_key("GET", "/docs", b"") and needs_key("GET", "/openapi.json", b"")
+    # The web console's page and files hold no user data; its calls to /api carry the key.
+    assert not needs_key("GET", "/", b"") and not needs_key("GET", "/console/app.js", b"")
+    assert needs_key("POST", "/", b"") and needs_key("GET", "/consoles", b"") and needs_key("GET", "/api/me", b"")
 
 
 def test_clean_headers_keep_one_safe_id_and_drop_serve_controls():
