@@ -28,8 +28,10 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module-scoped, never the session's: Playwright's sync API runs an asyncio loop in this thread while it is
+    # open, and the tiers after this one call `asyncio.run` and Serve's sync handles, which refuse to run in one.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -51,7 +53,8 @@ class Console:
         self.allowed: list[re.Pattern] = []
         self.dialogs: list[str] = []
         page = self.page
-        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("console", lambda m: m.type == "error" and self.problems.append(
+            f"console: {m.text} at {(m.location or {}).get('url')}"))
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         # A request the page itself stopped (a navigation, or a view left while it loaded) is aborted, not failed.
         page.on("requestfailed", lambda r: "ERR_ABORTED" not in (r.failure or "") and self.problems.append(
@@ -60,7 +63,8 @@ class Console:
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
 
     def expect(self, pattern: str) -> None:
-        """A problem this test provokes on purpose (a refused key's 401, which Chromium logs as an error)."""
+        """A problem this test provokes on purpose: a refusal, which Chromium logs as an error ("... status of
+        401 ... at <url>"); the pattern names the status and the route."""
         self.allowed.append(re.compile(pattern))
 
     def unexpected(self) -> list[str]:

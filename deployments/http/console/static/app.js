@@ -1,6 +1,7 @@
-// The console's shell: sign-in, navigation between the views, the notice line, the language switch.
-import {api, ApiError, session, whenUnauthorized} from './api.js';
-import {append, clear, field, h} from './dom.js';
+// The console's shell: sign-in, navigation between the views, the notices, the language switch. Each view gets a
+// context of its own whose calls stop (and whose notices go quiet) when the person leaves the view or signs out.
+import {aborted, api, ApiError, session, whenUnauthorized} from './api.js';
+import {clear, field, h} from './dom.js';
 import {lang, setLang, t} from './i18n.js';
 import {galleryView, uploadView} from './gallery.js';
 import {bulkView} from './bulk.js';
@@ -12,14 +13,15 @@ const VIEWS = {
 };
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
-const notice = document.getElementById('notice');
+const statusLine = document.getElementById('status');
+const alertLine = document.getElementById('alert');
 const signOutButton = document.getElementById('signout');
 const langButton = document.getElementById('lang');
+let current = null;  // the AbortController of the view on screen
 
 // What a refused call means, in words a person reads.
 export function explain(error) {
-  if (!(error instanceof ApiError)) return t('error_network');
-  if (error.status === 0) return t('error_network');
+  if (!(error instanceof ApiError) || error.status === 0) return t('error_network');
   if (error.status === 401) return t('key_refused');  // and the tab is back at sign-in (whenUnauthorized)
   if (error.status === 429 && error.code === 'quota_exceeded') return t('error_quota', {message: error.message});
   if (error.status === 429) return t('error_rate', {seconds: error.retryAfter || 1});
@@ -29,23 +31,38 @@ export function explain(error) {
 }
 
 function say(text, kind = 'info') {
-  clear(notice, text ? h('p', {class: `note ${kind}`}, text) : null);
-  notice.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  clear(kind === 'error' ? alertLine : statusLine, text ? h('p', {class: `note ${kind}`}, text) : null);
+  clear(kind === 'error' ? statusLine : alertLine);
 }
 
-const ctx = {
-  say,
-  explain,
-  fail: (error) => say(explain(error), 'error'),
-  go: (view, params = '') => { location.hash = `#/${view}${params}`; },
-  // The notes an answer carries about where it came from.
-  provenance(answer) {
-    return [answer && answer.random_weights ? h('p', {class: 'note warn'}, t('random_weights')) : null,
-      answer && answer.degraded ? h('p', {class: 'note warn'}, t('degraded')) : null];
-  },
-};
+function leave() {
+  if (current) current.abort();
+  current = null;
+  document.querySelectorAll('dialog').forEach((d) => d.remove());
+}
+
+// A view's context: its calls carry its signal; its notices are dropped once it is gone.
+function context() {
+  const controller = new AbortController();
+  current = controller;
+  const live = () => !controller.signal.aborted;
+  return {
+    signal: controller.signal,
+    api: (path, options = {}) => api(path, {...options, signal: controller.signal}),
+    say: (text, kind) => { if (live()) say(text, kind); },
+    fail: (error) => { if (live() && !aborted(error) && !(error instanceof ApiError && error.status === 401)) say(explain(error), 'error'); },
+    explain,
+    go: (view, params = '') => { location.hash = `#/${view}${params}`; },
+    // The notes an answer carries about where it came from.
+    provenance(answer) {
+      return [answer && answer.random_weights ? h('p', {class: 'note warn'}, t('random_weights')) : null,
+        answer && answer.degraded ? h('p', {class: 'note warn'}, t('degraded')) : null];
+    },
+  };
+}
 
 function renderSignIn(message, kind = 'info') {
+  leave();
   nav.replaceChildren();
   signOutButton.hidden = true;
   const input = h('input', {type: 'password', name: 'key', autocomplete: 'off', spellcheck: 'false', required: true});
@@ -66,7 +83,6 @@ function renderSignIn(message, kind = 'info') {
       start();
     } catch (error) {
       say(explain(error), 'error');
-    } finally {
       submit.disabled = false;
     }
   });
@@ -75,24 +91,37 @@ function renderSignIn(message, kind = 'info') {
   input.focus();
 }
 
-function renderNav(current) {
+function renderNav() {
   clear(nav, h('ul', {}, Object.keys(VIEWS).map((name) => h('li', {},
-    h('a', {href: `#/${name}`, 'aria-current': name === current ? 'page' : null}, t(`nav_${name}`))))));
+    h('a', {href: `#/${name}`, 'data-view': name}, t(`nav_${name}`))))));
 }
 
 function route() {
   if (!session.key) return renderSignIn();
   const [name, query] = location.hash.replace(/^#\/?/, '').split('?');
   const view = VIEWS[name] ? name : 'gallery';
-  renderNav(view);
+  if (!nav.querySelector('a')) renderNav();
+  for (const link of nav.querySelectorAll('a')) {
+    if (link.dataset.view === view) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
   signOutButton.hidden = false;
   document.title = `${t(`nav_${view}`)} · atelier`;
+  leave();
+  say('');
   clear(main);
-  VIEWS[view](main, ctx, new URLSearchParams(query || ''));
+  const from = document.activeElement;
+  VIEWS[view](main, context(), new URLSearchParams(query || ''));
+  // Focus follows the navigation to the view's heading (kept where it was on the first load).
+  const heading = main.querySelector('h1');
+  if (heading && from && nav.contains(from)) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
 }
 
 function start() {
-  if (!location.hash || location.hash === '#main') location.hash = '#/gallery';
+  if (!location.hash.startsWith('#/')) location.hash = '#/gallery';
   else route();
 }
 
@@ -117,10 +146,20 @@ signOutButton.addEventListener('click', () => {
 langButton.addEventListener('click', () => {
   setLang(lang() === 'zh' ? 'en' : 'zh');
   labels();
-  if (session.key) route(); else renderSignIn();
+  if (session.key) {
+    renderNav();
+    route();
+  } else {
+    renderSignIn();
+  }
 });
-window.addEventListener('hashchange', () => { if (location.hash !== '#main') route(); });
+document.getElementById('skip').addEventListener('click', (event) => {
+  event.preventDefault();
+  const target = main.querySelector('h1') || main;
+  target.tabIndex = -1;
+  target.focus();
+});
+window.addEventListener('hashchange', route);
 
 labels();
 if (session.key) start(); else renderSignIn();
-append(document.body);

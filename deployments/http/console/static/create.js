@@ -1,7 +1,7 @@
 // Search (text in Chinese or English, or an image), generate (idea -> enhanced prompt -> image), describe (a photo
 // -> its description and a Chinese post text), and the account (usage; delete everything).
-import {api, retrying, send} from './api.js';
-import {append, clear, field, h} from './dom.js';
+import {retrying, send} from './api.js';
+import {append, clear, field, h, imageSrc} from './dom.js';
 import {t, when} from './i18n.js';
 import {openRecord, thumb} from './gallery.js';
 
@@ -9,7 +9,7 @@ function results(list, items, ctx) {
   clear(list, items.length === 0 ? h('li', {}, t('no_results')) : items.map((hit) =>
     thumb(hit, async (r) => {
       try {
-        openRecord(await api(`/api/images/${encodeURIComponent(r.img_id)}`), ctx);  // the whole record
+        openRecord(await ctx.api(`/api/images/${encodeURIComponent(r.img_id)}`), ctx, list);  // the whole record
       } catch (error) {
         ctx.fail(error);
       }
@@ -27,8 +27,8 @@ export function searchView(main, ctx) {
   byText.addEventListener('submit', async (event) => {
     event.preventDefault();
     try {
-      const answer = await retrying(() => api(`/api/search?${new URLSearchParams({q: q.value, k: '24'})}`),
-        (e, s) => ctx.say(t('error_busy', {seconds: s})));
+      const answer = await retrying(() => ctx.api(`/api/search?${new URLSearchParams({q: q.value, k: '24'})}`),
+        (e, s) => ctx.say(t('retry_wait', {seconds: s})), ctx.signal);
       clear(notes, ctx.provenance(answer));
       results(list, answer.results, ctx);
       ctx.say(t('found', {n: answer.results.length}));
@@ -43,8 +43,9 @@ export function searchView(main, ctx) {
     body.append('file', file.files[0], file.files[0].name);
     body.append('k', '24');
     try {
-      const {body: answer} = await send('/api/search/by-image', body);
-      clear(notes);
+      const {body: answer} = await retrying(() => send('/api/search/by-image', body, null, ctx.signal),
+        (e, s) => ctx.say(t('retry_wait', {seconds: s})), ctx.signal);
+      clear(notes, ctx.provenance(answer));
       results(list, answer.results, ctx);
       ctx.say(t('found', {n: answer.results.length}));
     } catch (error) {
@@ -79,8 +80,8 @@ export function generateView(main, ctx) {
     const started = performance.now();
     const headers = {'Idempotency-Key': crypto.randomUUID()};  // a retry after a 503 is the same request
     try {
-      const answer = await retrying(() => api('/api/generate/image', {method: 'POST', json: body, headers}),
-        (e, s) => clear(out, h('p', {}, t('error_busy', {seconds: s}))));
+      const answer = await retrying(() => ctx.api('/api/generate/image', {method: 'POST', json: body, headers}),
+        (e, s) => clear(out, h('p', {}, t('retry_wait', {seconds: s}))), ctx.signal);
       const took = ((performance.now() - started) / 1000).toFixed(1);
       const saved = h('p', {class: 'saved'}, answer.img_id ? t('kept') : '');
       const keepNow = answer.img_id ? null : h('button', {type: 'button', class: 'secondary'}, t('keep_now'));
@@ -89,7 +90,7 @@ export function generateView(main, ctx) {
         const file = new FormData();
         file.append('file', dataUriBlob(answer.image_url), 'generated.png');
         try {
-          await send('/api/images', file);
+          await send('/api/images', file, null, ctx.signal);
           keepNow.remove();
           clear(saved, t('kept'));
         } catch (error) {
@@ -99,7 +100,7 @@ export function generateView(main, ctx) {
       });
       clear(out, h('h2', {}, t('result')), ctx.provenance(answer),
         h('p', {}, h('strong', {}, t('prompt_used')), ' ', h('span', {class: 'prompt'}, answer.prompt.used)),
-        h('img', {src: answer.image_url, alt: answer.prompt.used, class: 'large'}),
+        h('img', {src: imageSrc(answer.image_url), alt: answer.prompt.used, class: 'large'}),
         h('p', {class: 'meta'}, t('generated_meta', {size: answer.size, seed: answer.seed,
           seconds: Number(answer.generation_time).toFixed(2), total: took})),
         saved, keepNow);
@@ -116,7 +117,7 @@ export function generateView(main, ctx) {
 
 function copyable(label, text, ctx) {
   const id = `copy-${Math.random().toString(36).slice(2, 8)}`;
-  const copy = h('button', {type: 'button', class: 'secondary', 'aria-describedby': id}, t('copy'));
+  const copy = h('button', {type: 'button', class: 'secondary', 'aria-label': t('copy_what', {what: label})}, t('copy'));
   copy.addEventListener('click', async () => {
     try {
       await navigator.clipboard.writeText(text);
@@ -125,7 +126,7 @@ function copyable(label, text, ctx) {
       ctx.say(t('copy_failed'), 'error');
     }
   });
-  return h('div', {class: 'copyable'}, h('h3', {id}, label), h('p', {class: 'text'}, text), copy);
+  return h('div', {class: 'copyable'}, h('h3', {id}, label), h('p', {class: 'text'}, text), copy);  // named by its heading
 }
 
 export async function describeView(main, ctx, params) {
@@ -145,11 +146,11 @@ export async function describeView(main, ctx, params) {
       if (file.files.length) {
         const body = new FormData();
         body.append('file', file.files[0], file.files[0].name);
-        answer = await retrying(() => send('/api/describe', body).then((r) => r.body),
-          (e, s) => clear(out, h('p', {}, t('error_busy', {seconds: s}))));
+        answer = await retrying(() => send('/api/describe', body, null, ctx.signal).then((r) => r.body),
+          (e, s) => clear(out, h('p', {}, t('retry_wait', {seconds: s}))), ctx.signal);
       } else {
-        answer = await retrying(() => api('/api/describe', {method: 'POST', json: {img_id: pick.value}}),
-          (e, s) => clear(out, h('p', {}, t('error_busy', {seconds: s}))));
+        answer = await retrying(() => ctx.api('/api/describe', {method: 'POST', json: {img_id: pick.value}}),
+          (e, s) => clear(out, h('p', {}, t('retry_wait', {seconds: s}))), ctx.signal);
       }
       clear(out, ctx.provenance(answer), copyable(t('description'), answer.description, ctx),
         copyable(t('post_text'), answer.caption_zh, ctx), answer.img_id ? h('p', {}, t('saved_on_record')) : null);
@@ -162,9 +163,14 @@ export async function describeView(main, ctx, params) {
     }
   });
   try {
-    const page = await api('/api/images?limit=100');
-    append(pick, page.items.map((r) => h('option', {value: r.img_id}, r.caption || t('photo_of', {date: when(r.created_at)}))));
-    if (params && params.get('img')) pick.value = params.get('img');
+    const page = await ctx.api('/api/images?limit=100');
+    const wanted = params && params.get('img');
+    const records = page.items;
+    if (wanted && !records.some((r) => r.img_id === wanted)) {  // an older photo than the list's first 100
+      records.unshift(await ctx.api(`/api/images/${encodeURIComponent(wanted)}`));
+    }
+    append(pick, records.map((r) => h('option', {value: r.img_id}, r.caption || t('photo_of', {date: when(r.created_at)}))));
+    if (wanted) pick.value = wanted;
   } catch (error) {
     ctx.fail(error);
   }
@@ -183,10 +189,11 @@ export async function accountView(main, ctx) {
   erase.addEventListener('click', async () => {
     erase.disabled = true;
     try {
-      await api('/api/me', {method: 'DELETE'});
+      await ctx.api('/api/me', {method: 'DELETE'});
       ctx.say(t('deleted_all'));
       confirm.hidden = true;
       ask.hidden = false;
+      understood.checked = false;
     } catch (error) {
       erase.disabled = false;
       ctx.fail(error);
@@ -195,7 +202,7 @@ export async function accountView(main, ctx) {
   append(main, h('h1', {}, t('account_title')), usage,
     h('section', {class: 'card'}, h('h2', {}, t('danger_title')), ask, confirm));
   try {
-    const answer = await api('/api/me/usage');
+    const answer = await ctx.api('/api/me/usage');
     append(usage, h('p', {}, t('plan', {plan: answer.plan})), h('table', {},
       h('thead', {}, h('tr', {}, [t('limit'), t('used'), t('quota')].map((c) => h('th', {scope: 'col'}, c)))),
       h('tbody', {}, answer.limits.map((l) => h('tr', {}, h('td', {}, l.limit), h('td', {}, String(l.used)),

@@ -34,3 +34,14 @@ export function field(label, control, hint) {
 }
 
 export const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+
+// An image URL the API gave, as this page loads it: a signed /api/images/... URL by its path (the service that
+// signed it serves this page too, whatever host name the browser used), a data: URI as it is.
+export function imageSrc(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? parsed.pathname + parsed.search : url;
+  } catch {
+    return url;
+  }
+}
