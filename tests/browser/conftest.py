@@ -61,6 +61,22 @@ class Console:
             f"request failed: {r.method} {r.url} {r.failure}"))
         page.on("response", lambda r: r.status >= 500 and self.problems.append(f"{r.status}: {r.request.method} {r.url}"))
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.inflight = 0
+        page.on("request", lambda r: self._count(1))
+        page.on("requestfinished", lambda r: self._count(-1))
+        page.on("requestfailed", lambda r: self._count(-1))
+
+    def _count(self, step: int) -> None:
+        self.inflight += step
+
+    def settle(self, quiet_ms: int = 150) -> None:
+        """Until no request of the page has been in flight for `quiet_ms` (Playwright's networkidle waits 500 ms)."""
+        quiet = 0
+        for _ in range(300):
+            quiet = quiet + 50 if self.inflight <= 0 else 0
+            if quiet >= quiet_ms:
+                return
+            self.page.wait_for_timeout(50)
 
     def expect(self, pattern: str) -> None:
         """A problem this test provokes on purpose: a refusal, which Chromium logs as an error ("... status of

@@ -135,6 +135,24 @@ def test_three_photos_uploaded_seen_in_the_grid_found_in_chinese_shown_as_text_a
     assert sorted(r["caption"] for r in items(service.base_url, key)) == sorted(["海边的日落", XSS])
 
 
+def test_the_gallery_pages_by_the_cursor_as_the_person_scrolls(console, new_user, service):
+    """30 photos, 24 a page: at 375 px the first page does not reach the end of the screen's scroll; scrolling to
+    the end brings the rest, newest first throughout."""
+    _, key = new_user("pam")
+    with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as api:
+        for i in range(30):
+            assert api.post("/api/images", files={"file": (f"p{i}.jpg", jpeg(70_000 + i), "image/jpeg")}
+                            ).status_code == 201
+    newest_first = [r["img_id"] for r in items(service.base_url, key)]
+    c = console(NARROW)
+    c.sign_in(key)
+    tiles = c.page.get_by_role("list", name="Your photos").get_by_role("listitem")
+    expect(tiles).to_have_count(24)
+    c.page.mouse.wheel(0, 20_000)  # to the end of the grid
+    expect(tiles).to_have_count(30)
+    assert [t.get_attribute("data-img-id") for t in tiles.all()] == newest_first
+
+
 def test_a_zip_of_20_files_fills_its_progress_bar_with_the_right_counts(console, new_user, service):
     _, key = new_user("zoe")
     buf = io.BytesIO()
@@ -261,7 +279,7 @@ def test_every_view_fits_375_and_1440_px_and_has_no_critical_accessibility_viola
                         files={"file": ("h.jpg", encoded(scene(46)), "image/jpeg")}).status_code == 201
 
     def check(c, what: str) -> None:
-        c.page.wait_for_load_state("networkidle")
+        c.settle()
         c.shot(what)
         found = axe.run(c.page).response["violations"]
         critical = [(v["id"], [n["target"] for n in v["nodes"]]) for v in found if v["impact"] == "critical"]
