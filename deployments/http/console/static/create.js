@@ -24,33 +24,28 @@ export function searchView(main, ctx) {
   const byImage = h('form', {class: 'card'}, field(t('search_image_label'), file), h('button', {type: 'submit'}, t('search_image')));
   const list = h('ul', {class: 'grid', 'aria-label': t('results')});
   const notes = h('div', {});
-  byText.addEventListener('submit', async (event) => {
-    event.preventDefault();
+  // One search (by text or by an image): retried while the service is busy, its results shown with their notes.
+  const run = async (call) => {
     try {
-      const answer = await retrying(() => ctx.api(`/api/search?${new URLSearchParams({q: q.value, k: '24'})}`),
-        (e, s) => ctx.say(t('retry_wait', {seconds: s})), ctx.signal);
+      const answer = await retrying(call, (e, s) => ctx.say(t('retry_wait', {seconds: s})), ctx.signal);
       clear(notes, ctx.provenance(answer));
       results(list, answer.results, ctx);
       ctx.say(t('found', {n: answer.results.length}));
     } catch (error) {
       ctx.fail(error);
     }
+  };
+  byText.addEventListener('submit', (event) => {
+    event.preventDefault();
+    run(() => ctx.api(`/api/search?${new URLSearchParams({q: q.value, k: '24'})}`));
   });
-  byImage.addEventListener('submit', async (event) => {
+  byImage.addEventListener('submit', (event) => {
     event.preventDefault();
     if (!file.files.length) return ctx.say(t('pick_first'), 'error');
     const body = new FormData();
     body.append('file', file.files[0], file.files[0].name);
     body.append('k', '24');
-    try {
-      const {body: answer} = await retrying(() => send('/api/search/by-image', body, null, ctx.signal),
-        (e, s) => ctx.say(t('retry_wait', {seconds: s})), ctx.signal);
-      clear(notes, ctx.provenance(answer));
-      results(list, answer.results, ctx);
-      ctx.say(t('found', {n: answer.results.length}));
-    } catch (error) {
-      ctx.fail(error);
-    }
+    run(() => send('/api/search/by-image', body, null, ctx.signal).then((r) => r.body));
   });
   append(main, h('h1', {}, t('search_title')), byText, byImage, notes, list);
 }
