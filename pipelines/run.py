@@ -169,14 +169,14 @@ class IngestRun:
                         vector=np.frombuffer(r["vector"], dtype=np.float32), embed_model=embed_model,
                         meta={"ingest_job": self.spec.job_id, "name": r["name"], "phash": r.get("phash") or "",
                               **self._safety(r.get("safety"))}, created_at=now) for r in new]
-        if self._near_duplicates(writer, rows):
-            if self.spec.on_duplicate == "skip":  # not written: counted as skipped duplicates by _write
-                kept = [i for i, row in enumerate(rows) if not row["meta"].get("near")]
-                rows, new = [rows[i] for i in kept], [new[i] for i in kept]
-                if not rows:
-                    return [], []
-            else:
-                self.job.add(near=sum(1 for row in rows if row["meta"].get("near")))
+        near = self._near_duplicates(writer, rows)
+        if near and self.spec.on_duplicate == "skip":  # not written: counted as skipped duplicates by _write
+            kept = [i for i, row in enumerate(rows) if not row["meta"].get("near")]
+            rows, new = [rows[i] for i in kept], [new[i] for i in kept]
+            if not rows:
+                return [], []
+        elif near:
+            self.job.add(near=near)
         try:
             result = writer_call(writer.upsert, self._table, rows)
             # A row is this job's when the writer created it now, or when it holds this job's own row for that

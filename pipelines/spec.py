@@ -23,6 +23,10 @@ class NamedFile(BaseModel):
     url: str
 
 
+# What a job or an upload does with a photo that has a near-duplicate: the one list of the choices.
+OnDuplicate = Literal["store", "skip", "ignore"]
+
+
 class JobSpec(BaseModel):
     """Everything a driver needs; kept with the job, so `python -m pipelines.ingest --job ID` runs it anywhere."""
 
@@ -36,7 +40,7 @@ class JobSpec(BaseModel):
     ingest: IngestSpec
     staged_prefix: str | None = Field(None, description="Blob prefix of a staged upload, removed when the job ends.")
     fingerprint: str = Field("", description="What makes a retried request the same job (manifest or key).")
-    on_duplicate: Literal["store", "skip", "ignore"] = Field(
+    on_duplicate: OnDuplicate = Field(
         "store", description="A photo with a near-duplicate in the user's gallery or the job: stored (and counted in "
         "near_duplicates), skipped (counted in skipped_duplicates), or not compared.")
     keys_uri: str | None = Field(

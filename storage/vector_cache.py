@@ -45,13 +45,13 @@ class UserVectors:
     row_ids: np.ndarray  # uint64 row ids at the version the entry was loaded
     vectors: np.ndarray  # float32 (n, dim), L2-normalised
     rows: pa.Table  # the columns a search returns
+    grown: "_Grown"  # the arrays `vectors`, `row_ids` and `keys` are the first `count` rows of
     loaded_at: float = field(default_factory=time.monotonic)
-    grown: "_Grown | None" = None  # the arrays `vectors`, `row_ids` and `keys` are the first `count` rows of
 
     @property
     def nbytes(self) -> int:
-        vectors = self.grown.vectors if self.grown is not None else self.vectors
-        return int(vectors.nbytes + vectors.shape[0] * 8 + self.rows.nbytes + 120 * len(self.keys)) + 200
+        room = len(self.grown.row_ids)
+        return int(self.grown.vectors.nbytes + room * 8 + self.rows.nbytes + 120 * len(self.keys)) + 200
 
     def top(self, query: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and cosine similarities of the `depth` best rows, best first."""
@@ -74,9 +74,12 @@ class _Grown:
 
     def __init__(self, vectors: np.ndarray, row_ids: np.ndarray, keys: list[str], room: int = 0):
         n = len(row_ids)
-        self.vectors = np.empty((n + room, vectors.shape[1]), np.float32)
-        self.row_ids = np.empty(n + room, np.uint64)
-        self.vectors[:n], self.row_ids[:n] = vectors, row_ids
+        if room:
+            self.vectors = np.empty((n + room, vectors.shape[1]), np.float32)
+            self.row_ids = np.empty(n + room, np.uint64)
+            self.vectors[:n], self.row_ids[:n] = vectors, row_ids
+        else:  # a load's own fresh arrays (unit_rows and astype made them): kept, not copied again
+            self.vectors, self.row_ids = vectors, row_ids
         self.keys, self.filled = list(keys), n
 
     def append(self, vectors: np.ndarray, row_ids: np.ndarray, keys: list[str]) -> "_Grown":
@@ -218,7 +221,7 @@ class TableVectors:
             loaded_at = time.monotonic()
         else:
             # The latest entry's arrays grow in place (one writer per user: `load_lock`); an older entry's are copied.
-            if after.grown is not None and after.grown.filled == after.count:
+            if after.grown.filled == after.count:
                 grown = after.grown.append(vectors, row_ids, keys)
             else:
                 grown = _Grown(after.vectors, after.row_ids, after.keys[:after.count], room=after.count)

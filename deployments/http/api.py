@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.service import ProductService
 from deployments.service.safety import SafetyFilter, unguarded
+from pipelines.spec import OnDuplicate
 from storage.errors import InvalidInput
 
 from .deps import caller, current_request_id, image_url, record_out, service
@@ -140,7 +141,7 @@ async def generate_image(request: Request, body: GenerateRequest,
 # -- gallery ----------------------------------------------------------------------------------------
 @router.post("/api/images", status_code=201)
 async def upload_image(request: Request, file: UploadFile = File(...), caption: str | None = Form(None),
-                       on_duplicate: Literal["store", "skip", "ignore"] = Form("store"),
+                       on_duplicate: OnDuplicate = Form("store"),
                        user: str = Depends(caller), svc: ProductService = Depends(service)):
     """One photo -> 201 and its record (200 and the stored one for the same bytes again). `near_duplicates`: the
     caller's photos it is the same picture or a near shot of; with `on_duplicate=skip` such a photo is not kept

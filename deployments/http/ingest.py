@@ -6,6 +6,7 @@ Thin routes over the ProductService's ingest desk (`deployments.service.ingest`)
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from deployments.service import ProductService
 from deployments.service.ingest import IngestDesk, UploadPart
+from pipelines.spec import OnDuplicate
 from storage.errors import InvalidInput, Unavailable
 
 from .deps import caller, service
@@ -30,7 +32,7 @@ def _desk(svc: ProductService) -> IngestDesk:
     return svc.ingest
 
 
-ON_DUPLICATE = ("store", "skip", "ignore")
+ON_DUPLICATE = get_args(OnDuplicate)
 
 
 @router.post("/api/init/upload", status_code=202)

@@ -137,16 +137,15 @@ export async function describeView(main, ctx, params) {
     go.disabled = true;
     clear(out, h('p', {}, t('describing')));
     try {
-      let answer;
+      let call;  // a file if one was picked, else the gallery photo
       if (file.files.length) {
         const body = new FormData();
         body.append('file', file.files[0], file.files[0].name);
-        answer = await retrying(() => send('/api/describe', body, null, ctx.signal).then((r) => r.body),
-          (e, s) => clear(out, h('p', {}, t('retry_wait', {seconds: s}))), ctx.signal);
+        call = () => send('/api/describe', body, null, ctx.signal).then((r) => r.body);
       } else {
-        answer = await retrying(() => ctx.api('/api/describe', {method: 'POST', json: {img_id: pick.value}}),
-          (e, s) => clear(out, h('p', {}, t('retry_wait', {seconds: s}))), ctx.signal);
+        call = () => ctx.api('/api/describe', {method: 'POST', json: {img_id: pick.value}});
       }
+      const answer = await retrying(call, (e, s) => clear(out, h('p', {}, t('retry_wait', {seconds: s}))), ctx.signal);
       clear(out, ctx.provenance(answer), copyable(t('description'), answer.description, ctx),
         copyable(t('post_text'), answer.caption_zh, ctx), answer.img_id ? h('p', {}, t('saved_on_record')) : null);
       ctx.say(t('described'));
