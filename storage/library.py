@@ -113,10 +113,14 @@ class Library:
     async def near_duplicates(self, user_id: str, image: DecodedImage, vector: np.ndarray) -> list[dict]:
         """The user's photos a new one is the same picture or a near shot of (storage/duplicates.py)."""
         phash = await self.phash(image)
-        hits = await self.search(user_id, vector, k=self.settings.near_duplicate_candidates)
-        return near_duplicates(phash, [h for h in hits if h["content_hash"] != image.content_hash],
-                               hash_bits=self.settings.duplicate_hash_bits,
-                               cosine=threshold(self.settings.near_shot_cosine, self.embed_model))
+        cosine = threshold(self.settings.near_shot_cosine, self.embed_model)
+
+        def near(hits: list[dict]) -> list[dict]:
+            return near_duplicates(phash, [h for h in hits if h["content_hash"] != image.content_hash],
+                                   hash_bits=self.settings.duplicate_hash_bits, cosine=cosine)
+
+        return near(await self._read(self.gallery.near, user_id, vector, k=self.settings.near_duplicate_candidates,
+                                     keep=lambda hit: bool(near([hit]))))
 
     async def duplicate_groups(self, user_id: str) -> list[dict]:
         """The user's groups of near-duplicates, from the pairs their uploads' checks kept (storage.duplicates.groups),
@@ -167,14 +171,19 @@ class Library:
                       meta=meta)
         result = await self.writer.upsert([row])
         if result["created"][0]:
-            self._refresh_after_write(user_id)
+            self._refresh_after_write(user_id, {**result["rows"][0], "vector": vector}, result.get("version"))
         return result["rows"][0], bool(result["created"][0])
 
-    def _refresh_after_write(self, user_id: str) -> None:
+    def _refresh_after_write(self, user_id: str, row: dict, version: int | None) -> None:
         """This process's view of the user brought up to the write it just made, after the answer and off the
-        next request's path (an upload's near-duplicate check would otherwise start with that refresh). A
+        next request's path (an upload's near-duplicate check would otherwise start with that refresh): the row
+        adopted as written when its commit is the only one since the view (`Gallery.adopt`), else read back. A
         refresh that fails is the next search's to make again."""
-        task = asyncio.ensure_future(self.warm(user_id))
+        async def refresh() -> None:
+            if not await asyncio.to_thread(self.gallery.adopt, user_id, [row], version):
+                await self.warm(user_id)
+
+        task = asyncio.ensure_future(refresh())
         self._refreshing.add(task)
         task.add_done_callback(lambda t: (self._refreshing.discard(t), t.cancelled() or t.exception()))
 

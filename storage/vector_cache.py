@@ -11,7 +11,11 @@ Kept true to the table:
   write), two counts through the user_id index decide: the user's rows, and those created after
   the newest cached one. Same count and none newer: unchanged. Only newer rows, as many as the
   count grew: appended. Anything else: reloaded.
-- Before answering, the top rows' primary keys are taken from the table by row id, one column.
+- Rows this process just had written join the entry unread (`adopt`) when their commit is the only
+  one since the entry's version (the writer answers the commit's version); their row ids are learnt
+  at their first proof, which takes them by key and compares every cached column instead.
+- Before answering, the top rows' primary keys are taken from the table by row id, one column
+  (a near-duplicate check proves only the candidates it reports).
   A row deleted or rewritten since (a caption update rewrites the row) or renumbered by
   compaction shows as a missing or different key, and the search reloads the user and ranks again.
 - An entry is reloaded in full after `ttl_s` whatever happened. That bounds the changes the counts
@@ -32,6 +36,9 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 from cachetools import LRUCache, TTLCache
+
+
+UNPROVEN = np.uint64(2**64 - 1)  # the row id of a row adopted from this process's own write, until a search proves it
 
 
 @dataclass
@@ -116,7 +123,8 @@ class VectorCache:
         self._too_large: TTLCache = TTLCache(maxsize=10_000, ttl=ttl_s)
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
-        self.hits = self.loads = self.refreshes = 0
+        # proofs: rows' keys taken from the table; adoptions: rows of this process's writes added unread
+        self.hits = self.loads = self.refreshes = self.proofs = self.adoptions = 0
 
     @property
     def enabled(self) -> bool:
@@ -162,28 +170,39 @@ class TableVectors:
     """Keeps a VectorCache true to one LanceDB table (the refresh rules in this module's docstring)
     and ranks a cached user's rows.
 
-    `user_filter` turns a user id into the table's filter string, `key` names the primary-key
-    column, and `columns` are the columns an entry holds (the returned ones, the key and `vector`).
+    `user_filter` turns a user id into the table's filter string (`keys_filter` primary keys), `key`
+    names the primary-key column, and `columns` are the columns an entry holds (the returned ones,
+    the key and `vector`).
     """
 
     MAX_CHUNKS = 32  # appended pieces of an entry's returned columns before they are joined into one
 
     def __init__(self, cache: VectorCache, table, *, dim: int, key: str, columns: list[str],
-                 user_filter: Callable[[str], str]):
+                 user_filter: Callable[[str], str], keys_filter: Callable[[list[str]], str]):
         self.cache, self.table, self.dim = cache, table, dim
-        self.key, self.columns, self.user_filter = key, columns, user_filter
+        self.key, self.columns = key, columns
+        self.user_filter, self.keys_filter = user_filter, keys_filter
 
-    def rank(self, user_id: str, query: np.ndarray, depth: int) -> list[tuple[dict, float]] | None:
-        """The user's best rows (as stored, with their cosine similarity), or None when the user is not cacheable."""
+    def rank(self, user_id: str, query: np.ndarray, depth: int, *, columns: list[str] | None = None,
+             keep: Callable[[dict, float], bool] | None = None) -> list[tuple[dict, float]] | None:
+        """The user's best rows (as stored, with their cosine similarity), or None when the user is not cacheable.
+
+        `columns` narrows what each row carries (a take of fewer columns). With `keep`, only the rows it keeps are
+        answered, and only they are proven still in the table: a near-duplicate check ranks a few candidates and
+        usually keeps none, so it usually asks the table nothing."""
         query = unit_rows(query.reshape(1, -1))[0]
         for _ in range(2):
             entry = self.entry(user_id)
             if entry is None:
                 return None
             positions, scores = entry.top(query, depth)
+            rows = (entry.rows.select(columns) if columns else entry.rows).take(pa.array(positions, pa.int64()))
+            ranked = [(row, float(score)) for row, score in zip(rows.to_pylist(), scores)]
+            if keep is not None:
+                kept = [i for i, (row, score) in enumerate(ranked) if keep(row, score)]
+                positions, ranked = positions[kept], [ranked[i] for i in kept]
             if self._still_there(entry, positions):
-                rows = entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
-                return [(row, float(score)) for row, score in zip(rows, scores)]
+                return ranked
             self.cache.drop(user_id)  # a row moved, changed or went away since: reload and rank again
         return None
 
@@ -201,6 +220,22 @@ class TableVectors:
             if entry.version != version:
                 return self._refresh(user_id, entry, version)
             return entry
+
+    def adopt(self, user_id: str, tbl: pa.Table, version: int) -> bool:
+        """Rows this process just had written (`tbl`: the table's columns, as written) in the commit `version`,
+        appended to the user's entry without reading them back, when that commit is the only one since the
+        entry's version. Their row ids are not known yet (`UNPROVEN`): the first search that takes one proves it
+        by its key and the whole row instead, and learns its row id then."""
+        with self.cache.load_lock(user_id):
+            entry = self.cache.get(user_id)
+            if entry is None or entry.version != version - 1:
+                return False
+            rows = tbl.select([c for c in self.columns if c != "vector"]).cast(entry.rows.schema)
+            rows = rows.append_column("vector", tbl.column("vector")).append_column(
+                "_rowid", pa.array(np.full(tbl.num_rows, UNPROVEN), pa.uint64()))
+            entry = self._entry(version, rows, after=entry)
+            self.cache.adoptions += 1
+            return self.cache.put(user_id, entry)
 
     def _count(self, user_id: str) -> int:
         return self.table.count_rows(self.user_filter(user_id))
@@ -274,13 +309,35 @@ class TableVectors:
         compaction renumbers rows: each shows here as a missing or different primary key."""
         if not len(positions):
             return True
-        ids = [int(entry.row_ids[p]) for p in positions]
+        self.cache.proofs += 1
+        adopted = [p for p in positions if entry.row_ids[p] == UNPROVEN]
+        if adopted and not self._adopted_still_there(entry, adopted):
+            return False
+        ids = [int(entry.row_ids[p]) for p in positions if entry.row_ids[p] != UNPROVEN]
+        if not ids:
+            return True
         try:
             got = self.table.take_row_ids(ids).select([self.key]).with_row_id().to_arrow()
         except (ValueError, OSError, RuntimeError):  # e.g. a fragment compacted away: the cache is stale
             return False
         found = dict(zip(got.column("_rowid").to_pylist(), got.column(self.key).to_pylist()))
-        return all(found.get(row_id) == entry.keys[p] for p, row_id in zip(positions, ids))
+        return all(found.get(int(entry.row_ids[p])) == entry.keys[p] for p in positions
+                   if entry.row_ids[p] != UNPROVEN)
+
+    def _adopted_still_there(self, entry: UserVectors, positions: list[int]) -> bool:
+        """Adopted rows (no row id yet) proven by their key: each in the table, every cached column as cached
+        (a rewrite would show in one); their row ids are learnt for the next proof."""
+        keys = [entry.keys[p] for p in positions]
+        got = self._rows_arrow(self.keys_filter(keys))
+        stored = {r[self.key]: r for r in got.drop_columns(["vector"]).to_pylist()}
+        cached = entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
+        for p, row in zip(positions, cached):
+            there = stored.get(entry.keys[p])
+            if there is None or {**there, "_rowid": None} != {**row, "_rowid": None}:
+                return False
+        for p in positions:
+            entry.row_ids[p] = stored[entry.keys[p]]["_rowid"]
+        return True
 
 
 def _vectors_of(tbl: pa.Table, dim: int) -> np.ndarray:

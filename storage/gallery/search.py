@@ -23,6 +23,7 @@ from .filters import row_out, user_filter
 
 VECTOR_INDEX = "vector_idx"
 _MAX_QUERY_CHARS = 1000
+NEAR_COLUMNS = ["img_id", "content_hash", "meta"]  # what a near-duplicate check reads of a candidate
 _RRF_C = 60  # the usual reciprocal-rank-fusion constant: damps the weight of the very first ranks
 
 
@@ -64,6 +65,19 @@ class GallerySearch:
         if self.vectors.cache.enabled and self.vectors.entry(user_id) is not None:
             return
         self.use_ann(user_id)
+
+    def near(self, user_id: str, vector: Any, *, k: int, keep: Callable[[dict], bool]) -> list[dict]:
+        """Of the user's k nearest rows (`img_id`, `content_hash`, `meta` and `score`, the cosine similarity), those
+        `keep` keeps. A cached user's candidates are ranked in memory and only the kept ones proven still in the
+        table (`TableVectors.rank`); otherwise LanceDB's search answers them."""
+        self.check_k(k)
+        q = self.query_vector(vector)
+        if self.vectors.cache.enabled:
+            ranked = self.vectors.rank(user_id, q, k, columns=NEAR_COLUMNS,
+                                       keep=lambda row, score: keep({**row_out(row), "score": score}))
+            if ranked is not None:
+                return [{**row_out(row), "score": score} for row, score in ranked]
+        return [hit for hit in self._table_search(user_id, user_filter(user_id), q, k, None) if keep(hit)]
 
     def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
         """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""

@@ -82,7 +82,7 @@ class Gallery(GalleryDeletes, GalleryGroups):
         self._search = GallerySearch(
             table, settings, dim=dim, index_names=self.upkeep.index_names,
             vectors=TableVectors(self._vectors, table, dim=dim, key=PRIMARY_KEY, columns=_CACHED_COLUMNS,
-                                 user_filter=user_filter))
+                                 user_filter=user_filter, keys_filter=lambda keys: in_list(PRIMARY_KEY, keys)))
 
     @classmethod
     def open(cls, settings: StorageSettings, *, dim: int, embed_model: str) -> "Gallery":
@@ -98,12 +98,13 @@ class Gallery(GalleryDeletes, GalleryGroups):
     def upsert(self, rows: Sequence[Mapping[str, Any] | GalleryFields]) -> dict:
         """Insert the rows whose (user_id, content_hash) is new; never duplicate one.
 
-        Returns `{"rows": [...], "created": [...], "inserted": n}` aligned with the input: for each
-        input, the stored row (the one already there for a duplicate, also within the batch) and
-        whether this call created it (201 vs 200 for an upload).
+        Returns `{"rows": [...], "created": [...], "inserted": n, "version": v}` aligned with the input:
+        for each input, the stored row (the one already there for a duplicate, also within the batch)
+        and whether this call created it (201 vs 200 for an upload); `version` is the commit's when
+        it holds exactly the created rows, else None.
         """
         if not rows:
-            return {"rows": [], "created": [], "inserted": 0}
+            return {"rows": [], "created": [], "inserted": 0, "version": None}
         fields, vectors = _checked_rows(rows, self.dim, self.embed_model)
         first: dict[str, int] = {}
         for i, row in enumerate(fields):
@@ -113,12 +114,14 @@ class Gallery(GalleryDeletes, GalleryGroups):
             stored = _rows_by_keys(self.table, [fields[i].dedup_key for i in unique])
             new = [i for i in unique if fields[i].dedup_key not in stored]
             created: set[str] = set()
+            version = None  # the commit's version, when it holds exactly the new rows (`adopt`)
             if new:
                 data = _to_arrow([fields[i] for i in new], vectors[new], self.dim)
                 result = self._write(
                     lambda: self.table.merge_insert(PRIMARY_KEY).when_not_matched_insert_all().execute(data)
                 )
                 if result.num_inserted_rows == len(new):
+                    version = result.version
                     for i in new:
                         created.add(fields[i].dedup_key)
                         stored[fields[i].dedup_key] = row_out(fields[i].model_dump())
@@ -134,6 +137,7 @@ class Gallery(GalleryDeletes, GalleryGroups):
             "rows": [stored[row.dedup_key] for row in fields],
             "created": [first[row.dedup_key] == i and row.dedup_key in created for i, row in enumerate(fields)],
             "inserted": len(created),
+            "version": version,
         }
 
     def update(self, user_id: str, img_id: str, *, caption: str | None = None, description: str | None = None,
@@ -245,6 +249,19 @@ class Gallery(GalleryDeletes, GalleryGroups):
         ANN index (False).
         """
         return self._search.search(user_id, vector, k=k, text=text, exact=exact)
+
+    def adopt(self, user_id: str, rows: Sequence[Mapping[str, Any]], version: int | None) -> bool:
+        """This process's cached view of the user extended by rows it just had written in the commit `version`
+        (each as `upsert` answered it, with its `vector`), without reading them back, when that commit is the
+        only one since the view (`TableVectors.adopt`). False when it could not be: a refresh reads them."""
+        if version is None or not self._vectors.enabled:
+            return False
+        fields, vectors = _checked_rows(rows, self.dim, self.embed_model)
+        return self._search.vectors.adopt(user_id, _to_arrow(fields, vectors, self.dim), version)
+
+    def near(self, user_id: str, vector: Any, *, k: int, keep) -> list[dict]:
+        """Of the user's k nearest rows to a vector, those `keep` keeps (`GallerySearch.near`)."""
+        return self._search.near(user_id, vector, k=k, keep=keep)
 
     def search_text(self, user_id: str, text: str, *, k: int = 10) -> list[dict]:
         """A user's k best rows by full text over captions and descriptions (`score` = BM25)."""

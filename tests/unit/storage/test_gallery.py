@@ -27,6 +27,7 @@ def gallery(tmp_path) -> Gallery:
 def test_upsert_is_idempotent_by_user_and_content(gallery):
     first = gallery.upsert([make_row("alice", 1), make_row("alice", 2), make_row("alice", 1), make_row("bob", 1)])
     assert first["created"] == [True, True, False, True] and first["inserted"] == 3
+    assert first["version"] == gallery.table.version  # the commit that holds the three new rows
     # The in-batch duplicate answers with the row the batch stored.
     assert first["rows"][2]["img_id"] == first["rows"][0]["img_id"]
     # Same bytes from another user are another image.
@@ -34,7 +35,7 @@ def test_upsert_is_idempotent_by_user_and_content(gallery):
 
     proposed = make_row("alice", 1, img_id="f" * 32)
     again = gallery.upsert([proposed])
-    assert again == {"rows": [first["rows"][0]], "created": [False], "inserted": 0}
+    assert again == {"rows": [first["rows"][0]], "created": [False], "inserted": 0, "version": None}
     assert gallery.count() == 3 and gallery.count("alice") == 2
 
 

@@ -186,3 +186,65 @@ def test_uploads_one_at_a_time_are_appended_in_place_and_ranked_exactly(tmp_path
     assert bigger.keys == ["a", "b", "c", "d", "e", "f"] and list(bigger.row_ids[:6]) == [0, 1, 2, 3, 4, 5]
     np.testing.assert_array_equal(first, vectors[:3])
     np.testing.assert_array_equal(bigger.vectors[:6], vectors[:6])
+
+
+def test_a_near_duplicate_check_proves_only_the_candidates_it_keeps(tmp_path):
+    """`near` ranks a cached user's candidates in memory and asks the table only about those it keeps: none
+    when none is kept; a kept one that another process deleted (unseen by the counts) is never answered."""
+    rng = np.random.default_rng(23)
+    writer, reader = pair(tmp_path)
+    writer.upsert(rows_for("alice", rng.standard_normal((60, DIM)).astype(np.float32)))
+    q = rng.standard_normal(DIM).astype(np.float32)
+    best = reader.search("alice", q, k=1)[0]
+    proofs = reader._vectors.proofs
+    assert reader.near("alice", q, k=8, keep=lambda hit: False) == []
+    assert reader._vectors.proofs == proofs
+    kept = reader.near("alice", q, k=8, keep=lambda hit: hit["score"] >= best["score"])
+    assert ids_of(kept) == [best["img_id"]] and set(kept[0]) >= {"img_id", "content_hash", "meta", "score"}
+    assert reader._vectors.proofs == proofs + 1
+
+    # The best row swapped for a back-dated one on the query (same count, same newest row: the counts see nothing).
+    old = rows_for("alice", q[None, :], start=500)[0]
+    old["created_at"] = datetime(2001, 1, 1, tzinfo=timezone.utc)
+    writer.delete("alice", best["img_id"])
+    swapped = writer.upsert([old])["rows"][0]
+    hits = reader.near("alice", q, k=8, keep=lambda hit: True)
+    assert best["img_id"] not in ids_of(hits) and hits[0]["img_id"] == swapped["img_id"]
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_write_of_this_process_is_adopted_unread_and_proven_by_its_whole_row(tmp_path):
+    """The rows an upload had written join the cached view without a read when their commit is the only one since
+    it (`Gallery.adopt`); a search that takes one proves it by its key and every cached column, so a rewrite by
+    another process in between is never answered; a commit in between makes the view read them back instead."""
+    rng = np.random.default_rng(29)
+    writer, reader = pair(tmp_path)
+    writer.upsert(rows_for("alice", rng.standard_normal((40, DIM)).astype(np.float32)))
+    q = rng.standard_normal(DIM).astype(np.float32)
+    reader.search("alice", q, k=3)
+    row = rows_for("alice", q[None, :], start=700)[0]
+    done = writer.upsert([row])
+    assert reader.adopt("alice", [{**done["rows"][0], "vector": row["vector"]}], done["version"])
+    assert reader._vectors.adoptions == 1
+    loads, refreshes, proofs = reader._vectors.loads, reader._vectors.refreshes, reader._vectors.proofs
+    hits = reader.search("alice", q, k=3)
+    assert hits[0]["img_id"] == done["rows"][0]["img_id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert hits == reader.search("alice", q, k=3)  # the second search proves it by the row id it learnt
+    assert (reader._vectors.loads, reader._vectors.refreshes) == (loads, refreshes)
+    assert reader._vectors.proofs == proofs + 2
+
+    # Adopted, then rewritten elsewhere before any search took it: the new caption, never the cached one.
+    row = rows_for("alice", -q[None, :], start=800)[0]
+    done = writer.upsert([row])
+    assert reader.adopt("alice", [{**done["rows"][0], "vector": row["vector"]}], done["version"])
+    writer.update("alice", done["rows"][0]["img_id"], caption="雨后的街道")
+    hits = reader.search("alice", -q, k=1)
+    assert hits[0]["img_id"] == done["rows"][0]["img_id"] and hits[0]["caption"] == "雨后的街道"
+
+    # Another commit between the view and the write: not adopted; the next search reads both.
+    reader.search("alice", q, k=1)
+    writer.upsert(rows_for("bob", rng.standard_normal((1, DIM)).astype(np.float32), start=900))
+    row = rows_for("alice", (q + 0.001)[None, :], start=901)[0]
+    done = writer.upsert([row])
+    assert not reader.adopt("alice", [{**done["rows"][0], "vector": row["vector"]}], done["version"])
+    assert done["rows"][0]["img_id"] in ids_of(reader.search("alice", q, k=2))
