@@ -122,18 +122,19 @@ def groups(rows: dict[str, dict], pairs: list[tuple[str, str, str, float]]) -> l
     members: dict[str, list[str]] = {}
     for i in rows:
         members.setdefault(root(i), []).append(i)
+    pairs_of: dict[str, list[dict]] = {}  # each group's pairs, by its root: one pass over the pairs, not one per group
+    for a, b, kind, distance in kept:
+        pairs_of.setdefault(root(a), []).append({"img_id": a, "other": b, "kind": kind, "distance": distance})
     out = []
-    for ids in members.values():
+    for top, ids in members.items():
         if len(ids) < 2:
             continue
         ids.sort()
         chosen, why = keeper([rows[i] for i in ids])
-        inside = set(ids)
         out.append({
             "group": hashlib.sha256(",".join(ids).encode()).hexdigest()[:24],
             "members": sorted((rows[i] for i in ids), key=lambda r: r["created_at"]),
-            "pairs": [{"img_id": a, "other": b, "kind": kind, "distance": distance}
-                      for a, b, kind, distance in kept if a in inside],
+            "pairs": pairs_of[top],
             "keep": chosen["img_id"], "why": why,
         })
     return sorted(out, key=lambda g: (-len(g["members"]), -max(r["created_at"].timestamp() for r in g["members"])))

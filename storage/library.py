@@ -130,8 +130,7 @@ class Library:
             known = self._groups.get(user_id)
             if known is None or known[0] != version:
                 pairs = self.gallery.near_pairs(user_id)
-                named = self.gallery.rows_by_img_ids((user_id, i) for a, b, _, _ in pairs for i in (a, b))
-                rows = {img_id: row for (_, img_id), row in named.items()}
+                rows = self.gallery.rows_of(user_id, {i for a, b, _, _ in pairs for i in (a, b)})
                 known = self._groups[user_id] = (version, groups(rows, pairs) if pairs else [])
             if not known[1]:
                 return []

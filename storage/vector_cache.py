@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from cachetools import LRUCache, TTLCache
 
 
@@ -204,6 +205,23 @@ class TableVectors:
             if self._still_there(entry, positions):
                 return ranked
             self.cache.drop(user_id)  # a row moved, changed or went away since: reload and rank again
+        return None
+
+    def rows_named(self, user_id: str, column: str, values: list[str]) -> list[dict] | None:
+        """The user's rows whose `column` is one of `values` (as stored), from the cache and proven still in the
+        table; None when the user is not cached now (this read is no reason to load them all) or a row moved
+        since: read them from the table then."""
+        if self.cache.get(user_id) is None:
+            return None
+        for _ in range(2):
+            entry = self.entry(user_id)
+            if entry is None:
+                return None
+            wanted = pc.is_in(entry.rows.column(column), value_set=pa.array(values, pa.string()))
+            positions = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
+            if self._still_there(entry, positions):
+                return entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
+            self.cache.drop(user_id)
         return None
 
     def entry(self, user_id: str) -> UserVectors | None:

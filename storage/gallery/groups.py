@@ -1,12 +1,13 @@
 """The read behind a user's duplicate groups (issue 32): the near-duplicate pairs their photos' rows keep
-(`meta.near`, written by the upload's check: no rescan of the gallery). The rows those pairs name are read
-with `Gallery.rows_by_img_ids`."""
+(`meta.near`, written by the upload's check: no rescan of the gallery), and the rows those pairs name."""
 
 from __future__ import annotations
 
 import json
 
-from .filters import user_filter
+from storage.schema import HEX32
+
+from .filters import row_out, user_filter
 
 
 class GalleryGroups:
@@ -24,3 +25,12 @@ class GalleryGroups:
             except (ValueError, TypeError, AttributeError):  # a row whose meta says "near" some other way
                 continue
         return pairs
+
+    def rows_of(self, user_id: str, img_ids: set[str]) -> dict[str, dict]:
+        """The user's rows of these ids that the table holds, by img_id: from this process's cache of the user
+        (proven still there) when it holds them, else read from the table."""
+        ids = sorted(i for i in img_ids if isinstance(i, str) and HEX32.match(i))
+        cached = self._search.vectors.rows_named(user_id, "img_id", ids) if self._vectors.enabled and ids else None
+        if cached is not None:
+            return {row["img_id"]: row_out(row) for row in cached}
+        return {img_id: row for (_, img_id), row in self.rows_by_img_ids((user_id, i) for i in ids).items()}

@@ -248,3 +248,27 @@ def test_a_write_of_this_process_is_adopted_unread_and_proven_by_its_whole_row(t
     done = writer.upsert([row])
     assert not reader.adopt("alice", [{**done["rows"][0], "vector": row["vector"]}], done["version"])
     assert done["rows"][0]["img_id"] in ids_of(reader.search("alice", q, k=2))
+
+
+def test_rows_named_by_id_come_from_the_cache_as_the_table_has_them(tmp_path):
+    """`rows_of` (what a duplicate listing reads of the photos its pairs name) answers from a cached user the rows
+    the table answers, never one another process deleted since; a user not cached is read from the table (not
+    loaded for it)."""
+    rng = np.random.default_rng(31)
+    writer, reader = pair(tmp_path)
+    stored = writer.upsert(rows_for("alice", rng.standard_normal((30, DIM)).astype(np.float32))
+                           + rows_for("bob", rng.standard_normal((3, DIM)).astype(np.float32), start=100))["rows"]
+    alice = [r["img_id"] for r in stored[:30]]
+    wanted = set(alice[:5]) | {stored[30]["img_id"], "f" * 32, "not an id"}  # Bob's and unknown ids: not Alice's
+    uncached = Gallery.open(StorageSettings(lancedb_uri=str(tmp_path / "db"), blob_root=str(tmp_path / "blobs"),
+                                            vector_cache_mb=0), dim=DIM, embed_model=MODEL)
+    assert reader.rows_of("alice", wanted) == uncached.rows_of("alice", wanted) and reader._vectors.loads == 0
+    reader.search("alice", rng.standard_normal(DIM).astype(np.float32), k=1)  # Alice cached
+    proofs = reader._vectors.proofs
+    got = reader.rows_of("alice", wanted)
+    assert set(got) == set(alice[:5]) and got == uncached.rows_of("alice", wanted)
+    assert reader._vectors.proofs == proofs + 1 and reader._vectors.loads == 1
+    writer.delete("alice", alice[0])
+    writer.upsert([{**rows_for("alice", rng.standard_normal((1, DIM)).astype(np.float32), start=200)[0],
+                    "created_at": datetime(2001, 1, 1, tzinfo=timezone.utc)}])  # the same count: a swap
+    assert set(reader.rows_of("alice", wanted)) == set(alice[1:5])
