@@ -235,18 +235,37 @@ def stop_cluster(port: int, grace_s: float = 15) -> int:
         if proc.pid != os.getpid() and any("ray" in a for a in cmd[:3]) and any(names_port.search(a) for a in cmd):
             roots.append(proc)
     everything = {p.pid: p for root in roots for p in [root, *_descendants(root)]}
-    for proc in everything.values():
+    # The GCS last: terminated with the rest, it outwaits any grace (it stays up while the nodes it serves go,
+    # and is killed at the end); after them it exits within seconds. `make stop`: 23 s -> 12 s (6 s of it Serve's
+    # own graceful shutdown).
+    gcs = [p for p in everything.values() if _name(p) == "gcs_server"]
+    _terminate([p for p in everything.values() if p not in gcs], grace_s)
+    _terminate(gcs, grace_s)
+    return len(everything)
+
+
+def _terminate(procs: list, grace_s: float) -> None:
+    """SIGTERM to each, then SIGKILL to those still there after `grace_s`."""
+    import psutil
+
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(list(everything.values()), timeout=grace_s)
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
     for proc in alive:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    return len(everything)
+
+
+def _name(proc) -> str:
+    try:
+        return proc.name()
+    except Exception:  # noqa: BLE001 - gone already
+        return ""
 
 
 def _descendants(proc) -> list:

@@ -20,7 +20,7 @@ import httpx
 from tests.multinode.conftest import wait_for
 from tests.multinode.test_multinode import Traffic, list_images, trip_zip
 
-DOWN_S = 8  # the head stays down this long before it is started again
+DOWN_S = 4  # the head stays down this long before it is started again (the workers keep serving meanwhile)
 GENERATION = {"text": "a lighthouse in fog", "size": "small", "steps": 1, "enhance": False, "seed": 31,
               "save_to_gallery": True}
 

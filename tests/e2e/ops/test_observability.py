@@ -202,10 +202,13 @@ def test_prometheus_sees_every_panel_after_traffic(prometheus, service, ray_clus
         time.sleep(4)  # a report (1 s) and a scrape (3 s)
         _traffic(service, 1, trial_key)
         ingested.result()
+    def missing_panels() -> list[tuple[str, str]]:
+        return [(title, expr) for title, expr in targets if not any(v > 0 for v in prometheus.range(expr, start))]
+
     for round_no in range(2, 10):
-        time.sleep(8)  # a report and two scrapes
-        missing = [(title, expr) for title, expr in targets
-                   if not any(v > 0 for v in prometheus.range(expr, start))]
+        waited = time.monotonic() + 8  # a report and two scrapes, looked at every 2 s
+        while (missing := missing_panels()) and time.monotonic() < waited:
+            time.sleep(2)
         if not missing:
             break
         _traffic(service, round_no, trial_key)
