@@ -59,7 +59,7 @@ def faults(service, tiny_kit, tmp_path_factory):
             assert time.monotonic() < deadline, "the faults app did not become ready"
             time.sleep(1)
     yield service
-    serve.delete("faults")
+    serve.delete("faults", _blocking=False)  # its replicas go while the next tests run
 
 
 def test_painter_overload_answers_503_with_retry_after_never_500(faults):

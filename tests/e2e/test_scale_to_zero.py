@@ -62,7 +62,7 @@ def coldstart(service, tiny_kit, tmp_path_factory):
                 time.sleep(1)
         yield service
     finally:
-        serve.delete(APP)
+        serve.delete(APP, _blocking=False)  # its replicas go while the next tests run
 
 
 def test_the_first_generation_after_idle_waits_for_a_replica_and_the_painter_goes_back_to_zero(coldstart):
