@@ -10,7 +10,8 @@ groups of two. Timed, `--calls` times: after an upload (a distinct scene, checke
 edit, the first page.
 
 Answers first (benchmarks.checks): the first page holds 20 groups of two photos with a keeper each and a cursor
-to go on; the user has exactly size / every groups. Otherwise it exits 3 and writes nothing.
+to go on; the first pages after the upload (photos from the cache) and after the edit (from the table) are the
+same groups; the user has exactly size / every groups. Otherwise it exits 3 and writes nothing.
 """
 
 from __future__ import annotations
@@ -99,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                       for g in page["groups"]), "a group is not two photos with a keeper among them")
             some = page["groups"][0]["members"][0]["img_id"]
 
-            def listed(what: str, limit: int, cursor: str | None = None) -> str | None:
+            def listed(what: str, limit: int, cursor: str | None = None) -> dict:
                 t = time.perf_counter()
                 r = c.get("/api/duplicates", params={"limit": limit, **({"cursor": cursor} if cursor else {})},
                           headers=auth)
                 took[what].append(time.perf_counter() - t)
                 check(r.status_code == 200 and len(r.json()["groups"]) == limit, f"limit {limit}: {r.text[:200]}")
-                return r.json()["next_cursor"]
+                return r.json()
 
             for n in range(args.calls):
                 # A write first, so the first page computes the groups (the next pages of that listing reuse
@@ -114,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                 up = c.post("/api/images", files={"file": ("p.jpg", photo(7000 + n), "image/jpeg")}, headers=auth)
                 check(up.status_code == 201 and up.json()["near_duplicates"] == [],
                       f"the upload answered {up.status_code}: {up.text[:200]}")
-                listed("next", 100, listed("upload", 20))
+                cached = listed("upload", 20)
+                listed("next", 100, cached["next_cursor"])
                 check(c.patch(f"/api/images/{some}", json={"caption": f"edit {n}"}, headers=auth).status_code == 200,
                       "the caption edit failed")
-                listed("edit", 20)
+                read = listed("edit", 20)
+                # The same groups whether their photos came from the replica's cached view or from the table.
+                check([(g["group"], [m["img_id"] for m in g["members"]], g["keep"]) for g in cached["groups"]] ==
+                      [(g["group"], [m["img_id"] for m in g["members"]], g["keep"]) for g in read["groups"]],
+                      "the cached view and the table list different groups")
         groups = asyncio.run(lib.duplicate_groups(USER))
         check(len(groups) == args.size // args.every, f"{len(groups)} groups, not {args.size // args.every}")
     lines = [

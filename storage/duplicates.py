@@ -137,4 +137,6 @@ def groups(rows: dict[str, dict], pairs: list[tuple[str, str, str, float]]) -> l
             "pairs": pairs_of[top],
             "keep": chosen["img_id"], "why": why,
         })
-    return sorted(out, key=lambda g: (-len(g["members"]), -max(r["created_at"].timestamp() for r in g["members"])))
+    # Ties by name: the same groups come in the same order however their rows were read (a listing's pages).
+    return sorted(out, key=lambda g: (-len(g["members"]), -max(r["created_at"].timestamp() for r in g["members"]),
+                                      g["group"]))

@@ -9,6 +9,7 @@ what makes an image exist) and deleted after it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +24,8 @@ from storage.errors import AtelierError, NotFound
 from storage.intake import DecodedImage, ImageIntake, IntakeResult
 from storage.rows import new_row
 from storage.settings import StorageSettings
+
+log = logging.getLogger("atelier.library")
 
 
 class Library:
@@ -178,8 +181,15 @@ class Library:
         next request's path (an upload's near-duplicate check would otherwise start with that refresh): the row
         adopted as written when its commit is the only one since the view (`Gallery.adopt`), else read back. A
         refresh that fails is the next search's to make again."""
+        def adopted() -> bool:
+            try:
+                return self.gallery.adopt(user_id, [row], version)
+            except Exception:  # noqa: BLE001 - not adopted, then: the row is read back below
+                log.warning("the cached view of a user could not adopt its new row; reading it back", exc_info=True)
+                return False
+
         async def refresh() -> None:
-            if not await asyncio.to_thread(self.gallery.adopt, user_id, [row], version):
+            if not await asyncio.to_thread(adopted):
                 await self.warm(user_id)
 
         task = asyncio.ensure_future(refresh())

@@ -50,11 +50,14 @@ class UserVectors:
     count: int
     newest_us: int  # created_at of the newest row, microseconds since the epoch
     keys: list[str]  # primary keys, aligned with everything below
-    row_ids: np.ndarray  # uint64 row ids at the version the entry was loaded
+    row_ids: np.ndarray  # uint64 row ids as last proven (`UNPROVEN`: an adopted row no search has proven yet)
     vectors: np.ndarray  # float32 (n, dim), L2-normalised
     rows: pa.Table  # the columns a search returns
     grown: "_Grown"  # the arrays `vectors`, `row_ids` and `keys` are the first `count` rows of
     loaded_at: float = field(default_factory=time.monotonic)
+    # The rows are the table's at `version` exactly: read with no commit landing meanwhile (a read that raced a
+    # commit may hold its rows under the older label). Only such an entry is extended unread (`adopt`).
+    exact: bool = True
 
     @property
     def nbytes(self) -> int:
@@ -190,7 +193,8 @@ class TableVectors:
 
         `columns` narrows what each row carries (a take of fewer columns). With `keep`, only the rows it keeps are
         answered, and only they are proven still in the table: a near-duplicate check ranks a few candidates and
-        usually keeps none, so it usually asks the table nothing."""
+        usually keeps none, so it usually asks the table nothing. (A row deleted where the counts cannot see it,
+        module docstring, then holds one of the `depth` places until the next reload.)"""
         query = unit_rows(query.reshape(1, -1))[0]
         for _ in range(2):
             entry = self.entry(user_id)
@@ -213,29 +217,28 @@ class TableVectors:
         since: read them from the table then."""
         if self.cache.get(user_id) is None:
             return None
-        for _ in range(2):
-            entry = self.entry(user_id)
-            if entry is None:
-                return None
+        entry = self.entry(user_id)
+        if entry is not None:
             wanted = pc.is_in(entry.rows.column(column), value_set=pa.array(values, pa.string()))
             positions = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
             if self._still_there(entry, positions):
                 return entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
-            self.cache.drop(user_id)
+            self.cache.drop(user_id)  # the next search reloads the user, not this read
         return None
 
     def entry(self, user_id: str) -> UserVectors | None:
-        """The user's entry, valid at the table's current version (loaded, extended or kept)."""
+        """The user's entry, valid at the table's current version (loaded, extended or kept); one that another
+        thread brought to a later version meanwhile is kept as it is (a label never goes back)."""
         version = self.table.version
         entry = self.cache.get(user_id)
-        if entry is not None and entry.version == version:
+        if entry is not None and entry.version >= version:
             self.cache.hits += 1
             return entry
         with self.cache.load_lock(user_id):
             entry = self.cache.get(user_id)  # another thread may have just loaded or refreshed it
             if entry is None:
                 return self._load(user_id, version)
-            if entry.version != version:
+            if entry.version < version:
                 return self._refresh(user_id, entry, version)
             return entry
 
@@ -246,9 +249,9 @@ class TableVectors:
         by its key and the whole row instead, and learns its row id then."""
         with self.cache.load_lock(user_id):
             entry = self.cache.get(user_id)
-            if entry is None or entry.version != version - 1:
+            if entry is None or not entry.exact or entry.version != version - 1:
                 return False
-            rows = tbl.select([c for c in self.columns if c != "vector"]).cast(entry.rows.schema)
+            rows = tbl.select(entry.rows.schema.names).cast(entry.rows.schema)
             rows = rows.append_column("vector", tbl.column("vector")).append_column(
                 "_rowid", pa.array(np.full(tbl.num_rows, UNPROVEN), pa.uint64()))
             entry = self._entry(version, rows, after=entry)
@@ -293,6 +296,7 @@ class TableVectors:
             return None
         self.cache.loads += 1
         entry = self._entry(version, self._rows_arrow(self.user_filter(user_id)))
+        entry.exact = self.table.version == version
         return entry if self.cache.put(user_id, entry) else None
 
     def _refresh(self, user_id: str, entry: UserVectors, version: int) -> UserVectors | None:
@@ -317,11 +321,13 @@ class TableVectors:
             entry = self._entry(version, new, after=entry)
         else:
             return self._load(user_id, version)
+        entry.exact = self.table.version == version  # no commit landed while the counts and rows were read
         self.cache.refreshes += 1
         return entry if self.cache.put(user_id, entry) else None
 
     def _still_there(self, entry: UserVectors, positions: np.ndarray) -> bool:
-        """Whether the rows at these cache positions are, by row id, still the rows the cache holds.
+        """Whether the rows at these cache positions are still the rows the cache holds: by row id (an
+        adopted row not proven yet: by its key and every cached column, `_adopted_still_there`).
 
         A delete removes the row id, a caption update rewrites the row under a new one, and
         compaction renumbers rows: each shows here as a missing or different primary key."""
@@ -329,24 +335,27 @@ class TableVectors:
             return True
         self.cache.proofs += 1
         adopted = [p for p in positions if entry.row_ids[p] == UNPROVEN]
+        known = [p for p in positions if entry.row_ids[p] != UNPROVEN]
         if adopted and not self._adopted_still_there(entry, adopted):
             return False
-        ids = [int(entry.row_ids[p]) for p in positions if entry.row_ids[p] != UNPROVEN]
-        if not ids:
+        if not known:
             return True
+        ids = [int(entry.row_ids[p]) for p in known]
         try:
             got = self.table.take_row_ids(ids).select([self.key]).with_row_id().to_arrow()
         except (ValueError, OSError, RuntimeError):  # e.g. a fragment compacted away: the cache is stale
             return False
         found = dict(zip(got.column("_rowid").to_pylist(), got.column(self.key).to_pylist()))
-        return all(found.get(int(entry.row_ids[p])) == entry.keys[p] for p in positions
-                   if entry.row_ids[p] != UNPROVEN)
+        return all(found.get(row_id) == entry.keys[p] for p, row_id in zip(known, ids))
 
     def _adopted_still_there(self, entry: UserVectors, positions: list[int]) -> bool:
         """Adopted rows (no row id yet) proven by their key: each in the table, every cached column as cached
         (a rewrite would show in one); their row ids are learnt for the next proof."""
         keys = [entry.keys[p] for p in positions]
-        got = self._rows_arrow(self.keys_filter(keys))
+        try:
+            got = self._rows_arrow(self.keys_filter(keys))
+        except (ValueError, OSError, RuntimeError):  # as `_still_there`: a reload answers instead
+            return False
         stored = {r[self.key]: r for r in got.drop_columns(["vector"]).to_pylist()}
         cached = entry.rows.take(pa.array(positions, pa.int64())).to_pylist()
         for p, row in zip(positions, cached):

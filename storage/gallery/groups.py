@@ -11,7 +11,8 @@ from .filters import row_out, user_filter
 
 
 class GalleryGroups:
-    """Mixed into `Gallery` (storage/gallery/table.py), which provides the table."""
+    """Mixed into `Gallery` (storage/gallery/table.py), which provides the table, its search (with the vector
+    cache) and `rows_by_img_ids`."""
 
     def near_pairs(self, user_id: str) -> list[tuple[str, str, str, float]]:
         """(img_id, other img_id, kind, distance) of every pair a row of the user keeps."""

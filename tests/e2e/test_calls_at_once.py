@@ -3,9 +3,9 @@
 limit, Retry-After); once the first is answered the slot is theirs again; n images above the plan's slots is a
 400 before any work.
 
-The test makes the condition it needs instead of betting on a clock: it sends the second request only once
-Serve's own router says the first is on the Painter's replica (the `ray_serve_num_ongoing_requests_at_replicas`
-gauge on the node's metrics port)."""
+The test makes the condition it needs instead of betting on a clock: it sends the second request only once the
+service says the first holds the user's Painter slot (`GET /api/me/usage`) and Serve's own router says a call is
+on the Painter's replica (the `ray_serve_num_ongoing_requests_at_replicas` gauge on the node's metrics port)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ import concurrent.futures as cf
 import httpx
 
 from tests.support.serve_gauges import at_painter, wait
+
+
+def slot_used(client: httpx.Client) -> int:
+    return {x["limit"]: x for x in client.get("/api/me/usage").json()["limits"]}["concurrent-painter"]["used"]
 
 
 def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
@@ -30,6 +34,10 @@ def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
         # budget admits a call by its estimate, learned from the suite's earlier calls, and 1024x1024 x 50 steps
         # was once estimated past the trial's 300 s a day.)
         slow = pool.submit(uma.post, "/api/generate/image", json={**small, "size": "640x640", "steps": 50})
+        # Held: the service's own account of uma's slot (taken right before its call goes to the Painter). Serve's
+        # gauge alone once counted an earlier test's call while uma's was still being checked, and the second
+        # request took the free slot.
+        wait("uma's generation never held the Painter slot", lambda: slot_used(uma) == 1 or slow.done())
         wait("uma's generation never reached the Painter", lambda: at_painter(metrics) >= 1 or slow.done())
         assert not slow.done(), slow.result().text
         refused = uma.post("/api/generate/image", json=small)

@@ -272,3 +272,29 @@ def test_rows_named_by_id_come_from_the_cache_as_the_table_has_them(tmp_path):
     writer.upsert([{**rows_for("alice", rng.standard_normal((1, DIM)).astype(np.float32), start=200)[0],
                     "created_at": datetime(2001, 1, 1, tzinfo=timezone.utc)}])  # the same count: a swap
     assert set(reader.rows_of("alice", wanted)) == set(alice[1:5])
+
+
+def test_a_view_read_across_a_commit_is_never_extended_unread(tmp_path):
+    """A refresh reads the table's version, then its rows: a commit landing between leaves rows newer than their
+    label. Such a view must not adopt that commit's row (it holds it already: the search would answer it twice);
+    the next refresh labels it right, and adoption works again."""
+    rng = np.random.default_rng(37)
+    writer, reader = pair(tmp_path)
+    writer.upsert(rows_for("alice", rng.standard_normal((20, DIM)).astype(np.float32)))
+    q = rng.standard_normal(DIM).astype(np.float32)
+    reader.search("alice", q, k=1)
+    vectors = reader._search.vectors
+    before = reader.table.version  # what a search read just before the upload's commit landed
+    row = rows_for("alice", q[None, :], start=300)[0]
+    done = writer.upsert([row])
+    assert done["version"] == before + 1
+    with vectors.cache.load_lock("alice"):
+        vectors._load("alice", before)  # its rows read after the commit, under the label read before it
+    assert not vectors.cache.get("alice").exact
+    assert not reader.adopt("alice", [{**done["rows"][0], "vector": row["vector"]}], done["version"])
+    hits = reader.search("alice", q, k=3)
+    assert ids_of(hits).count(done["rows"][0]["img_id"]) == 1
+    assert vectors.cache.get("alice").exact and vectors.cache.get("alice").version == done["version"]
+    row = rows_for("alice", -q[None, :], start=301)[0]
+    done = writer.upsert([row])
+    assert reader.adopt("alice", [{**done["rows"][0], "vector": row["vector"]}], done["version"])
