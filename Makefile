@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install deps kit serve stop test test-fast bench clean
+.PHONY: venv install deps kit serve stop pyc test test-fast bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,8 +23,15 @@ kit: $(STAMP)
 # Builds the tiny kit if missing, makes a demo API key, starts a local Ray head (`ray start`, token auth
 # on, dashboard on 127.0.0.1:8265) and `serve deploy`s serve_config.local.yaml on 127.0.0.1:8000;
 # returns once /readyz answers 200. `make stop` shuts Serve down and stops that cluster only.
-serve: $(STAMP)
+serve: $(STAMP) pyc
 	$(BIN)/python -m deployments.local up
+
+# The checkout's own modules compiled to bytecode (pip compiles what it installs, not an editable source tree):
+# each Ray worker, replica and job actor that imports them then reads bytecode instead of compiling ~17k lines
+# (0.6-0.9 s of a process that imports the service), also where PYTHONDONTWRITEBYTECODE keeps Python from
+# caching it. Incremental: only changed files are compiled again.
+pyc: $(STAMP)
+	@$(BIN)/python -m compileall -q deployments storage pipelines models benchmarks tests >/dev/null
 
 stop: $(STAMP)
 	$(BIN)/python -m deployments.local stop
@@ -44,12 +51,12 @@ deps:
 
 # The tiers with a cluster or a server first, one test at a time (they share the machine with their cluster);
 # then tests/unit/, whose tests run in their own process only, on two workers.
-test: $(STAMP) deps
+test: $(STAMP) deps pyc
 	$(BIN)/python -m pytest -m "not unit"
 	$(BIN)/python -m pytest -m unit -n 2
 
 # The inner loop: tests/unit/ only (no Ray, no server process; the in-process HTTP tier included), a few minutes.
-test-fast: $(STAMP)
+test-fast: $(STAMP) pyc
 	$(BIN)/python -m pytest tests/unit -n 2
 
 clean:
