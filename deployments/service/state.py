@@ -296,10 +296,16 @@ class IdempotencyClient:
 
 
 def named(cls, name: str, **kwargs):
-    """The cluster's one instance of a state actor, created by whoever asks first (with `kwargs`)."""
+    """The cluster's one instance of a state actor, created by whoever asks first (with `kwargs`).
+
+    One call at a time, but not in each caller's submission order: an in-order actor holds every later call of a
+    caller while one of its calls is missing (a call given up at its deadline, under load), for Ray's 30 s reorder
+    wait, and then cancels them all; the suite saw the stats ledger answer nothing for a minute that way. Each
+    caller awaits the calls whose order matters to it (an idempotency record is begun before it is finished)."""
     import ray
 
-    return detached(ray.remote(num_cpus=0.01, max_restarts=-1)(cls), name, **on_head_node()).remote(**kwargs)
+    actor = ray.remote(num_cpus=0.01, max_restarts=-1, allow_out_of_order_execution=True)(cls)
+    return detached(actor, name, **on_head_node()).remote(**kwargs)
 
 
 def shared(storage: dict | None = None) -> tuple[StatsCalls, IdempotencyClient]:
