@@ -16,8 +16,9 @@ import httpx
 from tests.support.serve_gauges import at_painter, wait
 
 
-def slot_used(client: httpx.Client) -> int:
-    return {x["limit"]: x for x in client.get("/api/me/usage").json()["limits"]}["concurrent-painter"]["used"]
+def painter_slot(client: httpx.Client) -> dict:
+    """The caller's `concurrent-painter` limit as `GET /api/me/usage` tells it (quota, used, left)."""
+    return {x["limit"]: x for x in client.get("/api/me/usage").json()["limits"]}["concurrent-painter"]
 
 
 def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
@@ -37,7 +38,7 @@ def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
         # Held: the service's own account of uma's slot (taken right before its call goes to the Painter). Serve's
         # gauge alone once counted an earlier test's call while uma's was still being checked, and the second
         # request took the free slot.
-        wait("uma's generation never held the Painter slot", lambda: slot_used(uma) == 1 or slow.done())
+        wait("uma's generation never held the Painter slot", lambda: painter_slot(uma)["used"] == 1 or slow.done())
         wait("uma's generation never reached the Painter", lambda: at_painter(metrics) >= 1 or slow.done())
         assert not slow.done(), slow.result().text
         refused = uma.post("/api/generate/image", json=small)
@@ -45,12 +46,12 @@ def test_a_trial_user_paints_one_image_at_a_time(service, ray_cluster):
         error = refused.json()["error"]
         assert (error["code"], error["limit"]) == ("rate_limited", "concurrent-painter"), error
         assert int(refused.headers["retry-after"]) >= 1 and refused.headers.get("x-request-id")
-        held = {x["limit"]: x for x in uma.get("/api/me/usage").json()["limits"]}["concurrent-painter"]
+        held = painter_slot(uma)
         assert (held["quota"], held["used"], held["left"]) == (1, 1, 0), held
         assert slow.result().status_code == 200, slow.result().text
     with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as uma:
         assert uma.post("/api/generate/image", json=small).status_code == 200
-        held = {x["limit"]: x for x in uma.get("/api/me/usage").json()["limits"]}["concurrent-painter"]
+        held = painter_slot(uma)
         assert held["used"] == 0, held
     # n above the plan's slots is the caller's mistake, refused before any work (another trial user: uma has
     # spent the plan's 3 generations a minute).
